@@ -1,0 +1,1 @@
+"""The kernel every other room builds on. Imports nothing else of xailab."""

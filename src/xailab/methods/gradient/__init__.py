@@ -1,0 +1,1 @@
+"""Gradient family: saliency, input x gradient, Integrated Gradients, SmoothGrad, GradientSHAP, DeepLIFT."""

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny models whose answers are known, and the shared real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared data not found: {p}")
+    return p
+
+
+class TinyCNN(nn.Module):
+    """conv(3->4) - ReLU - conv(4->6) - ReLU - avgpool - linear(6->5): small, but a real CNN."""
+
+    def __init__(self, in_ch: int = 3, classes: int = 5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_ch, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 6, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+class TinyBNCNN(nn.Module):
+    """conv-BN-ReLU-maxpool-conv-BN-ReLU-avgpool-linear, for BatchNorm and pooling paths."""
+
+    def __init__(self, in_ch: int = 3, classes: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, 5, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(5)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(5, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.bn1(self.conv1(x))))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        return self.fc(self.pool2(x).flatten(1))
+
+
+def _randomise_bn(model: nn.Module, seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model
+
+
+@pytest.fixture
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyCNN().eval()
+
+
+@pytest.fixture
+def tiny_bn_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return _randomise_bn(TinyBNCNN(), 1).eval()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(6, 3, 16, 16, generator=g)
+
+
+@pytest.fixture
+def labels() -> torch.Tensor:
+    return torch.tensor([0, 1, 2, 3, 4, 0])
