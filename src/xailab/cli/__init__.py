@@ -1,0 +1,63 @@
+"""The ``xailab`` command: a thin face over the library.
+
+Each subcommand is a module of this package defining ``HELP`` (one line), ``add_arguments(parser)``
+and ``run(args) -> int``; adding a command is adding a module. Errors that are the user's input
+(:class:`~xailab.core.errors.XailabError`) print as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from xailab.core.errors import XailabError
+
+
+def _commands() -> dict[str, ModuleType]:
+    out: dict[str, ModuleType] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(mod, "run") and hasattr(mod, "add_arguments"):
+            out[getattr(mod, "COMMAND", info.name)] = mod
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from xailab import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="xailab", description="Explain, measure and audit PyTorch image classifiers."
+    )
+    parser.add_argument("--version", action="version", version=f"xailab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, mod in sorted(_commands().items()):
+        p = sub.add_parser(name, help=mod.HELP, description=mod.__doc__)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except XailabError as e:
+        print(f"xailab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"xailab {args.command}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

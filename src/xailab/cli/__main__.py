@@ -1,0 +1,5 @@
+import sys
+
+from xailab.cli import main
+
+sys.exit(main())

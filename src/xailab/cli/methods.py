@@ -1,0 +1,23 @@
+"""List the registered explanation methods."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "list the registered explanation methods"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*cam*'")
+    p.add_argument("--family", help="gradient, cam, perturbation or propagation")
+
+
+def run(args: argparse.Namespace) -> int:
+    from xailab.core.registry import METHODS
+
+    names = METHODS.available(args.pattern, args.family)
+    for n in names:
+        cls = METHODS.get(n)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{n:24s} {METHODS.family(n):13s} {doc}")
+    return 0
