@@ -20,10 +20,12 @@ import importlib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from xailab.core.errors import XailabError
+
 T = TypeVar("T")
 
 
-class RegistryError(KeyError):
+class RegistryError(XailabError, KeyError):
     """An unknown name, or a name registered twice."""
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly

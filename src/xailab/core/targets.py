@@ -99,8 +99,8 @@ def resolve_targets(
     n, k = logits.shape
     lab = None if labels is None else torch.as_tensor(labels)
     if isinstance(spec, str) and spec.lower() == "all":
-        cols = torch.arange(k, device=logits.device).expand(n, k).clone()
-        return cols, [f"class{i}" for i in range(k)]
+        every = torch.arange(k, device=logits.device).expand(n, k).clone()
+        return every, [f"class{i}" for i in range(k)]
     if isinstance(spec, (str, int)) or _is_per_image(spec, n):
         col, name = _column(spec, logits, lab)  # type: ignore[arg-type]
         return col[:, None], [name]
@@ -112,11 +112,12 @@ def resolve_targets(
         return t, [f"given{j}" for j in range(t.shape[1])]
     if not isinstance(spec, Sequence) or len(spec) == 0:
         raise TargetError(f"cannot read target spec {spec!r}")
-    cols, names = [], []
+    cols: list[Tensor] = []
+    names: list[str] = []
     for s in spec:
         if isinstance(s, str) and s.lower() == "all":
             raise TargetError("'all' cannot be combined with other targets")
-        col, name = _column(s, logits, lab)  # type: ignore[arg-type]
+        col, name = _column(s, logits, lab)
         cols.append(col)
         names.append(name)
     return torch.stack(cols, dim=1), names

@@ -1,0 +1,188 @@
+"""Explain a set of images with several methods into a run directory.
+
+The job behind ``xailab explain``: one scoring pass per method (the base class), maps saved as
+``RUN/explanations/<method>/``, a table ``explanations`` (one row per image, target and method),
+the images themselves (``arrays/images``, table ``images``) and PNG overlays under
+``RUN/files/overlays/``. A rerun of the same job skips the methods already saved (resume).
+
+    run = explain_to_run(model, images, labels, names, class_names,
+                         methods=["saliency", "gradcam"], targets=["true", "top1"], out="runs/x")
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from xailab.core.errors import InputError
+from xailab.core.explanation import Explanation
+from xailab.core.registry import METHODS
+from xailab.core.targets import TargetSpec
+from xailab.runs.store import Run, atomic_write_text
+
+
+def method_kwargs(name: str, params: dict[str, Any], layer: str | None, quick: bool) -> dict[str, Any]:
+    """Keyword arguments for method ``name``: its quick settings, ``layer`` if it takes one, and
+    the user's ``params`` (unknown parameter names are an error that lists the known ones)."""
+    cls = METHODS.get(name)
+    accepted = _accepted(cls)
+    kw: dict[str, Any] = dict(cls.quick_params) if quick else {}
+    if layer is not None and "layer" in accepted:
+        kw["layer"] = layer
+    unknown = set(params) - accepted
+    if unknown:
+        raise InputError(
+            f"method {name} has no parameter {', '.join(sorted(unknown))}; "
+            f"its parameters: {', '.join(sorted(accepted - {'model'}))}"
+        )
+    kw.update(params)
+    return kw
+
+
+def _accepted(cls: type) -> set[str]:
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self":
+                names.add(p.name)
+    return names
+
+
+def explain_to_run(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    out: str | Path,
+    methods: Sequence[str],
+    targets: TargetSpec,
+    labels: Tensor | None = None,
+    names: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    display: Tensor | None = None,
+    method_params: dict[str, dict[str, Any]] | None = None,
+    layer: str | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    quick: bool = False,
+    png: bool = True,
+    config: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> Run:
+    """Explain ``images`` with every method in ``methods`` and store everything in run ``out``.
+
+    Args:
+        display: the images as a person sees them, ``[N, C, H, W]`` in [0, 1], for the overlays
+            (default: ``images`` min-max scaled).
+        method_params: per-method keyword arguments, e.g. ``{"lime": {"num_samples": 2000}}``.
+    """
+    names = list(names) if names is not None else [f"{i:05d}" for i in range(len(images))]
+    canon = [METHODS.canonical(m) for m in methods]
+    params = {METHODS.canonical(k): v for k, v in (method_params or {}).items()}
+    stray = set(params) - set(canon)
+    if stray:
+        raise InputError(f"parameters given for methods not run: {', '.join(sorted(stray))}")
+    kwargs = {m: method_kwargs(m, params.get(m, {}), layer, quick) for m in canon}
+
+    run = Run.create(out, kind="explain", config=config or {})
+    run.update_manifest("explain", {
+        "methods": canon, "targets": targets if isinstance(targets, (str, int)) else list(map(str, targets)),
+        "batch_size": batch_size, "seed": seed, "layer": layer,
+        "class_names": list(class_names) if class_names is not None else None,
+        "n_images": len(images),
+    })
+    run.write_array("images", images.detach().cpu().float())
+    shown = display if display is not None else _minmax(images)
+    run.write_array("display", (shown.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8))
+    run.write_table("images", pd.DataFrame({
+        "index": np.arange(len(images)),
+        "name": list(names),
+        "label": (labels.cpu().numpy() if labels is not None else np.full(len(images), -1)),
+    }))
+
+    results: dict[str, Explanation] = {}
+    for m in canon:
+        dest = run.path / "explanations" / m
+        spec = json.dumps({"kwargs": kwargs[m], "batch_size": batch_size, "seed": seed}, sort_keys=True, default=str)
+        spec_file = run.path / "explanations" / f".{m}.spec"
+        if (dest / "manifest.json").is_file() and spec_file.is_file() and spec_file.read_text() == spec:
+            log(f"{m}: already in the run, skipped")
+            results[m] = Explanation.load(dest)
+            continue
+        explainer = METHODS.create(m, model, batch_size=batch_size, seed=seed, **kwargs[m])
+        res = explainer.explain(images, target=targets, labels=labels, progress=True)
+        res.save(dest)
+        atomic_write_text(spec_file, spec)
+        run.write_table("explanations", _rows(res, names, class_names), part=m)
+        results[m] = res
+        log(f"{m}: {res.seconds / len(images):.3f} s/image, {res.evaluations / len(images):.0f} model evaluations/image")
+
+    if png:
+        write_overlays(run, results, shown, names, class_names)
+    return run
+
+
+def _minmax(x: Tensor) -> Tensor:
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def _class_name(class_names: Sequence[str] | None, k: int) -> str:
+    return str(class_names[k]) if class_names is not None and 0 <= k < len(class_names) else str(k)
+
+
+def _rows(res: Explanation, names: Sequence[str], class_names: Sequence[str] | None) -> pd.DataFrame:
+    probs = res.probabilities
+    n, t = res.targets.shape
+    rows = []
+    for i in range(n):
+        for j in range(t):
+            k = int(res.targets[i, j])
+            rows.append({
+                "image": i, "name": names[i], "method": res.method, "target": res.target_names[j],
+                "class": k, "class_name": _class_name(class_names, k), "probability": float(probs[i, k]),
+                "seconds_per_image": res.seconds / n, "evaluations_per_image": res.evaluations / n,
+            })
+    return pd.DataFrame(rows)
+
+
+def write_overlays(
+    run: Run,
+    results: dict[str, Explanation],
+    display: Tensor,
+    names: Sequence[str],
+    class_names: Sequence[str] | None,
+) -> None:
+    """One PNG per (image, method) with a row per target, and one grid per image."""
+    from tqdm.auto import tqdm
+
+    from xailab.report.overlay import grid_figure, overlay_figure, save_png, target_title
+
+    if not results:
+        return
+    first = next(iter(results.values()))
+    probs = first.probabilities
+    for i in tqdm(range(len(first)), desc="overlays", unit="img"):
+        img = display[i].float().cpu().numpy()
+        titles = [
+            target_title(name, _class_name(class_names, int(first.targets[i, j])), float(probs[i, first.targets[i, j]]))
+            for j, name in enumerate(first.target_names)
+        ]
+        grid: dict[str, list[np.ndarray]] = {}
+        for m, res in results.items():
+            maps = [res.pixel_maps()[i, j].float().numpy() for j in range(res.targets.shape[1])]
+            grid[m] = maps
+            fig = overlay_figure(img, maps, titles, suptitle=f"{names[i]} — {m}")
+            save_png(fig, run.file(f"overlays/{i:05d}_{m}.png"))
+        save_png(grid_figure(img, grid, titles, suptitle=str(names[i])), run.file(f"overlays/{i:05d}_grid.png"))

@@ -1,0 +1,130 @@
+"""PNG figures of attribution maps: the image, the heatmap, and the heatmap over the image.
+
+Colour scales are consistent and honest: a signed map uses a diverging colormap symmetric
+around zero (blue = evidence against, red = evidence for); a non-negative map uses a sequential
+one from zero. One scale is shared by every panel of a figure unless ``shared_scale=False``.
+
+    fig = overlay_figure(image, maps, titles=["true: cat (0.81)", "least: truck (0.00)"])
+    save_png(fig, "runs/x/files/overlays/0000_gradcam.png")
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from xailab.runs.store import atomic_write_bytes
+
+
+def _to_hwc(image: np.ndarray) -> np.ndarray:
+    """``[C,H,W]`` or ``[H,W,C]`` or ``[H,W]`` in [0,1] -> ``[H,W,3]`` float in [0,1]."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+        img = img.transpose(1, 2, 0)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    return np.clip(img, 0.0, 1.0)
+
+
+def color_limits(maps: Sequence[np.ndarray]) -> tuple[float, float, str]:
+    """``(vmin, vmax, cmap)`` shared by ``maps``: symmetric diverging if any value is negative."""
+    lo = min(float(np.nanmin(m)) for m in maps)
+    hi = max(float(np.nanmax(m)) for m in maps)
+    if lo < 0:
+        a = max(abs(lo), abs(hi)) or 1.0
+        return -a, a, "bwr"
+    return 0.0, (hi or 1.0), "inferno"
+
+
+def overlay_figure(
+    image: np.ndarray,
+    maps: Sequence[np.ndarray],
+    titles: Sequence[str],
+    *,
+    suptitle: str = "",
+    alpha: float = 0.55,
+    shared_scale: bool = True,
+) -> Figure:
+    """One row per map: image | heatmap | overlay. ``maps`` are ``[H, W]`` pixel maps."""
+    img = _to_hwc(image)
+    rows = len(maps)
+    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows + (0.4 if suptitle else 0)), squeeze=False)
+    limits = color_limits(maps) if shared_scale else None
+    for r, (m, title) in enumerate(zip(maps, titles, strict=True)):
+        vmin, vmax, cmap = limits or color_limits([m])
+        axes[r, 0].imshow(img, interpolation="nearest")
+        axes[r, 0].set_title(title, fontsize=9)
+        im = axes[r, 1].imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        axes[r, 1].set_title("attribution", fontsize=9)
+        fig.colorbar(im, ax=axes[r, 1], fraction=0.046, pad=0.04)
+        axes[r, 2].imshow(img, interpolation="nearest")
+        axes[r, 2].imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, interpolation="bilinear")
+        axes[r, 2].set_title("overlay", fontsize=9)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def grid_figure(
+    image: np.ndarray,
+    maps: Mapping[str, Sequence[np.ndarray]],
+    target_titles: Sequence[str],
+    *,
+    suptitle: str = "",
+    alpha: float = 0.55,
+) -> Figure:
+    """Methods as rows, targets as columns, overlays; each row has its own colour scale."""
+    img = _to_hwc(image)
+    methods = list(maps)
+    cols = len(target_titles) + 1
+    fig, axes = plt.subplots(len(methods), cols, figsize=(2.2 * cols, 2.2 * len(methods) + 0.4), squeeze=False)
+    for r, name in enumerate(methods):
+        vmin, vmax, cmap = color_limits(maps[name])
+        axes[r, 0].imshow(img, interpolation="nearest")
+        axes[r, 0].set_ylabel(name, fontsize=9)
+        for c, m in enumerate(maps[name], start=1):
+            axes[r, c].imshow(img, interpolation="nearest")
+            axes[r, c].imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, interpolation="bilinear")
+            if r == 0:
+                axes[r, c].set_title(target_titles[c - 1], fontsize=8)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_png(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
+    """Write ``fig`` as PNG atomically and close it."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def plain(text: str) -> str:
+    """Text shown literally by matplotlib: ``$`` would otherwise start math markup."""
+    return text.replace("$", r"\$")
+
+
+def target_title(name: str, class_name: str, probability: float) -> str:
+    """``'top1: cat (0.81)'``, safe for any user-given class name."""
+    return plain(f"{name}: {class_name} ({probability:.2f})")

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from xailab.core.errors import InputError
+from xailab.core.explanation import Explanation
+from xailab.explain import explain_to_run
+from xailab.runs import Run
+
+
+def test_explain_to_run_writes_everything_and_resumes(tiny_cnn, images, labels, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    logs: list[str] = []
+    run = explain_to_run(
+        tiny_cnn, images[:3], out=out, methods=["saliency", "input_x_gradient"],
+        targets=["true", "top1", "least"], labels=labels[:3], names=["a", "b", "c"],
+        class_names=["<script>", "b", "c", "d", "e"], log=logs.append,
+    )
+    table = run.read_table("explanations")
+    assert len(table) == 3 * 3 * 2
+    assert set(table["method"]) == {"saliency", "input_x_gradient"}
+    assert (table[table.target == "true"]["class"].to_numpy() == labels[:3].repeat(2).numpy()).all()
+    res = Explanation.load(out / "explanations" / "saliency")
+    assert res.maps.shape == (3, 3, 3, 16, 16)
+    assert run.read_array("images").shape == (3, 3, 16, 16)
+    pngs = sorted(p.name for p in (out / "files" / "overlays").iterdir())
+    assert "00000_saliency.png" in pngs and "00002_grid.png" in pngs
+
+    logs.clear()
+    explain_to_run(
+        tiny_cnn, images[:3], out=out, methods=["saliency"], targets=["true", "top1", "least"],
+        labels=labels[:3], log=logs.append, png=False,
+    )
+    assert logs == ["saliency: already in the run, skipped"]
+
+
+def test_unknown_parameter_lists_the_known_ones(tiny_cnn, images, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"has no parameter n_stepz.*absolute"):
+        explain_to_run(tiny_cnn, images[:1], out=tmp_path / "r", methods=["saliency"], targets="top1",
+                       method_params={"saliency": {"n_stepz": 3}})
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_store_reads_and_refuses(tmp_path: Path) -> None:
+    run = Run.create(tmp_path / "r", kind="t")
+    run.write_array("a", torch.arange(6).reshape(2, 3), chunk=1)
+    run.write_array("a", torch.arange(6, 12).reshape(2, 3), chunk=0)
+    assert run.read_array("a")[0, 0] == 6  # chunks in order
+    (run.array_dir("a") / ".00000002.npy.123.tmp").write_bytes(b"half")  # an interrupted write
+    assert run.read_array("a").shape == (4, 3)
+    from xailab.runs import RunError
+
+    with pytest.raises(RunError, match="no table 'x'"):
+        run.read_table("x")
+    with pytest.raises(RunError, match="not an xailab run"):
+        Run.open(tmp_path)
