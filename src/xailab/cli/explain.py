@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from xailab.core.targets import parse_target_list
     from xailab.data import load_images
     from xailab.explain import explain_to_run
-    from xailab.models import load_model
+    from xailab.models import get_preprocessing, load_model
 
     methods = [METHODS.canonical(m) for m in args.methods.split(",") if m.strip()]
     targets = parse_target_list(args.targets)
@@ -69,12 +69,20 @@ def run(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
     model = load_model(args.model, args.weights, num_classes=args.num_classes).to(device)
-    batch = load_images(args.images, model=model, model_spec=args.model, root=args.data_root)
-    print(f"explaining {len(batch.images)} images with {', '.join(methods)} for targets {', '.join(map(str, targets))}")
+    prep = get_preprocessing(model)
+    images, labels, names, dataset = load_images(args.images, prep, root=args.data_root)
+    if prep is not None:
+        display = prep.denormalize(images)
+    elif dataset is not None and dataset.normalize:
+        display = dataset.preprocessing.denormalize(images)
+    else:
+        display = images
+    class_names = list(dataset.classes) if dataset is not None else None
+    print(f"explaining {len(images)} images with {', '.join(methods)} for targets {', '.join(map(str, targets))}")
     run_ = explain_to_run(
-        model, batch.images.to(device), out=args.out, methods=methods,
-        targets=targets if len(targets) > 1 else targets[0], labels=batch.labels, names=batch.names,
-        class_names=batch.class_names, display=batch.display, method_params=params, layer=args.layer,
+        model, images.to(device), out=args.out, methods=methods,
+        targets=targets if len(targets) > 1 else targets[0], labels=labels, names=names,
+        class_names=class_names, display=display, method_params=params, layer=args.layer,
         batch_size=args.batch_size, seed=args.seed, quick=args.quick, png=not args.no_png,
         config={"model": args.model, "weights": args.weights, "images": args.images,
                 "data_root": args.data_root, "device": device},

@@ -46,13 +46,23 @@ def color_limits(maps: Sequence[np.ndarray]) -> tuple[float, float, str]:
     return 0.0, (hi or 1.0), "inferno"
 
 
+def heat_rgba(m: np.ndarray, vmin: float, vmax: float, cmap: str, alpha: float) -> np.ndarray:
+    """``[H, W, 4]`` colours of ``m`` whose opacity grows with ``|m|``: zero is transparent, so
+    the image stays visible where the method attributes nothing."""
+    norm = (np.asarray(m, dtype=np.float64) - vmin) / max(vmax - vmin, 1e-12)
+    rgba = matplotlib.colormaps[cmap](np.clip(norm, 0.0, 1.0))
+    scale = max(abs(vmin), abs(vmax), 1e-12)
+    rgba[..., 3] = alpha * np.sqrt(np.clip(np.abs(m) / scale, 0.0, 1.0))
+    return rgba
+
+
 def overlay_figure(
     image: np.ndarray,
     maps: Sequence[np.ndarray],
     titles: Sequence[str],
     *,
     suptitle: str = "",
-    alpha: float = 0.55,
+    alpha: float = 0.85,
     shared_scale: bool = True,
 ) -> Figure:
     """One row per map: image | heatmap | overlay. ``maps`` are ``[H, W]`` pixel maps."""
@@ -68,7 +78,7 @@ def overlay_figure(
         axes[r, 1].set_title("attribution", fontsize=9)
         fig.colorbar(im, ax=axes[r, 1], fraction=0.046, pad=0.04)
         axes[r, 2].imshow(img, interpolation="nearest")
-        axes[r, 2].imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, interpolation="bilinear")
+        axes[r, 2].imshow(heat_rgba(m, vmin, vmax, cmap, alpha), interpolation="bilinear")
         axes[r, 2].set_title("overlay", fontsize=9)
         for ax in axes[r]:
             ax.set_xticks([])
@@ -85,7 +95,7 @@ def grid_figure(
     target_titles: Sequence[str],
     *,
     suptitle: str = "",
-    alpha: float = 0.55,
+    alpha: float = 0.85,
 ) -> Figure:
     """Methods as rows, targets as columns, overlays; each row has its own colour scale."""
     img = _to_hwc(image)
@@ -98,7 +108,7 @@ def grid_figure(
         axes[r, 0].set_ylabel(name, fontsize=9)
         for c, m in enumerate(maps[name], start=1):
             axes[r, c].imshow(img, interpolation="nearest")
-            axes[r, c].imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, interpolation="bilinear")
+            axes[r, c].imshow(heat_rgba(m, vmin, vmax, cmap, alpha), interpolation="bilinear")
             if r == 0:
                 axes[r, c].set_title(target_titles[c - 1], fontsize=8)
         for ax in axes[r]:
