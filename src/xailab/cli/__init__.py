@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xailab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod in sorted(_commands().items()):
-        p = sub.add_parser(name, help=mod.HELP, description=mod.__doc__)
+        p = sub.add_parser(
+            name, help=mod.HELP, description=mod.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
@@ -54,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except XailabError as e:
         print(f"xailab {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `xailab flow RUN | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"xailab {args.command}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
         return 130
