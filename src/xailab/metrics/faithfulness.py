@@ -1,0 +1,238 @@
+"""Faithfulness: does the model's score follow the pixels a map calls important?
+
+**Deletion** (Petsiuk et al. 2018, RISE, arXiv:1806.07421; the pixel flipping of Bach et al.
+2015): remove pixels from the image in order of attribution, most important first, replacing
+them with ``fill``; record the model's score of the explained class after each of ``steps``
+equal steps. A faithful map makes the score fall fast: **lower AUC is better**.
+
+**Insertion**: start from ``fill`` (by default a blurred copy of the image) and reveal the
+original pixels in the same order. The score should rise fast: **higher AUC is better**.
+
+With ``P`` pixels and ``n_k = round(k P / steps)`` pixels changed at step ``k = 0..steps``::
+
+    curve_k = f_c(x with its n_k top pixels replaced)       AUC = trapezoid(curve, n_k / P)
+
+so the AUC lies in ``[0, 1]`` for probabilities, whatever ``steps``. The perturbed images of all
+images and steps go through the model in batches of at most ``batch_size``.
+
+**Faithfulness correlation** (Bhatt et al. 2020, IJCAI, arXiv:2005.00631): replace a random
+subset ``S`` of pixels, ``runs`` times per image, and correlate (Pearson) the score drop
+``f_c(x) - f_c(x_S)`` with the attribution inside the subset ``sum_{p in S} a_p``. Higher is
+better; near 0 for a map unrelated to the model.
+
+    d = deletion(model, images, result)              # result: an Explanation, or maps [N, H, W]
+    d.auc.mean(), d.scores.mean(0)                   # mean AUC, mean curve over images
+    i = insertion(model, images, result, steps=32)
+    r = faithfulness_correlation(model, images, result, runs=64)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from xailab.core.errors import InputError
+from xailab.metrics.maps import (
+    Maps,
+    Mode,
+    check_images,
+    maps_for_images,
+    resolve_target,
+    row_pearson,
+)
+from xailab.metrics.perturb import Fill, Output, fill_images, pixel_ranks, scores_of_rows
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Deletion or insertion curves of ``N`` images.
+
+    Attributes:
+        kind: ``"deletion"`` or ``"insertion"``.
+        fractions: ``[steps + 1]`` share of pixels changed at each step (0 ... 1).
+        scores: ``[N, steps + 1]`` the model's score of the explained class at each step.
+        targets: ``[N]`` the classes explained.
+    """
+
+    kind: Literal["deletion", "insertion"]
+    fractions: Tensor
+    scores: Tensor
+    targets: Tensor
+
+    @property
+    def auc(self) -> Tensor:
+        """Area under each curve, ``[N]`` (trapezoid rule over the fractions)."""
+        return torch.trapezoid(self.scores, self.fractions.to(self.scores.dtype), dim=1)
+
+    @property
+    def mean_curve(self) -> Tensor:
+        return self.scores.mean(dim=0)
+
+
+def _step_counts(n_pixels: int, steps: int) -> Tensor:
+    if steps < 1:
+        raise InputError(f"steps must be >= 1, got {steps}")
+    k = torch.arange(steps + 1)
+    return (k * n_pixels + steps // 2) // steps  # round(k P / steps), exact at both ends
+
+
+def _curves(
+    kind: Literal["deletion", "insertion"],
+    model: nn.Module,
+    images: Tensor,
+    maps: Maps,
+    target: Tensor | int | str | None,
+    *,
+    steps: int,
+    fill: Fill,
+    mode: Mode,
+    output: Output,
+    batch_size: int,
+    column: int,
+) -> Curves:
+    from xailab.metrics.perturb import model_device
+
+    x = check_images(images).to(model_device(model))
+    a = maps_for_images(maps, x, mode=mode, target=column)
+    t = resolve_target(model, x, target, maps, column)
+    n, _, h, w = x.shape
+    ranks = pixel_ranks(a)  # [N, H, W]
+    counts = _step_counts(h * w, steps).to(x.device)
+    other = fill_images(x, fill)
+    s1 = steps + 1
+
+    def make(rows: Tensor) -> tuple[Tensor, Tensor]:
+        rows = rows.to(x.device)
+        i, k = rows // s1, rows % s1
+        changed = (ranks[i] < counts[k].view(-1, 1, 1))[:, None]  # [B, 1, H, W]
+        if kind == "deletion":
+            xb = torch.where(changed, other[i], x[i])
+        else:
+            xb = torch.where(changed, x[i], other[i])
+        return xb, t[i]
+
+    scores = scores_of_rows(model, n * s1, make, output=output, batch_size=batch_size).view(n, s1)
+    return Curves(kind=kind, fractions=counts.cpu().double() / (h * w), scores=scores, targets=t.cpu())
+
+
+def deletion(
+    model: nn.Module,
+    images: Tensor,
+    maps: Maps,
+    target: Tensor | int | str | None = None,
+    *,
+    steps: int = 32,
+    fill: Fill = 0.0,
+    mode: Mode = "signed",
+    output: Output = "probability",
+    batch_size: int = 64,
+    column: int = 0,
+) -> Curves:
+    """Deletion curves of ``maps`` for ``images [N, C, H, W]`` (see the module docstring).
+
+    Args:
+        maps: an Explanation (column ``column``; its targets are used when ``target`` is None)
+            or maps ``[N, H, W]`` / ``[N, C, H, W]`` (resized to the images if needed).
+        target: classes to score, ``[N]``, an int, or a spec such as ``"top1"`` (default: the
+            explanation's targets, else the model's top class).
+        steps: number of equal steps from 0 to all pixels.
+        fill: what a removed pixel becomes (default 0: the dataset mean of normalised inputs).
+        mode: how the map's sign orders pixels (``"signed"``: most positive first).
+        output: score the softmax ``"probability"`` (default, as Petsiuk et al.) or the ``"logit"``.
+        batch_size: most perturbed images in one forward pass.
+    """
+    return _curves("deletion", model, images, maps, target, steps=steps, fill=fill, mode=mode,
+                   output=output, batch_size=batch_size, column=column)
+
+
+def insertion(
+    model: nn.Module,
+    images: Tensor,
+    maps: Maps,
+    target: Tensor | int | str | None = None,
+    *,
+    steps: int = 32,
+    fill: Fill = "blur",
+    mode: Mode = "signed",
+    output: Output = "probability",
+    batch_size: int = 64,
+    column: int = 0,
+) -> Curves:
+    """Insertion curves: reveal pixels of the image on ``fill`` (default: the blurred image).
+
+    Arguments as for :func:`deletion`.
+    """
+    return _curves("insertion", model, images, maps, target, steps=steps, fill=fill, mode=mode,
+                   output=output, batch_size=batch_size, column=column)
+
+
+def random_subsets(n_images: int, n_pixels: int, runs: int, size: int, seed: int = 0) -> Tensor:
+    """``[N, runs, size]`` pixel indices, each row drawn without replacement. Image ``i`` uses
+    its own generator (``seed * 1_000_003 + i``), so a subset does not depend on the batch."""
+    out = torch.empty(n_images, runs, size, dtype=torch.long)
+    for i in range(n_images):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        out[i] = torch.rand(runs, n_pixels, generator=g).argsort(dim=1)[:, :size]
+    return out
+
+
+def faithfulness_correlation(
+    model: nn.Module,
+    images: Tensor,
+    maps: Maps,
+    target: Tensor | int | str | None = None,
+    *,
+    runs: int = 64,
+    subset: float | int = 0.1,
+    fill: Fill = 0.0,
+    mode: Mode = "signed",
+    output: Output = "probability",
+    seed: int = 0,
+    batch_size: int = 64,
+    column: int = 0,
+    subsets: Tensor | None = None,
+) -> Tensor:
+    """Faithfulness correlation per image, ``[N]`` (NaN when the score never changes).
+
+    Args:
+        runs: random subsets per image.
+        subset: pixels per subset: a fraction of the image (float) or a count (int).
+        subsets: explicit pixel indices ``[N, runs, size]`` instead of random ones.
+        Other arguments as for :func:`deletion`.
+    """
+    from xailab.metrics.perturb import model_device
+
+    x = check_images(images).to(model_device(model))
+    a = maps_for_images(maps, x, mode=mode, target=column).flatten(1).double()
+    t = resolve_target(model, x, target, maps, column)
+    n, _, h, w = x.shape
+    p = h * w
+    if subsets is None:
+        size = int(subset) if isinstance(subset, int) else max(1, round(float(subset) * p))
+        if not 1 <= size <= p or runs < 2:
+            raise InputError(f"need 1 <= subset size <= {p} pixels and runs >= 2, got {size} and {runs}")
+        subsets = random_subsets(n, p, runs, size, seed)
+    if subsets.dim() != 3 or len(subsets) != n:
+        raise InputError(f"subsets must be [N={n}, runs, size], got {tuple(subsets.shape)}")
+    runs = subsets.shape[1]
+    subsets = subsets.to(x.device)
+    other = fill_images(x, fill)
+    r1 = runs + 1  # row 0 of each image: the unmodified image
+
+    def make(rows: Tensor) -> tuple[Tensor, Tensor]:
+        rows = rows.to(x.device)
+        i, r = rows // r1, rows % r1
+        mask = torch.zeros(len(rows), p, dtype=torch.bool, device=x.device)
+        has = r > 0
+        if has.any():
+            mask[has] = mask[has].scatter(1, subsets[i[has], r[has] - 1], True)
+        changed = mask.view(-1, 1, h, w)
+        return torch.where(changed, other[i], x[i]), t[i]
+
+    scores = scores_of_rows(model, n * r1, make, output=output, batch_size=batch_size).view(n, r1)
+    drops = scores[:, :1] - scores[:, 1:]  # [N, runs]
+    sums = torch.gather(a[:, None, :].expand(n, runs, p), 2, subsets).sum(2).cpu()
+    return row_pearson(drops, sums)

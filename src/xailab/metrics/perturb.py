@@ -1,0 +1,129 @@
+"""Shared machinery of the perturbation metrics: fills, pixel orders, batched scoring.
+
+A perturbation metric builds many modified copies of each image (pixels removed, revealed,
+masked at random, noised) and asks the model for its score of the explained class on each.
+:func:`scores_of_rows` does this once for all metrics: the copies are built lazily, ``batch_size``
+at a time, so memory stays bounded whatever the number of images and steps, and the model runs
+in eval mode under ``no_grad`` with every flag restored afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xailab.core.errors import InputError, ModelError
+from xailab.core.hooks import model_session
+
+Output = Literal["probability", "logit"]
+#: what replaces a removed pixel: "blur" (a Gaussian blur of the image), "mean" (the image's
+#: mean colour), a number (a constant in the model's input space; 0 is the dataset mean for
+#: normalised inputs), or a tensor ``[C, H, W]`` / ``[N, C, H, W]``
+Fill = Literal["blur", "mean"] | float | Tensor
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def logits_of(out: object, n: int) -> Tensor:
+    """The logits tensor of a model's output (tuples and ``.logits`` objects unpacked), checked."""
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if hasattr(out, "logits") and not isinstance(out, Tensor):
+        out = out.logits
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != n:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ModelError(f"the model must return logits [N, classes]; for {n} images it returned {shape}")
+    return out
+
+
+def class_scores(logits: Tensor, targets: Tensor, output: Output) -> Tensor:
+    """``logits[i, targets[i]]``, or its softmax probability."""
+    if output == "probability":
+        logits = torch.softmax(logits.double(), dim=1)
+    elif output != "logit":
+        raise InputError(f"output must be 'probability' or 'logit', not {output!r}")
+    return logits.gather(1, targets.reshape(-1, 1).to(logits.device)).squeeze(1).double()
+
+
+def scores_of_rows(
+    model: nn.Module,
+    n_rows: int,
+    make: Callable[[Tensor], tuple[Tensor, Tensor]],
+    *,
+    output: Output,
+    batch_size: int,
+) -> Tensor:
+    """Scores ``[n_rows]`` of perturbed images built by ``make(rows) -> (images, targets)``.
+
+    ``make`` receives the row indices of one batch (at most ``batch_size`` of them) and returns
+    their images ``[B, C, H, W]`` and target classes ``[B]``.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    device = model_device(model)
+    out = torch.empty(n_rows, dtype=torch.float64)
+    with model_session(model), torch.no_grad():
+        for lo in range(0, n_rows, batch_size):
+            rows = torch.arange(lo, min(n_rows, lo + batch_size))
+            x, t = make(rows)
+            logits = logits_of(model(x.to(device)), len(x))
+            if not torch.isfinite(logits).all():
+                raise ModelError("the model returned NaN or infinite logits on a perturbed image")
+            out[lo : lo + len(rows)] = class_scores(logits, t, output).cpu()
+    return out
+
+
+def gaussian_blur(images: Tensor, sigma: float = 5.0, kernel_size: int = 11) -> Tensor:
+    """Separable Gaussian blur of ``[N, C, H, W]`` with reflected borders (Petsiuk et al.'s
+    insertion start: kernel 11, sigma 5 on 224-pixel images)."""
+    k = min(kernel_size, 2 * (min(images.shape[-2:]) // 2) - 1) if min(images.shape[-2:]) > 1 else 1
+    if k < 3 or sigma <= 0:
+        return images.clone()
+    r = torch.arange(k, dtype=torch.float64, device=images.device) - (k - 1) / 2
+    w = torch.exp(-(r**2) / (2 * sigma**2))
+    w = (w / w.sum()).to(images.dtype)
+    c = images.shape[1]
+    x = F.pad(images, (k // 2, k // 2, k // 2, k // 2), mode="reflect")
+    x = F.conv2d(x, w.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+    return F.conv2d(x, w.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+
+
+def fill_images(images: Tensor, fill: Fill) -> Tensor:
+    """The replacement values ``[N, C, H, W]`` for ``images`` under ``fill`` (see :data:`Fill`)."""
+    if isinstance(fill, Tensor):
+        f = fill.to(images.device, images.dtype)
+        if f.dim() == 3:
+            f = f.expand_as(images)
+        if f.shape != images.shape:
+            raise InputError(f"a fill tensor must be [C, H, W] or {tuple(images.shape)}, got {tuple(fill.shape)}")
+        return f
+    if isinstance(fill, bool):
+        raise InputError("fill cannot be a bool")
+    if isinstance(fill, (int, float)):
+        return torch.full_like(images, float(fill))
+    if fill == "blur":
+        return gaussian_blur(images)
+    if fill == "mean":
+        return images.mean(dim=(2, 3), keepdim=True).expand_as(images).clone()
+    raise InputError(f"fill must be 'blur', 'mean', a number or a tensor, not {fill!r}")
+
+
+def pixel_ranks(maps: Tensor) -> Tensor:
+    """``[N, H, W]`` -> the position of each pixel in its map's descending order (0 = largest;
+    ties broken by pixel index)."""
+    n = len(maps)
+    flat = maps.reshape(n, -1)
+    order = torch.argsort(-flat, dim=1, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand(n, -1))
+    return ranks.reshape(maps.shape)

@@ -1,0 +1,122 @@
+"""``compare_run`` / ``xailab compare``: tables, scoreboard, figures, resume and bad runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import xailab
+from xailab.cli import main
+from xailab.core.errors import InputError
+from xailab.metrics import baselines
+from xailab.metrics.scoreboard import CompareSettings, compare_run, format_board
+from xailab.runs import Run, RunError
+
+from .test_metrics_support import PatchNet, as_explanation, patch_images, save_run
+
+QUICK = CompareSettings(steps=8, faithfulness_runs=8, sanity_images=2, sanity_steps=2)
+MODEL_SPEC = "tests.test_metrics_support:PatchNet"
+
+
+@pytest.fixture
+def patch_run(tmp_path: Path) -> tuple[Run, torch.nn.Module]:
+    model = PatchNet().eval()
+    x = patch_images(5)
+    sal = xailab.create("saliency", model).explain(x, target=0)
+    ixg = xailab.create("input_x_gradient", model).explain(x, target=0)
+    edge = as_explanation(baselines.edge_maps(x), model, x, "edges", seconds=0.5)
+    run = save_run(tmp_path / "run", x, {"saliency": sal, "input_x_gradient": ixg, "edges": edge},
+                   config={"model": MODEL_SPEC, "weights": None})
+    return run, model
+
+
+def test_compare_writes_tables_figures_and_scoreboard(patch_run: tuple[Run, torch.nn.Module]) -> None:
+    run, model = patch_run
+    logs: list[str] = []
+    board = compare_run(run, model, reference="saliency", settings=QUICK, log=logs.append)
+    assert list(board["method"]) == ["edges", "input_x_gradient", "saliency"]
+    assert {"avg_iou", "avg_time", "deletion_auc", "insertion_auc", "sanity", "seconds"} <= set(board.columns)
+    row = board.set_index("method")
+    assert row.loc["saliency", "avg_iou"] == 1.0
+    # on the patch model, saliency and input x gradient share their top region; edges do not
+    assert row.loc["input_x_gradient", "avg_iou"] > 0.3 > row.loc["edges", "avg_iou"]
+    assert row.loc["edges", "avg_time"] == pytest.approx(0.1)  # 0.5 s for 5 images
+    assert row.loc["saliency", "deletion_auc"] < row.loc["edges", "deletion_auc"]
+    assert row.loc["saliency", "sanity"] == "passed"
+    assert row.loc["edges", "sanity"] == "n/a"  # not a registered method: cannot be re-explained
+    for name in ("agreement", "agreement_images", "faithfulness", "faithfulness_curves", "sanity", "scoreboard"):
+        assert len(run.read_table(name)) > 0, name
+    assert len(run.read_table("agreement")) == 3 * 5
+    stored = run.read_table("scoreboard")
+    assert list(stored["method"]) == list(board["method"])
+    pngs = sorted(p.name for p in (run.path / "files" / "metrics").iterdir())
+    assert {"agreement_iou.png", "deletion.png", "insertion.png", "histograms.png", "sanity.png"} <= set(pngs)
+    assert (run.path / "files" / "metrics" / "agreement_iou.png").read_bytes()[:4] == b"\x89PNG"
+    assert run.manifest["compare"]["reference"] == "saliency"
+    assert "avg_iou" in format_board(board, "saliency")
+
+    logs.clear()
+    again = compare_run(run, model, reference="saliency", settings=QUICK, log=logs.append, figures_on=False)
+    assert sum("already in the run" in m for m in logs) == 3 + 2  # faithfulness x3, sanity x2
+    np.testing.assert_allclose(again["deletion_auc"], board["deletion_auc"])
+    logs.clear()
+    compare_run(run, model, reference="saliency", settings=CompareSettings(**{**QUICK.__dict__, "steps": 4}),
+                log=logs.append, figures_on=False)
+    assert not any("faithfulness already" in m for m in logs)  # changed settings: recomputed
+    sal = xailab.create("saliency", model).explain(torch.from_numpy(run.read_array("images")), target=1)
+    sal.save(run.path / "explanations" / "saliency")  # re-explained: its parts are stale
+    logs.clear()
+    compare_run(run, model, reference="saliency", settings=CompareSettings(**{**QUICK.__dict__, "steps": 4}),
+                log=logs.append, figures_on=False)
+    assert [m for m in logs if "already" in m and m.startswith("saliency")] == []
+    assert (run.read_table("faithfulness", filters=[("method", "==", "saliency")])["target"] == 1).all()
+
+
+def test_bad_runs_say_what_is_missing(tmp_path: Path) -> None:
+    model = PatchNet().eval()
+    x = patch_images(3)
+    empty = save_run(tmp_path / "empty", x, {})
+    with pytest.raises(RunError, match=r"has no explanations.*xailab explain"):
+        compare_run(empty, model)
+    sal = xailab.create("saliency", model).explain(x, target=0)
+    run = save_run(tmp_path / "one", x, {"saliency": sal})
+    with pytest.raises(RunError, match="no explanations of gradcam; it has: saliency"):
+        compare_run(run, model, methods=["gradcam"])
+    with pytest.raises(RunError, match="reference method 'lime' is not in the run"):
+        compare_run(run, model, reference="lime")
+    short = save_run(tmp_path / "short", x, {"saliency": sal.select(slice(0, 2))})
+    with pytest.raises(InputError, match=r"saliency cover 2 images but run .* has 3 images"):
+        compare_run(short, model)
+    with pytest.raises(InputError, match="not explained for target 'true'"):
+        compare_run(run, model, settings=CompareSettings(target="true"))
+    with pytest.raises(RunError, match="no run at"):
+        compare_run(tmp_path / "nowhere", model)
+
+
+def test_cli_compare_prints_the_scoreboard(patch_run: tuple[Run, torch.nn.Module],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = patch_run
+    code = main(["compare", str(run.path), "--methods", "saliency,ixg", "--top", "25", "--steps", "4",
+                 "--runs", "4", "--no-sanity", "--no-figures"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "avg_iou" in out and "avg_time" in out and "input_x_gradient" in out
+    board = run.read_table("scoreboard")
+    assert list(board["method"]) == ["saliency", "input_x_gradient"]
+    assert (board["sanity"] == "n/a").all()
+    assert run.manifest["compare"]["settings"]["top"] == 0.25
+
+
+def test_cli_compare_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(tmp_path / "missing")]) == 2
+    assert "no run at" in capsys.readouterr().err
+    x = patch_images(2)
+    Run.create(tmp_path / "nomodel", kind="explain")
+    save_run(tmp_path / "nomodel", x, {})
+    assert main(["compare", str(tmp_path / "nomodel")]) == 2
+    assert "does not record its model; pass --model" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "nomodel"), "--model", MODEL_SPEC]) == 2
+    assert "has no explanations" in capsys.readouterr().err
