@@ -20,7 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--model", required=True, help="zoo name, TorchScript file, or package.module:factory")
     p.add_argument("--weights", help="weights file (safetensors, or a state dict; never unpickled)")
+    p.add_argument("--pretrained", action="store_true", help="a zoo model with its published weights")
     p.add_argument("--num-classes", type=int, help="number of classes of a zoo model, if not its default")
+    p.add_argument("--class-names", help="file of class names: a JSON list, or one name per line")
     p.add_argument("--images", required=True,
                    help="image files (comma-separated), a folder, or dataset:split[:N], e.g. cifar10:test:16")
     p.add_argument("--data-root", help="where the dataset of --images lies (folder or archive)")
@@ -54,6 +56,31 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def read_class_names(path: str) -> list[str]:
+    import json
+    from pathlib import Path
+
+    from xailab.core.errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"class-names file not found: {path}")
+    text = p.read_text(encoding="utf-8")
+    if text.lstrip().startswith(("[", "{")):
+        data = json.loads(text)
+        if isinstance(data, dict):  # {"0": ["n01440764", "tench"], ...} or {"0": "tench"}
+            return [v[-1] if isinstance(v, list) else str(v) for _, v in sorted(data.items(), key=lambda kv: int(kv[0]))]
+        return [str(v) for v in data]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet class names, as torchvision ships them (no download)."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -68,7 +95,12 @@ def run(args: argparse.Namespace) -> int:
     params = parse_sets(args.set)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
-    model = load_model(args.model, args.weights, num_classes=args.num_classes).to(device)
+    if args.pretrained:
+        from xailab.models import create_model
+
+        model = create_model(args.model, pretrained=True, num_classes=args.num_classes).to(device)
+    else:
+        model = load_model(args.model, args.weights, num_classes=args.num_classes).to(device)
     prep = get_preprocessing(model)
     images, labels, names, dataset = load_images(args.images, prep, root=args.data_root)
     if prep is not None:
@@ -78,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         display = images
     class_names = list(dataset.classes) if dataset is not None else None
+    if args.class_names:
+        class_names = read_class_names(args.class_names)
+    elif class_names is None and args.pretrained and _num_outputs(model) == 1000:
+        class_names = imagenet_class_names()
     print(f"explaining {len(images)} images with {', '.join(methods)} for targets {', '.join(map(str, targets))}")
     run_ = explain_to_run(
         model, images.to(device), out=args.out, methods=methods,
@@ -90,3 +126,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"run: {run_.path}")
     print(f"overlays: {run_.path / 'files' / 'overlays'}" if not args.no_png else "")
     return 0
+
+
+def _num_outputs(model: object) -> int | None:
+    from torch import nn
+
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)] if isinstance(model, nn.Module) else []
+    return linears[-1].out_features if linears else None

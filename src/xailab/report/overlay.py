@@ -83,9 +83,7 @@ def overlay_figure(
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
+    _finish(fig, suptitle)
     return fig
 
 
@@ -114,10 +112,17 @@ def grid_figure(
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
+    _finish(fig, suptitle)
     return fig
+
+
+def _finish(fig: Figure, suptitle: str) -> None:
+    """Tight layout that keeps ``suptitle`` (in inches from the top) clear of the panels."""
+    top = 1.0
+    if suptitle:
+        fig.suptitle(plain(suptitle), fontsize=10)
+        top = 1.0 - 0.45 / fig.get_figheight()
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, top))
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 100) -> Path:

@@ -1,0 +1,89 @@
+"""The demo: every built capability on data that is on the machine, offline, in a few minutes.
+
+1. trains the 28x28 CNN on Fashion-MNIST (Debian package ``dataset-fashion-mnist``) while
+   recording every test instance's prediction each epoch; evaluates it;
+2. explains test images with gradient, CAM, perturbation and propagation methods for the true,
+   top-1, top-2 and least likely classes, and writes PNG overlays;
+3. draws the instance flow of the training run;
+4. explains photos shipped inside scikit-image with the pretrained EfficientNet-Lite0 (PyPI).
+
+It is a recipe of CLI commands (each printed before it runs), so every step can be rerun or
+changed by hand; a rerun resumes and skips what is finished.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from xailab.core.errors import DataError
+
+GRADIENT_AND_CAM = "saliency,input_x_gradient,integrated_gradients,smoothgrad,deeplift,gradcam,gradcam_pp,score_cam"
+PERTURBATION = "occlusion,lime,kernel_shap"
+PHOTO_METHODS = "integrated_gradients,gradcam,ablation_cam"
+
+
+def _available(methods: str) -> str:
+    from xailab.core.registry import available
+
+    have = set(available())
+    return ",".join(m for m in methods.split(",") if m in have)
+
+
+def write_photos(folder: Path) -> Path:
+    """Save a few of scikit-image's bundled photos as PNG files (the demo's ImageNet inputs)."""
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("chelsea", "coffee", "astronaut", "rocket"):
+        path = folder / f"{name}.png"
+        if not path.exists():
+            Image.fromarray(getattr(data, name)()).convert("RGB").save(path)
+    return folder
+
+
+def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, log: Callable[[str], None] = print) -> Path:
+    from xailab.cli import main
+
+    out = Path(out)
+    fmnist = Path("/usr/share/datasets/fashion-mnist")
+    if not fmnist.is_dir():
+        raise DataError(
+            "the demo trains on Fashion-MNIST, which is not installed: "
+            "run `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or `make demo`, which does it"
+        )
+    epochs, limit = ("2", "6000") if quick else ("3", "30000")
+    n_images = "4" if quick else "8"
+    steps: list[tuple[str, list[str]]] = [
+        ("train the 28x28 CNN on Fashion-MNIST, recording every test prediction each epoch",
+         ["train", "--model", "small_cnn", "--data", "fashion_mnist", "--epochs", epochs,
+          "--limit-train", limit, "--track", "test", "--track-limit", "2000", "--out", str(out / "train")]),
+        ("evaluate it on the test set",
+         ["evaluate", "--run", str(out / "train")]),
+        ("explain test images: gradient, CAM and perturbation methods, four targets each",
+         ["explain", "--model", "small_cnn", "--weights", str(out / "train" / "checkpoints" / "best.safetensors"),
+          "--images", f"fashion_mnist:test:{n_images}", "--methods", _available(GRADIENT_AND_CAM + "," + PERTURBATION),
+          "--targets", "true,top1,top2,least", "--out", str(out / "explain")] + (["--quick"] if quick else [])),
+        ("draw how predictions moved between classes over the epochs",
+         ["flow", str(out / "train"), "--out", str(out / "flow.html")]),
+        ("explain photos with the pretrained EfficientNet-Lite0",
+         ["explain", "--model", "efficientnet_lite0", "--pretrained", "--images", str(write_photos(out / "photos")),
+          "--methods", _available(PHOTO_METHODS), "--targets", "top1,top2", "--quick", "--batch-size", "32",
+          "--out", str(out / "photos-explain")]),
+    ]
+    start = time.perf_counter()
+    for i, (what, argv) in enumerate(steps, 1):
+        log(f"\n[{i}/{len(steps)}] {what}\n$ xailab {shlex.join(argv)}")
+        t0 = time.perf_counter()
+        code = main(argv)
+        if code != 0:
+            raise SystemExit(code)
+        log(f"[{i}/{len(steps)}] done in {time.perf_counter() - t0:.0f} s")
+    log(f"\ndemo finished in {time.perf_counter() - start:.0f} s. Look at:")
+    log(f"  {out / 'explain' / 'files' / 'overlays'}   (PNG overlays per image and method)")
+    log(f"  {out / 'flow.html'}   (instance flow; open in a browser)")
+    log(f"  {out / 'photos-explain' / 'files' / 'overlays'}")
+    return out
