@@ -174,7 +174,7 @@ class Explainer:
         with ctx:
             for lo in range(0, len(x), self.batch_size):
                 out = self.model(x[lo : lo + self.batch_size])
-                outs.append(_check_logits(out, len(x[lo : lo + self.batch_size])))
+                outs.append(check_logits(out, len(x[lo : lo + self.batch_size])))
         self.evaluations += len(x)
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
@@ -218,7 +218,7 @@ def expand_targets(targets: Tensor, samples: int) -> Tensor:
     return targets.reshape(-1, 1).expand(-1, samples).reshape(-1)
 
 
-def _check_logits(out: Any, n: int) -> Tensor:
+def check_logits(out: Any, n: int) -> Tensor:
     if isinstance(out, (tuple, list)):
         out = out[0]
     if hasattr(out, "logits") and not isinstance(out, Tensor):  # HF-style output objects

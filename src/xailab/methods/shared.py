@@ -1,0 +1,196 @@
+"""Several gradient methods from ONE forward and ONE backward pass.
+
+Saliency, input x gradient, Grad-CAM, Grad-CAM++, XGrad-CAM and LayerCAM all need the same
+thing: one forward pass and the gradient of the target score, with respect to the input
+(saliency, input x gradient) or to one layer's activations (the CAMs). :func:`explain_shared`
+runs that pass once, asking ``torch.autograd.grad`` for both gradients at the same time, and
+builds every requested method's :class:`~xailab.core.explanation.Explanation` from it.
+
+Each Explanation equals what the method gives on its own (``create(name, model, ...).explain``):
+the same rows go through the model in the same chunks, so maps, targets, logits, params and
+extras are identical. Only ``seconds`` and ``evaluations`` are those of the whole shared call.
+
+    results = explain_shared(model, images, target="top1", layer="layer4", batch_size=64)
+    results["gradcam"].maps.shape, results["saliency"].maps.shape  # [N,1,H,W], [N,1,C,H,W]
+
+Methods it can share: see :data:`SHARED_METHODS` (aliases such as ``"grad_cam"`` are accepted).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from xailab.core.errors import InputError
+from xailab.core.explainer import Explainer, Output, expand_targets
+from xailab.core.explanation import Explanation
+from xailab.core.hooks import model_session
+from xailab.core.registry import METHODS
+from xailab.core.targets import TargetSpec, resolve_targets
+from xailab.methods.cam.base import CAM
+from xailab.methods.cam.layers import resolve_cam_layer
+
+#: methods made from the input gradient: name -> (rows x, gradient, explainer) -> maps
+_FROM_INPUT_GRADIENT = {
+    "saliency": lambda x, g, e: g.abs() if getattr(e, "absolute", True) else g,
+    "input_x_gradient": lambda x, g, e: x * g,
+}
+#: the CAMs made from the layer gradient (their own ``_finish``)
+_FROM_LAYER_GRADIENT = ("gradcam", "gradcam_pp", "xgradcam", "layercam")
+SHARED_METHODS: tuple[str, ...] = (*_FROM_INPUT_GRADIENT, *_FROM_LAYER_GRADIENT)
+
+
+def explain_shared(
+    model: nn.Module,
+    images: Tensor,
+    methods: Sequence[str] = SHARED_METHODS,
+    *,
+    target: TargetSpec = "top1",
+    labels: Tensor | Sequence[int] | None = None,
+    layer: str | nn.Module | None = None,
+    batch_size: int = 64,
+    output: Output = "logit",
+    eval_mode: bool = True,
+    params: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Explanation]:
+    """Explain ``images`` with every method of ``methods`` from one shared gradient pass.
+
+    Args:
+        model, images, target, labels, batch_size, output, eval_mode: as for
+            :meth:`xailab.core.explainer.Explainer.explain` and the explainer constructors.
+        methods: names from :data:`SHARED_METHODS` (or their aliases).
+        layer: the CAMs' layer (``None``: the last conv layer or block).
+        params: extra constructor arguments per method, e.g. ``{"saliency": {"absolute": False}}``.
+
+    Returns:
+        ``{name: Explanation}`` in the order of ``methods``, keyed by the registered names.
+    """
+    pass_ = SharedGradientPass(
+        model, methods, layer=layer, batch_size=batch_size, output=output, eval_mode=eval_mode,
+        params=params,
+    )
+    return pass_.explain_all(images, target=target, labels=labels)
+
+
+class SharedGradientPass(Explainer):
+    """The driver of :func:`explain_shared` (not a registered method: it returns several)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        methods: Sequence[str],
+        *,
+        layer: str | nn.Module | None = None,
+        params: dict[str, dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        names = [METHODS.canonical(m) for m in methods]
+        unknown = [m for m, n in zip(methods, names, strict=True) if n not in SHARED_METHODS]
+        if unknown or not names:
+            raise InputError(
+                f"cannot share one gradient pass for {unknown or 'no methods'}: "
+                f"choose among {', '.join(SHARED_METHODS)}"
+            )
+        if len(set(names)) != len(names):
+            raise InputError(f"a method is named twice in {list(methods)}")
+        extra = {METHODS.canonical(k): v for k, v in (params or {}).items()}
+        common = {"batch_size": self.batch_size, "output": self.output, "eval_mode": self.eval_mode}
+        self.explainers: dict[str, Explainer] = {}
+        for name in names:
+            kw = {**common, **extra.get(name, {})}
+            if name in _FROM_LAYER_GRADIENT:
+                kw.setdefault("layer", layer)
+            self.explainers[name] = METHODS.create(name, model, **kw)
+        self.cams = {n: e for n, e in self.explainers.items() if isinstance(e, CAM)}
+        self.input_methods = [n for n in names if n in _FROM_INPUT_GRADIENT]
+
+    def samples_per_image(self, n_targets: int) -> int:
+        return n_targets  # one (image, target) row each, as every shared method
+
+    def images_per_chunk(self, n_targets: int) -> int:
+        # the chunks (hence the rows of each forward pass) of the methods it stands for
+        first = next(iter(self.explainers.values()))
+        return first.images_per_chunk(n_targets)
+
+    def explain_all(
+        self,
+        inputs: Tensor,
+        target: TargetSpec = "top1",
+        labels: Tensor | Sequence[int] | None = None,
+    ) -> dict[str, Explanation]:
+        start = time.perf_counter()
+        x = self._check_inputs(inputs)
+        self.evaluations = 0
+        maps: dict[str, list[Tensor]] = {n: [] for n in self.explainers}
+        with model_session(self.model, eval_mode=self.eval_mode):
+            logits = self.forward(x, grad=False)
+            targets, names = resolve_targets(target, logits, labels)
+            for p in self.model.parameters():  # restored by model_session
+                p.requires_grad_(False)
+            driver = self._prepare_cams(x, logits)
+            per_chunk = self.images_per_chunk(targets.shape[1])
+            for lo in range(0, len(x), per_chunk):
+                chunk = slice(lo, lo + per_chunk)
+                for name, m in self._explain_chunk(driver, x[chunk], targets[chunk]).items():
+                    maps[name].append(m.detach().cpu())
+        seconds = time.perf_counter() - start
+        return {
+            name: Explanation(
+                maps=torch.cat(maps[name]),
+                targets=targets.cpu(),
+                target_names=tuple(names),
+                logits=logits.detach().cpu(),
+                method=e.name,
+                params=e.params(),
+                seconds=seconds,
+                evaluations=self.evaluations,
+                extras=e._extras(),
+            )
+            for name, e in self.explainers.items()
+        }
+
+    def _prepare_cams(self, x: Tensor, logits: Tensor) -> CAM | None:
+        """Resolve the layer once, give it to every CAM; the first CAM drives the shared pass."""
+        if not self.cams:
+            return None
+        first = next(iter(self.cams.values()))
+        name, module = (
+            (first.layer_name, first.layer_module)
+            if first.layer_name is not None
+            else resolve_cam_layer(self.model, None, x[:1])
+        )
+        for cam in self.cams.values():
+            if cam.layer_module is not None and cam.layer_module is not module:
+                raise InputError("the CAMs of one shared pass must explain the same layer")
+            cam.layer_name, cam.layer_module, cam._layer_spec = name, module, module
+            cam._prepare(x, logits)
+            cam.evaluations = 0
+        return first
+
+    def _explain_chunk(self, driver: CAM | None, x: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        b, t = targets.shape
+        rows = x.repeat_interleave(t, dim=0)  # (image, target) rows, as each method makes them
+        row_targets = expand_targets(targets, 1)
+        out: dict[str, Tensor] = {}
+        if driver is None:
+            input_grads, _ = self.target_gradients(rows, row_targets)
+        else:
+            driver.evaluations = 0
+            acts, grads, maybe = driver.activations_and_gradients(
+                rows, row_targets, input_gradient=bool(self.input_methods)
+            )
+            self.evaluations += driver.evaluations
+            acts = acts.reshape(b, t, *acts.shape[1:])
+            grads = grads.reshape(acts.shape)
+            for name, cam in self.cams.items():
+                out[name] = cam._finish(x, targets, acts, grads)
+            input_grads = maybe if maybe is not None else rows
+        for name in self.input_methods:
+            maps = _FROM_INPUT_GRADIENT[name](rows, input_grads, self.explainers[name])
+            out[name] = maps.reshape(b, t, *x.shape[1:])
+        return {name: out[name] for name in self.explainers}
