@@ -1,0 +1,171 @@
+"""The engine of the gradient family: attributions as sums of weighted input gradients.
+
+Saliency, input x gradient, Integrated Gradients and GradientSHAP all compute, for an image ``x``
+and a target class ``t``, from ``S`` sample points ``z_s`` with multipliers ``m_s``,
+
+    A(x, t) = post( sum_{s=1..S} m_s * grad_z S_t(z_s) )
+
+    saliency          S = 1   z = x                        m = 1             post = |.| (optional)
+    input x gradient  S = 1   z = x                        m = x
+    IG                S = n   z_s = b + a_s (x - b)        m_s = w_s (x - b)  (quadrature a_s, w_s)
+    GradientSHAP      S = n   z_s = b_s + a_s (x' - b_s)   m_s = (x' - b_s) / n   (x' = x + noise_s)
+
+and SmoothGrad wraps any of them by replacing ``x`` with noisy copies. A subclass says only how
+its points are made (:meth:`GradientExplainer._points`); the engine streams the points of every
+image, target and noise sample of a chunk through the model in passes of at most
+``batch_size`` samples (packing several images into one pass, or one image's steps into
+several), and sums each row's weighted gradients as they arrive. Memory: one pass plus the
+chunk's maps, whatever ``S`` is.
+
+    class InputXGradient(GradientExplainer):
+        def _points(self, xs, state, img, step):
+            return xs, xs          # z = x, m = x
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from xailab.core.explainer import Explainer
+
+#: ``points(xs, img, step) -> (z, m)`` for a pass of samples (see GradientExplainer._points)
+Points = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor | float]]
+#: ``sink(first_row, values)``: rows ``first_row ..`` are complete, their sums are ``values``
+Sink = Callable[[int, Tensor], None]
+
+
+class GradientExplainer(Explainer):
+    """Base class of the streamed gradient methods; see the module docstring."""
+
+    per_channel = True
+    #: whether the method takes ``mean``/``std``/``pixel_range`` (baselines or noise)
+    uses_pixel_space: ClassVar[bool] = False
+
+    # -- what subclasses provide ------------------------------------------------------------
+    def n_points(self) -> int:
+        """Gradient evaluations per (image, target): ``S``."""
+        return 1
+
+    def _chunk_state(self, x: Tensor) -> Any:
+        """Per-chunk data the points need (baselines, random draws), computed once per chunk."""
+        return None
+
+    def _points(self, xs: Tensor, state: Any, img: Tensor, step: Tensor) -> tuple[Tensor, Tensor | float]:
+        """Sample points ``z [k, C, H, W]`` and multipliers ``m`` (broadcastable to ``z``).
+
+        ``xs [k, C, H, W]`` is each sample's input (the image, or a noisy copy under SmoothGrad),
+        ``img [k]`` its image's index in the chunk, ``step [k]`` its index in ``0..S-1``.
+        """
+        raise NotImplementedError
+
+    def _post(self, a: Tensor) -> Tensor:
+        """Applied to each row's sum (saliency's absolute value)."""
+        return a
+
+    def _after_chunk(self, x: Tensor, targets: Tensor, state: Any, maps: Tensor) -> None:
+        """Called with the chunk's maps (IG's completeness error)."""
+
+    # -- the engine -------------------------------------------------------------------------
+    def samples_per_image(self, n_targets: int) -> int:
+        return n_targets * self.n_points()
+
+    def images_per_chunk(self, n_targets: int) -> int:
+        """Enough images that passes are full: a multiple of ``batch_size`` samples if it is
+        small, otherwise about 16 passes (at most one part-filled pass in 16)."""
+        spi = max(1, self.samples_per_image(n_targets))
+        k = math.lcm(spi, self.batch_size) // spi
+        if k * spi > 16 * self.batch_size:
+            k = -(-16 * self.batch_size // spi)
+        return max(1, k)
+
+    def _prepare(self, x: Tensor, logits: Tensor) -> None:
+        # Only input gradients are needed: autograd then keeps no tensors for weight gradients.
+        # model_session restores every parameter's requires_grad afterwards.
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
+        state = self._chunk_state(x)
+        b, t = targets.shape
+        out = x.new_zeros(b * t, *x.shape[1:])
+
+        def sink(r0: int, vals: Tensor) -> None:
+            out[r0 : r0 + len(vals)] = self._post(vals)
+
+        def points(xs: Tensor, img: Tensor, step: Tensor) -> tuple[Tensor, Tensor | float]:
+            return self._points(xs, state, img, step)
+
+        self._stream(x, targets, sink, points, self.n_points())
+        maps = out.reshape(b, t, *x.shape[1:])
+        self._after_chunk(x, targets, state, maps)
+        return maps
+
+    def _stream(
+        self,
+        x: Tensor,
+        targets: Tensor,
+        sink: Sink,
+        points: Points,
+        n_points: int,
+        *,
+        variants: int = 1,
+        row_inputs: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+    ) -> None:
+        """Stream all samples of the chunk in passes of at most ``batch_size``.
+
+        Samples are ordered (image, target, variant, step); a *row* is one (image, target,
+        variant) and owns ``n_points`` consecutive samples. ``row_inputs(x, img, variant)``
+        gives each sample's input (default ``x[img]``). Complete rows go to ``sink`` in order.
+        """
+        b, t = targets.shape
+        s, n = n_points, variants
+        total = b * t * n * s
+        flat_targets = targets.reshape(-1)
+        carry: list[Any] = [None, None]  # the row in progress and its partial sum
+        for lo in range(0, total, self.batch_size):
+            hi = min(total, lo + self.batch_size)
+            idx = torch.arange(lo, hi, device=x.device)
+            row = idx // s
+            bt = row // n
+            img = bt // t
+            xs = x[img] if row_inputs is None else row_inputs(x, img, row % n)
+            z, m = points(xs, img, idx % s)
+            grads, _ = self.target_gradients(z, flat_targets[bt])
+            self._reduce(m * grads, lo, hi, s, carry, sink)
+
+    @staticmethod
+    def _reduce(prod: Tensor, lo: int, hi: int, s: int, carry: list[Any], sink: Sink) -> None:
+        """Sum the samples ``lo..hi`` of ``prod`` into their rows (deterministic order)."""
+        a = lo
+        while a < hi:
+            r = a // s
+            if a % s == 0 and hi - a >= s:  # whole rows
+                end = a + (hi - a) // s * s
+                sink(r, prod[a - lo : end - lo].reshape(-1, s, *prod.shape[1:]).sum(1))
+            else:  # the part of one row that lies in this pass
+                end = min(hi, (r + 1) * s)
+                part = prod[a - lo : end - lo].sum(0)
+                if carry[0] == r:
+                    part = carry[1] + part
+                if end == (r + 1) * s:
+                    sink(r, part.unsqueeze(0))
+                    carry[0] = carry[1] = None
+                else:
+                    carry[0], carry[1] = r, part
+            a = end
+
+    def _target_scores(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """Scores ``[B, T]`` of ``inputs [B, ...]`` for ``targets [B, T]`` (forward only)."""
+        logits = self.forward(inputs, grad=False)
+        t = targets.shape[1]
+        return self.score(logits.repeat_interleave(t, dim=0), targets.reshape(-1)).reshape(-1, t)
+
+
+def flat_sum(maps: Tensor) -> Tensor:
+    """``[B, T, ...] -> [B, T]``: the sum of each map."""
+    return maps.reshape(*maps.shape[:2], -1).sum(-1)
