@@ -57,3 +57,18 @@ def test_run_store_reads_and_refuses(tmp_path: Path) -> None:
         run.read_table("x")
     with pytest.raises(RunError, match="not an xailab run"):
         Run.open(tmp_path)
+
+
+def test_normalisation_reaches_pixel_space_methods(tiny_cnn, images, tmp_path: Path) -> None:
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    x = (images[:2] - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    explain_to_run(tiny_cnn, x, out=tmp_path / "r", methods=["integrated_gradients", "saliency"],
+                   targets="top1", mean=mean, std=std, quick=True, png=False)
+    ig = Explanation.load(tmp_path / "r" / "explanations" / "integrated_gradients")
+    assert tuple(ig.params["mean"]) == mean and tuple(ig.params["std"]) == std
+    # IG's attributions sum to f(x) - f(black) where black is pixel 0, i.e. -mean/std here
+    black = (torch.zeros_like(x) - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    with torch.no_grad():
+        t = ig.targets[:, 0]
+        gap = tiny_cnn(x).gather(1, t[:, None])[:, 0] - tiny_cnn(black).gather(1, t[:, None])[:, 0]
+    torch.testing.assert_close(ig.maps.sum(dim=(1, 2, 3, 4)), gap, rtol=0.05, atol=1e-3)

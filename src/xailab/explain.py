@@ -29,14 +29,24 @@ from xailab.core.targets import TargetSpec
 from xailab.runs.store import Run, atomic_write_text
 
 
-def method_kwargs(name: str, params: dict[str, Any], layer: str | None, quick: bool) -> dict[str, Any]:
-    """Keyword arguments for method ``name``: its quick settings, ``layer`` if it takes one, and
-    the user's ``params`` (unknown parameter names are an error that lists the known ones)."""
+def method_kwargs(
+    name: str,
+    params: dict[str, Any],
+    layer: str | None,
+    quick: bool,
+    pixel_space: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for method ``name``: its quick settings, ``layer`` if it takes one,
+    the model's normalisation (``mean``/``std``, so that a "black" baseline is black) if it takes
+    them, and the user's ``params`` (unknown names are an error that lists the known ones)."""
     cls = METHODS.get(name)
     accepted = _accepted(cls)
     kw: dict[str, Any] = dict(cls.quick_params) if quick else {}
     if layer is not None and "layer" in accepted:
         kw["layer"] = layer
+    for key, value in (pixel_space or {}).items():
+        if key in accepted and value is not None:
+            kw[key] = value
     unknown = set(params) - accepted
     if unknown:
         raise InputError(
@@ -72,6 +82,8 @@ def explain_to_run(
     display: Tensor | None = None,
     method_params: dict[str, dict[str, Any]] | None = None,
     layer: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     batch_size: int = 64,
     seed: int = 0,
     quick: bool = False,
@@ -85,6 +97,8 @@ def explain_to_run(
         display: the images as a person sees them, ``[N, C, H, W]`` in [0, 1], for the overlays
             (default: ``images`` min-max scaled).
         method_params: per-method keyword arguments, e.g. ``{"lime": {"num_samples": 2000}}``.
+        mean, std: the normalisation the images went through, given to every method that
+            builds baselines or noise in pixel space (IG's black/white baselines, SmoothGrad).
     """
     names = list(names) if names is not None else [f"{i:05d}" for i in range(len(images))]
     canon = [METHODS.canonical(m) for m in methods]
@@ -92,7 +106,8 @@ def explain_to_run(
     stray = set(params) - set(canon)
     if stray:
         raise InputError(f"parameters given for methods not run: {', '.join(sorted(stray))}")
-    kwargs = {m: method_kwargs(m, params.get(m, {}), layer, quick) for m in canon}
+    space = {"mean": tuple(mean) if mean is not None else None, "std": tuple(std) if std is not None else None}
+    kwargs = {m: method_kwargs(m, params.get(m, {}), layer, quick, space) for m in canon}
 
     run = Run.create(out, kind="explain", config=config or {})
     run.update_manifest("explain", {

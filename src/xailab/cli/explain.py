@@ -103,12 +103,8 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model, args.weights, num_classes=args.num_classes).to(device)
     prep = get_preprocessing(model)
     images, labels, names, dataset = load_images(args.images, prep, root=args.data_root)
-    if prep is not None:
-        display = prep.denormalize(images)
-    elif dataset is not None and dataset.normalize:
-        display = dataset.preprocessing.denormalize(images)
-    else:
-        display = images
+    norm = prep if prep is not None else (dataset.preprocessing if dataset is not None and dataset.normalize else None)
+    display = norm.denormalize(images) if norm is not None else images
     class_names = list(dataset.classes) if dataset is not None else None
     if args.class_names:
         class_names = read_class_names(args.class_names)
@@ -119,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         model, images.to(device), out=args.out, methods=methods,
         targets=targets if len(targets) > 1 else targets[0], labels=labels, names=names,
         class_names=class_names, display=display, method_params=params, layer=args.layer,
+        mean=norm.mean if norm is not None else None, std=norm.std if norm is not None else None,
         batch_size=args.batch_size, seed=args.seed, quick=args.quick, png=not args.no_png,
         config={"model": args.model, "weights": args.weights, "images": args.images,
                 "data_root": args.data_root, "device": device},
