@@ -1,0 +1,37 @@
+"""List the models of the zoo: name, family, input, classes, pretrained weights, description."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "list the registered models"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    p.add_argument("--family", help="cnn, resnet_cifar, resnet, vgg, efficientnet, ...")
+    p.add_argument("--details", action="store_true", help="also print preprocessing and weights")
+
+
+def run(args: argparse.Namespace) -> int:
+    from xailab.models import MODELS, model_info
+
+    names = MODELS.available(args.pattern, args.family)
+    if not names:
+        print(f"no model matches {args.pattern!r}" + (f" in family {args.family!r}" if args.family else ""))
+        return 1
+    print(f"{'name':20s} {'family':13s} {'input':10s} {'classes':>7s}  {'pretrained':10s} description")
+    for n in names:
+        info = model_info(n)
+        size = info["input_size"]
+        shape = f"{info['in_channels']}x{size[0]}x{size[1]}" if size else f"{info['in_channels']}xHxW"
+        pre = "yes" if info["weights"] else "-"
+        print(f"{n:20s} {info['family']:13s} {shape:10s} {info['num_classes']:7d}  {pre:10s} {info['description']}")
+        if args.details:
+            mean = ", ".join(f"{v:.4f}" for v in info["mean"])
+            std = ", ".join(f"{v:.4f}" for v in info["std"])
+            resize = f"resize {info['resize']}, centre-crop, " if info["resize"] else ""
+            print(f"{'':20s} preprocessing: {resize}mean ({mean}), std ({std})")
+            if info["weights"]:
+                print(f"{'':20s} weights: {info['weights']}")
+    return 0
