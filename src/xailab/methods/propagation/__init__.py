@@ -1,0 +1,1 @@
+"""Propagation family: layer-wise relevance propagation (LRP) on zennit's rules and canonizers."""

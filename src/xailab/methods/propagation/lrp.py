@@ -1,0 +1,265 @@
+"""Layer-wise relevance propagation (LRP) on zennit's rules, composites and canonizers.
+
+LRP (Bach et al. 2015, PLoS ONE 10(7); Montavon et al. 2019, "Layer-wise relevance
+propagation: an overview") starts from the explained score ``R = S_t(x)`` at the target logit
+and redistributes it backwards, layer by layer: a layer with inputs ``a_i`` and outputs ``j``
+hands on ``R_i = sum_j z_ij / sum_i' z_i'j * R_j``, where the contribution ``z_ij`` (e.g.
+``a_i w_ij`` for the ε-rule) is set by the layer's rule (see
+:mod:`~xailab.methods.propagation.composites`). The result is one relevance value per input
+channel and pixel, ``maps [N, T, C, H, W]``; ``pixel_maps()`` sums the channels. Relevance is
+*conserved*: with biases left out (``zero_bias=True``) the input relevance sums to ``S_t(x)``
+up to the stabilisers; with biases, each bias absorbs its share.
+
+Every call records ``extras["relevance_sum"]`` and ``extras["score"]`` (``[N, T]``), so the
+conservation ``relevance_sum / score`` can be checked per explanation. Before explaining, the
+model is canonized (BatchNorm merged, residual additions routed through ``Sum`` modules) and
+checked (:mod:`~xailab.methods.propagation.checks`); a model LRP would silently get wrong is
+refused with :class:`~xailab.core.errors.UnsupportedModelError` saying what to change. The model
+is restored exactly afterwards.
+
+    result = create("lrp_epsilon_gamma_box", model, mean=CIFAR_MEAN, std=CIFAR_STD).explain(x)
+    result.maps.shape                       # [N, 1, 3, H, W]
+    result.extras["relevance_sum"] / result.extras["score"]   # conservation per image
+    create("lrp", model, composite="epsilon_plus", zero_bias=True)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from xailab.core.errors import InputError
+from xailab.core.explainer import Explainer, expand_targets
+from xailab.core.registry import register
+
+from .canonizers import ResidualSumCanonizer, model_canonizers
+from .checks import freeze, prepare_model, warn_all
+from .composites import COMPOSITES, Bound, box_bounds, build_composite, check_composite_name
+
+#: |relevance_sum - score| beyond this many times max(|score|, 1) means relevance exploded
+EXPLOSION = 1e3
+
+
+@register("lrp", family="propagation", aliases=("layerwise_relevance_propagation",))
+class LRP(Explainer):
+    """Layer-wise relevance propagation with a named composite (see the module docstring).
+
+    Args:
+        composite: which rule each layer gets: ``"epsilon"``, ``"zplus"``, ``"alpha2_beta1"``,
+            ``"epsilon_plus"`` (default), ``"epsilon_plus_flat"``, ``"epsilon_alpha2_beta1"``,
+            ``"epsilon_gamma_box"`` (table in :mod:`~xailab.methods.propagation.composites`).
+        epsilon: ε of the ε-rule (dense layers; every layer for ``"epsilon"``).
+        gamma: γ of the γ-rule (``"epsilon_gamma_box"``).
+        stabilizer: the small constant other rules add to their denominators.
+        zero_bias: leave biases out of the rules, so relevance is conserved exactly.
+        low, high: bounds of the model's input for the z^B first-layer rule (a float or one per
+            channel, in the normalised space the model sees).
+        mean, std: the normalisation applied to [0, 1] images; gives ``low = -mean / std``,
+            ``high = (1 - mean) / std`` when ``low``/``high`` are not given. With neither, each
+            image's own per-channel minimum and maximum are the box.
+        check: check the canonized model before explaining (refuse unsupported structures);
+            turn off only for a model you have checked before, to save two one-image passes.
+        **kwargs: ``batch_size``, ``output``, ``eval_mode``, ``seed`` of :class:`Explainer`.
+            With ``output="probability"`` (or log) the relevance that starts at the target logit
+            is that score; the softmax itself is not decomposed.
+    """
+
+    per_channel = True
+    default_composite: ClassVar[str] = "epsilon_plus"
+    fixed_composite: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        composite: str | None = None,
+        epsilon: float = 1e-6,
+        gamma: float = 0.25,
+        stabilizer: float = 1e-6,
+        zero_bias: bool = False,
+        low: Bound | None = None,
+        high: Bound | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        check: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        if composite is not None and self.fixed_composite and check_composite_name(composite) != self.default_composite:
+            raise InputError(
+                f"{self.name} always uses composite {self.default_composite!r}; use create('lrp', model, "
+                f"composite={composite!r}) for another"
+            )
+        self.composite = check_composite_name(composite or self.default_composite)
+        for label, value in (("epsilon", epsilon), ("stabilizer", stabilizer)):
+            if not (value >= 0 and math.isfinite(value)):
+                raise InputError(f"{label} must be a finite number >= 0, got {value}")
+        if not (gamma >= 0 and math.isfinite(gamma)):
+            raise InputError(f"gamma must be a finite number >= 0, got {gamma}")
+        self.epsilon, self.gamma, self.stabilizer = float(epsilon), float(gamma), float(stabilizer)
+        self.zero_bias = bool(zero_bias)
+        self.low, self.high, self.mean, self.std = low, high, mean, std
+        self.check = check
+        self._plan: dict[str, int] = {}
+        self._sums: list[Tensor] = []
+        self._scores: list[Tensor] = []
+
+    def params(self) -> dict[str, Any]:
+        p: dict[str, Any] = {
+            **super().params(),
+            "composite": self.composite,
+            "epsilon": self.epsilon,
+            "stabilizer": self.stabilizer,
+            "zero_bias": self.zero_bias,
+        }
+        if self.composite == "epsilon_gamma_box":
+            p["gamma"] = self.gamma
+            p["bounds"] = _jsonable(
+                {"low": self.low, "high": self.high} if self.low is not None
+                else {"mean": self.mean, "std": self.std} if self.mean is not None
+                else "per_image"
+            )
+        return p
+
+    def samples_per_image(self, n_targets: int) -> int:
+        return n_targets
+
+    # -- the model: canonizers and the check, once per explain call -----------------------------
+    def _composite(self, rows: Tensor, plan: dict[str, int] | None = None) -> Any:
+        low = high = None
+        if COMPOSITES[self.composite][1]:
+            low, high = box_bounds(rows, low=self.low, high=self.high, mean=self.mean, std=self.std)
+        canonizers = [*model_canonizers(self.model)]
+        plan = self._plan if plan is None else plan
+        if plan:
+            canonizers.append(ResidualSumCanonizer(plan))
+        return build_composite(
+            self.composite, epsilon=self.epsilon, gamma=self.gamma, stabilizer=self.stabilizer,
+            zero_bias=self.zero_bias, low=low, high=high, canonizers=canonizers,
+        )
+
+    def _prepare(self, x: Tensor, logits: Tensor) -> None:
+        self._sums, self._scores = [], []
+        example = x[:1]
+        with _frozen(self.model):
+            self._plan, messages = prepare_model(
+                self.model, example, logits[:1], lambda plan: self._composite(example, plan),
+                forward=self.forward, method=self.name, check=self.check,
+            )
+        if self.check:
+            self.evaluations += 1  # inspect_structure's pass (self.forward counts the others)
+        warn_all(messages, self.name)
+
+    # -- one chunk --------------------------------------------------------------------------------
+    def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
+        b, t = targets.shape
+        xs = x.repeat_interleave(t, dim=0)  # (image, target) rows
+        ts = expand_targets(targets, 1)
+        maps, sums, scores = [], [], []
+        for lo in range(0, len(xs), self.batch_size):  # one forward per backward: rules keep state
+            rel, score = self._relevance(xs[lo : lo + self.batch_size], ts[lo : lo + self.batch_size])
+            maps.append(rel)
+            sums.append(rel.flatten(1).sum(1))
+            scores.append(score)
+        rel_sum, score = torch.cat(sums).reshape(b, t), torch.cat(scores).reshape(b, t)
+        self._sums.append(rel_sum.detach().cpu())
+        self._scores.append(score.detach().cpu())
+        _warn_if_exploded(rel_sum, score, self.name)
+        return torch.cat(maps).reshape(b, t, *x.shape[1:])
+
+    def _relevance(self, rows: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Input relevance ``[M, C, H, W]`` and explained score ``[M]`` for ``rows`` and ``targets``."""
+        composite = self._composite(rows)
+        with _frozen(self.model):
+            try:
+                composite.register(self.model)
+                freeze(self.model)  # also the bias parameters BatchNorm merging created
+                xi = rows.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    logits = self.forward(xi)
+                    score = self.score(logits, targets).detach()
+                    start = torch.zeros_like(logits).scatter(1, targets.reshape(-1, 1), score.reshape(-1, 1))
+                    (rel,) = torch.autograd.grad(logits, xi, grad_outputs=start)
+            finally:
+                composite.remove()
+        return rel.detach(), score
+
+    def _extras(self) -> dict[str, Tensor]:
+        if not self._sums:
+            return {}
+        return {"relevance_sum": torch.cat(self._sums), "score": torch.cat(self._scores)}
+
+
+def _warn_if_exploded(rel_sum: Tensor, score: Tensor, method: str) -> None:
+    bad = ~torch.isfinite(rel_sum) | ((rel_sum - score).abs() > EXPLOSION * score.abs().clamp(min=1.0))
+    if bad.any():
+        i = int(bad.reshape(-1).nonzero()[0])
+        warnings.warn(
+            f"{method}: relevance is not conserved: an input relevance sum of {float(rel_sum.reshape(-1)[i]):.4g} "
+            f"for a score of {float(score.reshape(-1)[i]):.4g}. Biases or a tiny stabilizer can amplify "
+            "relevance; try zero_bias=True or a larger epsilon, and check the model for operations "
+            "without LRP rules",
+            stacklevel=4,
+        )
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters ``requires_grad=False`` inside (only the input needs a gradient), restored after."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        freeze(model)
+        yield
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().cpu().reshape(-1).tolist()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _fixed(composite: str, doc: str) -> type[LRP]:
+    """A subclass of :class:`LRP` bound to one composite (its own registry name)."""
+    cls = type(
+        f"LRP_{composite}",
+        (LRP,),
+        {"default_composite": composite, "fixed_composite": True, "__doc__": doc, "__module__": __name__},
+    )
+    return cls
+
+
+LRPEpsilon = register("lrp_epsilon", family="propagation")(
+    _fixed("epsilon", "LRP-ε on every layer (Bach et al. 2015); see :class:`LRP`.")
+)
+LRPZPlus = register("lrp_zplus", family="propagation", aliases=("lrp_alpha1_beta0",))(
+    _fixed("zplus", "LRP-z+ (α1β0) on every layer (Bach et al. 2015; Montavon et al. 2017); see :class:`LRP`.")
+)
+LRPAlpha2Beta1 = register("lrp_alpha2_beta1", family="propagation")(
+    _fixed("alpha2_beta1", "LRP-α2β1 on every layer (Bach et al. 2015); see :class:`LRP`.")
+)
+LRPEpsilonPlus = register("lrp_epsilon_plus", family="propagation")(
+    _fixed("epsilon_plus", "z+ on convolutions, ε on dense layers (zennit EpsilonPlus); see :class:`LRP`.")
+)
+LRPEpsilonPlusFlat = register("lrp_epsilon_plus_flat", family="propagation", aliases=("lrp_flat",))(
+    _fixed("epsilon_plus_flat", "Flat first layer, z+ convolutions, ε dense (zennit EpsilonPlusFlat).")
+)
+LRPEpsilonAlpha2Beta1 = register("lrp_epsilon_alpha2_beta1", family="propagation")(
+    _fixed("epsilon_alpha2_beta1", "α2β1 on convolutions, ε on dense layers (zennit EpsilonAlpha2Beta1).")
+)
+LRPEpsilonGammaBox = register("lrp_epsilon_gamma_box", family="propagation", aliases=("lrp_gamma_box",))(
+    _fixed("epsilon_gamma_box", "z^B first conv, γ convolutions, ε dense (Montavon et al. 2019's recipe).")
+)
