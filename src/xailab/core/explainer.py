@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError, ModelError
 from xailab.core.explanation import Explanation
-from xailab.core.hooks import model_session
+from xailab.core.hooks import model_device, model_session
 from xailab.core.targets import TargetSpec, resolve_targets
 
 Output = Literal["logit", "probability", "log_probability"]
@@ -140,11 +140,7 @@ class Explainer:
     # -- helpers for subclasses -----------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        for p in self.model.parameters():
-            return p.device
-        for b in self.model.buffers():
-            return b.device
-        return torch.device("cpu")
+        return model_device(self.model)
 
     def images_per_chunk(self, n_targets: int) -> int:
         return max(1, self.batch_size // max(1, self.samples_per_image(n_targets)))
@@ -244,6 +240,21 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="img")
+
+
+def full_pass_images(samples_per_image: int, batch_size: int) -> int:
+    """Images per chunk such that the chunk's samples fill whole passes of ``batch_size``.
+
+    The least number of images whose samples are a multiple of ``batch_size`` when that is
+    small; otherwise enough for about 16 passes (at most one part-filled pass in 16). Methods
+    that share rows (the gradient engine, the gradient CAMs, the shared pass) use this one rule
+    so that the same rows go through the model in the same passes.
+    """
+    spi = max(1, samples_per_image)
+    k = math.lcm(spi, batch_size) // spi
+    if k * spi > 16 * batch_size:
+        k = -(-16 * batch_size // spi)
+    return max(1, k)
 
 
 def chunked(n: int, size: int) -> Iterator[slice]:

@@ -41,6 +41,15 @@ def model_session(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Mo
             p.requires_grad_(r)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a model with neither."""
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
 class HookScope:
     """``with HookScope() as hooks: hooks.add(module.register_forward_hook(fn))``."""
 

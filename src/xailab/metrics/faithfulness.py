@@ -93,7 +93,7 @@ def _curves(
     batch_size: int,
     column: int,
 ) -> Curves:
-    from xailab.metrics.perturb import model_device
+    from xailab.core.hooks import model_device
 
     x = check_images(images).to(model_device(model))
     a = maps_for_images(maps, x, mode=mode, target=column)
@@ -203,7 +203,7 @@ def faithfulness_correlation(
         subsets: explicit pixel indices ``[N, runs, size]`` instead of random ones.
         Other arguments as for :func:`deletion`.
     """
-    from xailab.metrics.perturb import model_device
+    from xailab.core.hooks import model_device
 
     x = check_images(images).to(model_device(model))
     a = maps_for_images(maps, x, mode=mode, target=column).flatten(1).double()

@@ -17,21 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError, ModelError
-from xailab.core.hooks import model_session
+from xailab.core.hooks import model_device, model_session
 
 Output = Literal["probability", "logit"]
 #: what replaces a removed pixel: "blur" (a Gaussian blur of the image), "mean" (the image's
 #: mean colour), a number (a constant in the model's input space; 0 is the dataset mean for
 #: normalised inputs), or a tensor ``[C, H, W]`` / ``[N, C, H, W]``
 Fill = Literal["blur", "mean"] | float | Tensor
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
 
 
 def logits_of(out: object, n: int) -> Tensor:

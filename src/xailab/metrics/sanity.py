@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError
 from xailab.core.explanation import Explanation
+from xailab.core.hooks import model_device
 from xailab.metrics.maps import (
     ExplainFn,
     check_images,
@@ -44,7 +45,6 @@ from xailab.metrics.maps import (
     resolve_target,
     row_pearson,
 )
-from xailab.metrics.perturb import model_device
 from xailab.metrics.ssim import structural_similarity
 
 

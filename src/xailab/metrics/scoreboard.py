@@ -40,11 +40,11 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError
 from xailab.core.explanation import Explanation
+from xailab.core.hooks import model_device
 from xailab.metrics import agreement, figures
 from xailab.metrics.distribution import histogram, scatter_data
 from xailab.metrics.faithfulness import deletion, faithfulness_correlation, insertion
 from xailab.metrics.maps import nanmean
-from xailab.metrics.perturb import model_device
 from xailab.metrics.sanity import randomisation_test
 from xailab.runs.store import Run, RunError, atomic_write_bytes
 

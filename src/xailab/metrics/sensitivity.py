@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.core.hooks import model_device
 from xailab.metrics.maps import ExplainFn, Maps, check_images, pixel_maps, resize, resolve_target
-from xailab.metrics.perturb import model_device
 from xailab.metrics.sanity import explain_fn
 
 

@@ -25,7 +25,6 @@ are per location).
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xailab.core.errors import LayerError
-from xailab.core.explainer import Explainer, chunked, expand_targets
+from xailab.core.explainer import Explainer, chunked, expand_targets, full_pass_images
 from xailab.methods.cam.layers import LayerTap, conv_layer_hint, resolve_cam_layer
 
 
@@ -91,11 +90,7 @@ class CAM(Explainer):
             # one pass over the chunk's images records A; their K extra samples each (masked or
             # ablated copies) are streamed in passes of batch_size: batch_size images bound both
             return self.batch_size
-        spi = max(1, self.samples_per_image(n_targets))
-        k = math.lcm(spi, self.batch_size) // spi
-        if k * spi > 16 * self.batch_size:
-            k = -(-16 * self.batch_size // spi)
-        return max(1, k)
+        return full_pass_images(self.samples_per_image(n_targets), self.batch_size)
 
     def _prepare(self, x: Tensor, logits: Tensor) -> None:
         self._parts = {}

@@ -24,14 +24,13 @@ chunk's maps, whatever ``S`` is.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from xailab.core.explainer import Explainer
+from xailab.core.explainer import Explainer, full_pass_images
 
 #: ``points(xs, img, step) -> (z, m)`` for a pass of samples (see GradientExplainer._points)
 Points = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor | float]]
@@ -77,11 +76,7 @@ class GradientExplainer(Explainer):
     def images_per_chunk(self, n_targets: int) -> int:
         """Enough images that passes are full: a multiple of ``batch_size`` samples if it is
         small, otherwise about 16 passes (at most one part-filled pass in 16)."""
-        spi = max(1, self.samples_per_image(n_targets))
-        k = math.lcm(spi, self.batch_size) // spi
-        if k * spi > 16 * self.batch_size:
-            k = -(-16 * self.batch_size // spi)
-        return max(1, k)
+        return full_pass_images(self.samples_per_image(n_targets), self.batch_size)
 
     def _prepare(self, x: Tensor, logits: Tensor) -> None:
         # Only input gradients are needed: autograd then keeps no tensors for weight gradients.
