@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -55,24 +56,25 @@ def resnet18() -> nn.Module:
     return torchvision.models.resnet18(weights=None).eval()
 
 
-def _from_tar(path: Path, n: int, size: int, suffix: str) -> list[np.ndarray]:
+def _from_tar(path: Path, n: int, size: int, wanted: Callable[[str], bool]) -> list[np.ndarray]:
+    """The first ``n`` members of a tarball whose name passes ``wanted``, centre-cropped to
+    ``size`` x ``size``, as float arrays in [0, 1]."""
     out: list[np.ndarray] = []
     with tarfile.open(path) as tar:
         for m in tar:
-            if m.isfile() and m.name.lower().endswith(suffix) and "/test/" in f"/{m.name}" or (
-                m.isfile() and suffix == ".jpeg" and m.name.lower().endswith(suffix)
-            ):
-                f = tar.extractfile(m)
-                assert f is not None
-                img = Image.open(io.BytesIO(f.read())).convert("RGB")
-                if img.size != (size, size):
-                    w, h = img.size
-                    s = min(w, h)
-                    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-                    img = img.resize((size, size), Image.BILINEAR)
-                out.append(np.asarray(img, dtype=np.float32) / 255.0)
-                if len(out) == n:
-                    break
+            if not (m.isfile() and wanted(m.name)):
+                continue
+            f = tar.extractfile(m)
+            assert f is not None
+            img = Image.open(io.BytesIO(f.read())).convert("RGB")
+            if img.size != (size, size):
+                w, h = img.size
+                s = min(w, h)
+                img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+                img = img.resize((size, size), Image.BILINEAR)
+            out.append(np.asarray(img, dtype=np.float32) / 255.0)
+            if len(out) == n:
+                break
     return out
 
 
@@ -84,12 +86,12 @@ def _batch(arrs: list[np.ndarray], mean: tuple[float, ...], std: tuple[float, ..
 def cifar_batch(n: int = 32) -> torch.Tensor:
     tar = SHARED / "cifar10-jpg.tar.gz"
     if tar.exists():
-        return _batch(_from_tar(tar, n, 32, ".jpg"), (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
+        return _batch(_from_tar(tar, n, 32, lambda name: "/test/" in f"/{name}" and name.endswith(".jpg")), (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
 def imagenet_batch(n: int = 4) -> torch.Tensor:
     tar = SHARED / "imagenet" / "imagenet-samples-256.tar.gz"
     if tar.exists():
-        return _batch(_from_tar(tar, n, 224, ".jpeg"), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        return _batch(_from_tar(tar, n, 224, lambda name: name.lower().endswith(".jpeg")), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     return torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(0))
