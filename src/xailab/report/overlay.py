@@ -120,8 +120,9 @@ def _finish(fig: Figure, suptitle: str) -> None:
     """Tight layout that keeps ``suptitle`` (in inches from the top) clear of the panels."""
     top = 1.0
     if suptitle:
-        fig.suptitle(plain(suptitle), fontsize=10)
-        top = 1.0 - 0.45 / fig.get_figheight()
+        h = fig.get_figheight()
+        fig.suptitle(plain(suptitle), fontsize=10, y=1.0 - 0.08 / h, va="top")
+        top = 1.0 - 0.35 / h
     fig.tight_layout(rect=(0.0, 0.0, 1.0, top))
 
 

@@ -1,0 +1,83 @@
+"""The report's own figures: confusion matrix, training curves, the images themselves.
+
+All text drawn by matplotlib goes through :func:`~xailab.report.overlay.plain`, so a class
+named ``$x$`` is shown as written.
+
+    confusion_png(conf, ["cat", "dog"], "site/img/train/confusion-test.png")
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+
+from xailab.report.overlay import plain, save_png
+from xailab.runs.store import atomic_write_bytes
+
+
+def confusion_png(conf: pd.DataFrame, classes: Sequence[str], path: Path) -> Path:
+    """Rows = true class, columns = predicted, cells = counts, shaded by row share."""
+    k = max(len(classes), int(conf["true"].max()) + 1, int(conf["predicted"].max()) + 1)
+    m = np.zeros((k, k), dtype=np.int64)
+    np.add.at(m, (conf["true"].to_numpy(int), conf["predicted"].to_numpy(int)), conf["count"].to_numpy(int))
+    labels = [plain(str(classes[i])) if i < len(classes) else str(i) for i in range(k)]
+    share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    size = min(12.0, 2.5 + 0.55 * k)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.6 else "black")
+    ticks = list(range(k)) if k <= 40 else []
+    ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def curves_png(metrics: pd.DataFrame, path: Path) -> Path | None:
+    """Loss and accuracy per epoch (train and validation columns that are present)."""
+    df = metrics.sort_values("epoch")
+    loss = [(c, "loss") for c in ("train_loss", "val_loss") if c in df]
+    acc = [(c, "accuracy") for c in ("train_acc", "val_acc") if c in df]
+    panels = [p for p in (loss, acc) if p]
+    if "epoch" not in df or not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.4), squeeze=False)
+    for ax, cols in zip(axes[0], panels, strict=True):
+        for col, what in cols:
+            ax.plot(df["epoch"], df[col], marker="o", label=col.replace("_", " "))
+            ax.set_ylabel(what)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(df) == 1:
+            e = float(df["epoch"].iloc[0])
+            ax.set_xlim(e - 1, e + 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def image_png(image: np.ndarray, path: Path) -> Path:
+    """A ``[C, H, W]`` uint8 image (C = 1 or 3) as a PNG at its own size."""
+    arr = np.asarray(image)
+    arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr.astype(np.uint8))).save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,135 @@
+"""``xailab report``: a self-contained static site made from one or more runs.
+
+The site is one folder that opens from disk (``file://``), offline: pages with no script, one
+inline style sheet allowed by its hash in a Content-Security-Policy, and every image a PNG file
+under ``img/``. Pages, each written only when some run has its data:
+
+* ``index.html``   overview: the runs, model and data, accuracy (overall, per class), confusion
+  matrices and training curves of train runs, what each explain run holds;
+* ``images.html``  thumbnails of every explained image, linking to one page per image (the
+  image, its top classes, a grid of every method for every explained target);
+* ``compare.html`` what ``xailab compare`` wrote: scoreboard, IoU and rank-correlation matrices,
+  faithfulness, sanity, figures;
+* ``flow.html``    the instance flow of a train run (its ``files/flow.html``, embedded);
+* ``methods.html`` a card per method used (Hohman et al. 2018), its parameters and its cost.
+
+The site is built in a hidden folder beside ``out`` and renamed into place, so a failed build
+leaves nothing behind and an existing report is replaced whole. It reads only the run store.
+
+    build_site(["runs/cifar-train", "runs/cifar-explain"], "site/")
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from xailab.report.comparison import comparison_section, has_comparison
+from xailab.report.data import ReportRun, slug
+from xailab.report.html import esc, table
+from xailab.report.images import image_pages
+from xailab.report.methods import cards_section
+from xailab.report.overview import explain_section, flow_section, summary_rows, train_section
+from xailab.report.writer import Site
+from xailab.runs.store import RunError, atomic_write_text
+
+MARKER = ".xailab-report"
+
+
+def open_runs(paths: Sequence[str | os.PathLike[str]]) -> list[ReportRun]:
+    """Open each run, giving each a distinct slug (its folder name, made file-name safe)."""
+    runs: list[ReportRun] = []
+    seen: set[str] = set()
+    for p in paths:
+        base = slug(Path(p).resolve().name)
+        s, k = base, 2
+        while s in seen:
+            s, k = f"{base}-{k}", k + 1
+        seen.add(s)
+        runs.append(ReportRun.of(p, s))
+    if not runs:
+        raise RunError("no run given to report on")
+    return runs
+
+
+def build_site(
+    runs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    title: str = "xailab report",
+    max_images: int = 100,
+) -> Path:
+    """Write the report of ``runs`` into folder ``out`` (replacing an earlier report there)."""
+    opened = open_runs(runs)
+    dest = Path(out)
+    if dest.exists() and not (dest / MARKER).is_file() and (not dest.is_dir() or any(dest.iterdir())):
+        raise RunError(f"{dest} exists and is not an xailab report; give an empty or new folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        tmp.chmod(0o755)
+        _build(opened, Site(tmp, title, subtitle=", ".join(r.name for r in opened)), max_images)
+        atomic_write_text(tmp / MARKER, "written by xailab report\n")
+        old = None
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _build(runs: list[ReportRun], site: Site, max_images: int) -> None:
+    train = [r for r in runs if r.kind == "train"]
+    explain = [r for r in runs if r.methods()]
+    compared = [r for r in explain if has_comparison(r)]
+    flows = [r for r in runs if r.file("flow.html") is not None]
+    site.nav = [("index.html", "Overview")]
+    if explain:
+        site.nav.append(("images.html", "Images"))
+    if compared:
+        site.nav.append(("compare.html", "Comparison"))
+    if flows:
+        site.nav.append(("flow.html", "Instance flow"))
+    if explain:
+        site.nav.append(("methods.html", "Methods"))
+    pages = dict(site.nav)
+
+    # overview
+    body = ["<h2>Runs</h2>", table(summary_rows(runs))]
+    for r in train:
+        body.append(f"<h2>Training: {esc(r.name)}</h2>" + train_section(site, r))
+    for r in explain:
+        links = {label: href for href, label in site.nav if href in ("images.html", "compare.html", "methods.html")}
+        if r not in compared:
+            links.pop("Comparison", None)
+        body.append(f"<h2>Explanations: {esc(r.name)}</h2>" + explain_section(r, links))
+    other = [r for r in runs if r not in train and r not in explain]
+    for r in other:
+        body.append(f"<h2>{esc(r.kind)}: {esc(r.name)}</h2><p class=note>Nothing of this run is shown "
+                    "beyond its listing above.</p>")
+    site.write("index.html", site.title, "".join(body))
+
+    if explain:
+        sections = []
+        for r in explain:
+            thumbs = image_pages(site, r, max_images)
+            if thumbs:
+                sections.append(f"<h2>{esc(r.name)}</h2>{thumbs}")
+        site.write("images.html", "Images", "".join(sections) or "<p>No images were stored with these runs.</p>")
+        site.write("methods.html", "Methods", "<h2>Method cards</h2>" + cards_section(explain))
+    if compared:
+        site.write("compare.html", "Comparison",
+                   "".join(f"<h2>{esc(r.name)}</h2>" + comparison_section(site, r) for r in compared))
+    if flows:
+        site.write("flow.html", "Instance flow",
+                   "".join(f"<h2>{esc(r.name)}</h2>" + flow_section(site, r) for r in flows))
+    assert set(pages) <= set(site.pages)
