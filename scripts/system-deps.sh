@@ -4,7 +4,7 @@
 set -u
 want=()
 [ -d /usr/share/datasets/fashion-mnist ] || want+=(dataset-fashion-mnist)
-if [ "${XAILAB_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null; then want+=(chromium); fi
+if [ "${XAILAB_BROWSER:-1}" = 1 ] && ! command -v chromium >/dev/null; then want+=(chromium); fi
 [ ${#want[@]} -eq 0 ] && exit 0
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   echo "installing system packages: ${want[*]}"

@@ -4,8 +4,10 @@
    recording every test instance's prediction each epoch; evaluates it;
 2. explains test images with gradient, CAM, perturbation and propagation methods for the true,
    top-1, top-2 and least likely classes, and writes PNG overlays;
-3. draws the instance flow of the training run;
-4. explains photos shipped inside scikit-image with the pretrained EfficientNet-Lite0 (PyPI).
+3. draws the instance flow of the training run and compares the methods (agreement,
+   faithfulness, sanity, time);
+4. explains photos shipped inside scikit-image with the pretrained EfficientNet-Lite0 (PyPI);
+5. publishes it all as a static report and prints its path.
 
 It is a recipe of CLI commands (each printed before it runs), so every step can be rerun or
 changed by hand; a rerun resumes and skips what is finished.
@@ -68,11 +70,16 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, log: Callabl
           "--images", f"fashion_mnist:test:{n_images}", "--methods", _available(GRADIENT_AND_CAM + "," + PERTURBATION),
           "--targets", "true,top1,top2,least", "--out", str(out / "explain")] + (["--quick"] if quick else [])),
         ("draw how predictions moved between classes over the epochs",
-         ["flow", str(out / "train"), "--out", str(out / "flow.html")]),
+         ["flow", str(out / "train"), "--out", str(out / "train" / "files" / "flow.html")]),
+        ("compare the methods: agreement, deletion/insertion, sanity check, time",
+         ["compare", str(out / "explain"), "--reference", "gradcam"] + (["--no-sanity"] if quick else [])),
         ("explain photos with the pretrained EfficientNet-Lite0",
          ["explain", "--model", "efficientnet_lite0", "--pretrained", "--images", str(write_photos(out / "photos")),
           "--methods", _available(PHOTO_METHODS), "--targets", "top1,top2", "--quick", "--batch-size", "32",
           "--out", str(out / "photos-explain")]),
+        ("publish everything as a static report",
+         ["report", str(out / "train"), str(out / "explain"), str(out / "photos-explain"),
+          "--out", str(out / "report"), "--title", "xailab demo"]),
     ]
     start = time.perf_counter()
     for i, (what, argv) in enumerate(steps, 1):
@@ -82,8 +89,6 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, log: Callabl
         if code != 0:
             raise SystemExit(code)
         log(f"[{i}/{len(steps)}] done in {time.perf_counter() - t0:.0f} s")
-    log(f"\ndemo finished in {time.perf_counter() - start:.0f} s. Look at:")
-    log(f"  {out / 'explain' / 'files' / 'overlays'}   (PNG overlays per image and method)")
-    log(f"  {out / 'flow.html'}   (instance flow; open in a browser)")
-    log(f"  {out / 'photos-explain' / 'files' / 'overlays'}")
+    log(f"\ndemo finished in {time.perf_counter() - start:.0f} s.")
+    log(f"report: {(out / 'report' / 'index.html').resolve()}   (open it in a browser; works offline)")
     return out
