@@ -8,8 +8,8 @@ The public API in a few names::
     result.save("runs/demo/ig")
 """
 
-from xailab.core.explanation import Explanation
 from xailab.core.explainer import Explainer
+from xailab.core.explanation import Explanation
 from xailab.core.registry import available, create, register
 
 __all__ = ["Explainer", "Explanation", "available", "create", "register"]
