@@ -71,7 +71,7 @@ def _from_tar(path: Path, n: int, size: int, wanted: Callable[[str], bool]) -> l
                 w, h = img.size
                 s = min(w, h)
                 img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-                img = img.resize((size, size), Image.BILINEAR)
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
             out.append(np.asarray(img, dtype=np.float32) / 255.0)
             if len(out) == n:
                 break

@@ -55,11 +55,11 @@ def peak_memory_mb(fn: Callable[[], Any], interval: float = 0.005) -> tuple[floa
     """Peak memory growth of ``fn()`` in MiB: CUDA allocator peak on GPU, sampled RSS on CPU."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        allocated = torch.cuda.memory_allocated()
         out = fn()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20, out
+        return (torch.cuda.max_memory_allocated() - allocated) / 2**20, out
     base = _rss_mb()
-    peak = [base]
+    peak: list[float] = [base]
     stop = threading.Event()
 
     def sample() -> None:

@@ -1,0 +1,273 @@
+"""Perturbation family against Captum, lime and shap: time, evaluations, the floor; stability curves.
+
+Part 1, speed. For each case (the CIFAR CNN on CIFAR images, ResNet-18 on an ImageNet photo) and
+each method (occlusion, LIME, KernelSHAP, RISE), xailab and the reference implementations run on
+the same model, images, targets (top-1) and superpixels (SLIC as xailab picks it), in this
+process: Captum's Occlusion / Lime / KernelShap, lime's LimeImageExplainer and shap's
+KernelExplainer. Every implementation gets the same number of model evaluations per image and
+the same most rows per forward pass (``--batch-size``). Next to them the *floor*:
+``harness.floor_seconds`` of as many forward passes (``backward=False``), timed right after.
+The references go image by image, so their seconds per image are measured on the first
+``--ref-images`` images; xailab explains the whole batch (its copies of several images share
+forward passes).
+
+Part 2, stability: the mean Spearman rank correlation between the superpixel weights of two seeds,
+against the number of samples, for the plain sampler (lime's / Captum's scheme) and xailab's
+default paired sampler, on the CIFAR CNN and, when ../shared/data has it, the trained CIFAR
+ResNet-20 (a trained model's score is far less linear in the superpixels than a random one's).
+
+    python -m bench.bench_perturbation                 # full (several minutes on 2 free cores)
+    python -m bench.bench_perturbation --quick         # small sizes, a smoke run
+    python -m bench.bench_perturbation --resnet-samples 1000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import xailab
+from bench.common import SHARED, cifar_batch, cifar_cnn, imagenet_batch, resnet18
+from bench.harness import Row, floor_seconds, print_table, ratio_rows, save_json, timed
+from xailab.methods.perturbation.segmentation import segment, segmentation_params, superpixel_fill
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # lime draws a progress bar per image
+
+Ref = Callable[[nn.Module, torch.Tensor, torch.Tensor, list[torch.Tensor], int, int], Any]
+
+
+# -- the references, one image at a time ---------------------------------------------------------------
+def _fills(x: torch.Tensor, segs: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([superpixel_fill(x[i], segs[i], int(segs[i].max()) + 1, None) for i in range(len(x))])
+
+
+def captum_occlusion(window: tuple[int, int], stride: tuple[int, int]) -> Ref:
+    def run(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torch.Tensor], n: int, bs: int) -> Any:
+        from captum.attr import Occlusion
+
+        return Occlusion(m).attribute(x, sliding_window_shapes=(x.shape[1], *window), strides=(1, *stride),
+                                      baselines=0.0, target=t.tolist(), perturbations_per_eval=max(1, bs // len(x)))
+
+    return run
+
+
+def captum_lime(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torch.Tensor], n: int, bs: int) -> Any:
+    from captum._utils.models.linear_model import SkLearnRidge
+    from captum.attr import Lime
+    from captum.attr._core.lime import get_exp_kernel_similarity_function
+
+    lime = Lime(m, interpretable_model=SkLearnRidge(alpha=1.0),
+                similarity_func=get_exp_kernel_similarity_function("cosine", 0.25))
+    fills = _fills(x, segs)
+    return [lime.attribute(x[i : i + 1], baselines=fills[i : i + 1], target=int(t[i]), n_samples=n,
+                           feature_mask=segs[i][None, None].expand_as(x[i : i + 1]), perturbations_per_eval=bs)
+            for i in range(len(x))]
+
+
+def captum_kernel_shap(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torch.Tensor], n: int,
+                       bs: int) -> Any:
+    from captum.attr import KernelShap
+
+    ks = KernelShap(m)
+    fills = _fills(x, segs)
+    return [ks.attribute(x[i : i + 1], baselines=fills[i : i + 1], target=int(t[i]), n_samples=n,
+                         feature_mask=segs[i][None, None].expand_as(x[i : i + 1]), perturbations_per_eval=bs)
+            for i in range(len(x))]
+
+
+def lime_package(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torch.Tensor], n: int, bs: int) -> Any:
+    from lime.lime_image import LimeImageExplainer
+
+    def classifier_fn(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return m(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()).numpy()
+
+    out = []
+    for i in range(len(x)):
+        seg = segs[i].numpy()
+        explainer = LimeImageExplainer(random_state=0)
+        out.append(explainer.explain_instance(
+            x[i].permute(1, 2, 0).numpy().copy(), classifier_fn, labels=(int(t[i]),), top_labels=None,
+            num_samples=n, batch_size=bs, segmentation_fn=lambda _img, seg=seg: seg, random_seed=0))
+    return out
+
+
+def shap_kernel(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torch.Tensor], n: int, bs: int) -> Any:
+    import shap
+
+    fills = _fills(x, segs)
+    out = []
+    for i in range(len(x)):
+        seg, s = segs[i], int(segs[i].max()) + 1
+
+        def f(z: np.ndarray, i: int = i, seg: torch.Tensor = seg) -> np.ndarray:
+            keep = torch.from_numpy(np.asarray(z) > 0.5)
+            scores = []
+            with torch.no_grad():
+                for lo in range(0, len(keep), bs):
+                    mask = keep[lo : lo + bs][:, seg][:, None]
+                    scores.append(m(torch.where(mask, x[i], fills[i]))[:, int(t[i])])
+            return torch.cat(scores).numpy()
+
+        np.random.seed(0)
+        explainer = shap.KernelExplainer(f, np.zeros((1, s)))
+        out.append(explainer.shap_values(np.ones((1, s)), nsamples=n - 2, l1_reg=False, silent=True))
+    return out
+
+
+# -- part 1: speed ------------------------------------------------------------------------------------
+def speed(case: str, model: nn.Module, x: torch.Tensor, samples: int, masks: int, bs: int, ref_images: int,
+          note: str = "") -> list[Row]:
+    rows: list[Row] = []
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    h, w = x.shape[-2:]
+    seg_params = segmentation_params("slic", h, w)
+    segs = [segment(img, "slic", seg_params) for img in x]
+    occ = xailab.create("occlusion", model)
+    window, stride, positions = occ.resolve(h, w)
+    xr, tr, sr = x[:ref_images], t[:ref_images], segs[:ref_images]
+    plan: list[tuple[str, dict[str, Any], list[tuple[str, Ref]]]] = [
+        ("occlusion", {}, [("captum", captum_occlusion(window, stride))]),
+        ("lime", {"num_samples": samples, "segmentation": torch.stack(segs)},
+         [("captum", captum_lime), ("lime", lime_package)]),
+        ("kernel_shap", {"num_samples": samples, "segmentation": torch.stack(segs)},
+         [("captum", captum_kernel_shap), ("shap", shap_kernel)]),
+        ("rise", {"n_masks": masks}, []),
+    ]
+    for name, params, refs in plan:
+        explainer = xailab.create(name, model, batch_size=bs, **params)
+        seconds, res = timed(lambda e=explainer: e.explain(x, target=t))
+        evals = res.evaluations / len(x)
+        floor = floor_seconds(model, x, res.evaluations, backward=False, batch_size=bs) / len(x)
+        extra = {"floor_ratio": seconds / len(x) / floor}
+        if name == "lime" or name == "kernel_shap":
+            extra["superpixels"] = float(res.extras["n_segments"].double().mean())
+        if note:
+            extra["note"] = note
+        rows.append(Row(case, name, "xailab", seconds / len(x), evals, extra=extra))
+        rows.append(Row(case, name, "floor", floor, evals))
+        per_ref = positions if name == "occlusion" else samples
+        for impl, fn in refs:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ref_seconds, _ = timed(lambda fn=fn: fn(model, xr, tr, sr, samples, bs))
+            rows.append(Row(case, name, impl, ref_seconds / len(xr), float(per_ref)))
+        print_table(rows[-(2 + len(refs)):])
+        sys.stdout.flush()
+    return rows
+
+
+# -- part 2: stability ----------------------------------------------------------------------------------
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a.numpy(), b.numpy()).statistic)
+
+
+def stability(model: nn.Module, x: torch.Tensor, method: str, sampler: str, n: int, bs: int) -> float:
+    """Mean over images of the Spearman correlation of superpixel weights between seeds 1 and 2."""
+    res = [xailab.create(method, model, num_samples=n, sampler=sampler, seed=s, batch_size=bs).explain(x)
+           for s in (1, 2)]
+    rhos = []
+    for i in range(len(x)):
+        k = int(res[0].extras["n_segments"][i])
+        rhos.append(spearman(res[0].extras["weights"][i, 0, :k], res[1].extras["weights"][i, 0, :k]))
+    return float(np.mean(rhos))
+
+
+def resnet20() -> tuple[nn.Module, torch.Tensor] | None:
+    """The trained CIFAR ResNet-20 and CIFAR images in its normalisation, if the weights are here."""
+    path = SHARED / "cifar10-resnet" / "resnet20.safetensors"
+    if not path.exists():
+        return None
+    from xailab.models import load_model
+
+    model = load_model("resnet20", path).eval()
+    cifar_mean, cifar_std = torch.tensor((0.4914, 0.4822, 0.4465)), torch.tensor((0.247, 0.243, 0.261))
+    mean, std = torch.tensor((0.485, 0.456, 0.406)), torch.tensor((0.229, 0.224, 0.225))
+    x = cifar_batch(32) * cifar_std[:, None, None] + cifar_mean[:, None, None]
+    return model, (x - mean[:, None, None]) / std[:, None, None]
+
+
+def stability_table(models: list[tuple[str, nn.Module, torch.Tensor]], sizes: list[int], bs: int) -> list[dict[str, Any]]:
+    print("\n## Stability: mean Spearman rho of superpixel weights between two seeds (top-1 target)")
+    print(f"{'model':12s} {'method':12s} {'samples':>8s} {'plain':>7s} {'paired':>7s}")
+    out = []
+    for label, model, x in models:
+        for method in ("lime", "kernel_shap"):
+            for n in sizes:
+                rho = {s: stability(model, x, method, s, n, bs) for s in ("plain", "paired")}
+                print(f"{label:12s} {method:12s} {n:8d} {rho['plain']:7.3f} {rho['paired']:7.3f}")
+                sys.stdout.flush()
+                out.append({"model": label, "method": method, "samples": n, **rho})
+    for label, _, _ in models:
+        for method in ("lime", "kernel_shap"):
+            curve = [r for r in out if r["model"] == label and r["method"] == method]
+            best = max(curve, key=lambda r: r["samples"])
+            need = [r["samples"] for r in curve if r["paired"] >= best["plain"]]
+            verdict = f"paired reaches it with {min(need)}" if need else "paired does not reach it in the table"
+            print(f"{label} {method}: plain at {best['samples']} gives rho {best['plain']:.3f}; {verdict}")
+    return out
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
+    p.add_argument("--images", type=int, default=32, help="CIFAR images explained by xailab")
+    p.add_argument("--ref-images", type=int, default=8, help="CIFAR images explained by each reference")
+    p.add_argument("--samples", type=int, default=1000, help="LIME/KernelSHAP samples on the CIFAR CNN")
+    p.add_argument("--resnet-samples", type=int, default=200, help="LIME/KernelSHAP samples on ResNet-18")
+    p.add_argument("--masks", type=int, default=1000, help="RISE masks on the CIFAR CNN")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--stability-images", type=int, default=8)
+    p.add_argument("--stability-sizes", default="125,250,500,1000")
+    p.add_argument("--no-resnet", action="store_true", help="skip the ResNet-18 case")
+    p.add_argument("--no-stability", action="store_true", help="skip part 2")
+    p.add_argument("--no-speed", action="store_true", help="skip part 1")
+    p.add_argument("--json", help="write the speed rows as JSON")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.images, a.ref_images, a.samples, a.resnet_samples, a.masks = 4, 2, 100, 40, 100
+        a.stability_images, a.stability_sizes = 2, "50,100"
+    torch.manual_seed(0)
+    print(f"threads: {torch.get_num_threads()}, batch_size: {a.batch_size}")
+
+    rows: list[Row] = []
+    if not a.no_speed:
+        rows = speed("small-cnn x32", cifar_cnn(), cifar_batch(a.images), a.samples, a.masks, a.batch_size,
+                     min(a.ref_images, a.images))
+    if not a.no_speed and not a.no_resnet:
+        scale = 1000 / a.resnet_samples
+        rows += speed("resnet18 x1", resnet18(), imagenet_batch(1), a.resnet_samples, a.resnet_samples,
+                      a.batch_size, 1, note=f"{a.resnet_samples} samples")
+        scaled = [Row(r.case, r.method, r.impl, r.seconds_per_image * scale,
+                      (r.evaluations_per_image or 0) * scale, extra={"scaled_from": a.resnet_samples})
+                  for r in rows if r.case == "resnet18 x1" and r.method in ("lime", "kernel_shap", "rise")]
+        print_table(scaled, f"ResNet-18: LIME/KernelSHAP/RISE scaled linearly to 1,000 samples (x{scale:g})")
+    if rows:
+        print_table(rows, "Seconds per image (xailab: whole batch; references: image by image)")
+        print("\n## Ratios (> 1: xailab is faster; floor ratio: how close xailab is to the forward passes)")
+        for line in ratio_rows(rows):
+            print(line)
+        save_json(rows, a.json)
+
+    if not a.no_stability:
+        sizes = [int(s) for s in a.stability_sizes.split(",")]
+        models = [("cifar_cnn", cifar_cnn(), cifar_batch(a.stability_images))]
+        trained = resnet20()
+        if trained is not None:
+            models.append(("resnet20", trained[0], trained[1][: a.stability_images]))
+        stability_table(models, sizes, max(a.batch_size, 250))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
