@@ -28,6 +28,7 @@ import json
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -189,8 +190,8 @@ def bench_reference(model: Any, n: int) -> tuple[list[dict[str, Any]], list[Row]
     steps = 20
     for eps in (0.03, 0.1):
         # FGSM
-        t_ours, ours = timed(lambda eps=eps: fgsm(model, x, y, eps=eps, preprocessing=prep))
-        t_fb, (_, theirs, succ) = timed(lambda eps=eps: fb.attacks.LinfFastGradientAttack()(fm, x, y, epsilons=eps))
+        t_ours, ours = timed(partial(fgsm, model, x, y, eps=eps, preprocessing=prep))
+        t_fb, (_, theirs, succ) = timed(partial(fb.attacks.LinfFastGradientAttack(), fm, x, y, epsilons=eps))
         rows.append({"attack": "fgsm", "eps": eps, "success_xailab": ours.success_rate,
                      "success_foolbox": float(succ.float().mean()),
                      "l2_xailab": float(ours.norms()[1].mean()), "l2_foolbox": float((theirs - x).flatten(1).norm(dim=1).mean()),
@@ -200,14 +201,14 @@ def bench_reference(model: Any, n: int) -> tuple[list[dict[str, Any]], list[Row]
         timing += [Row(case, "fgsm", "xailab", t_ours / n), Row(case, "fgsm", "foolbox", t_fb / n),
                    Row(case, "fgsm", "floor", floor_seconds(model, prep.normalize(x), n, backward=True, batch_size=256) / n)]
         # PGD, the same random start
-        t_ours, ours = timed(lambda eps=eps: pgd(model, x, y, eps=eps, steps=steps, preprocessing=prep, seed=1))
+        t_ours, ours = timed(partial(pgd, model, x, y, eps=eps, steps=steps, preprocessing=prep, seed=1))
 
-        class SameStart(fb.attacks.LinfPGD):  # type: ignore[misc, name-defined]
+        class SameStart(fb.attacks.LinfPGD):
             def get_random_start(self, x0: Any, epsilon: float) -> Any:
                 return type(x0)(sample_start(x0.raw, epsilon, "linf", seed=1, first=0))
 
         att = SameStart(abs_stepsize=ours.params["step_size"], steps=steps, random_start=True)
-        t_fb, (_, theirs, succ) = timed(lambda att=att, eps=eps: att(fm, x, y, epsilons=eps))
+        t_fb, (_, theirs, succ) = timed(partial(att, fm, x, y, epsilons=eps))
         torch.manual_seed(0)
         own = fb.attacks.LinfPGD(abs_stepsize=ours.params["step_size"], steps=steps, random_start=True)
         _, theirs_own, succ_own = own(fm, x, y, epsilons=eps)
