@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,22 @@ import torch
 from torch import nn
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread() -> Iterator[None]:
+    """Run the suite on one thread (torch and BLAS pools).
+
+    The tests use small models, for which thread start-up costs more than it gains; and on a
+    loaded 2-core machine two OpenMP threads made tests 10-100x slower. Restored afterwards.
+    """
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(n)
 
 
 def shared_path(*parts: str) -> Path:

@@ -14,13 +14,6 @@ from xailab.data.transforms import Preprocessing
 PREP = Preprocessing(mean=(0.5,), std=(0.25,), channels=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def linear_model(classes: int = 2, size: int = 6, seed: int = 0) -> nn.Module:

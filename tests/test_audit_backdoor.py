@@ -23,14 +23,6 @@ from xailab.core.errors import InputError
 from xailab.train import TrainConfig, Trainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # -- triggers ------------------------------------------------------------------------------------------
 def test_parse_trigger_specs() -> None:
     t = parse_trigger("patch:4")

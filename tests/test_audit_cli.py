@@ -14,14 +14,6 @@ from xailab.cli import main
 from xailab.runs import Run
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The toy problem as an image folder: train/<class>/*.png (240) and test/<class>/*.png (60)."""

@@ -11,14 +11,6 @@ from xailab.audit.pixel import grid_positions, square_masks
 from xailab.core.errors import InputError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def corner_model(size: int = 10) -> nn.Module:
     """Two classes; class 1's score is the brightness of the bottom-right 3 x 3 corner (rows and
     columns 6-8), class 0's a constant: only that corner can change the decision."""

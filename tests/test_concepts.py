@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -28,20 +26,6 @@ from xailab.core.errors import InputError, LayerError
 from xailab.core.hooks import ActivationRecorder, count_hooks
 
 from .conftest import TinyBNCNN, _randomise_bn
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small ops on a shared 2-core CPU run up to ~8x faster on one thread (no OpenMP/BLAS
-    contention); module scope, so it is in place before the module's other fixtures."""
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(before)
-
 
 # -- planted concepts ---------------------------------------------------------------------------
 K, C, H = 3, 12, 6  # concepts, channels, map size

@@ -7,7 +7,6 @@ import gzip
 import io
 import pickle
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +26,6 @@ from xailab.data import (
     read_image_folder,
 )
 from xailab.data.readers import SafeUnpickler, parse_idx, read_cifar_batches, read_idx
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Two threads on a shared two-core machine are slower than one; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,6 @@ batch sizes, seeds, evaluation counts. DeepLIFT has its own file (test_gradient_
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -24,13 +22,6 @@ from .conftest import TinyBNCNN, _randomise_bn
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # tiny models gain nothing from threads, and on a loaded machine OpenMP spinning costs 100x
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class Linear(nn.Module):

@@ -9,7 +9,6 @@ are refused.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,14 +19,6 @@ import xailab
 from xailab.core.errors import InputError, UnsupportedModelError
 
 from .conftest import TinyBNCNN, TinyCNN, _randomise_bn
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

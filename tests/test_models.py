@@ -8,7 +8,6 @@ import json
 import pickle
 import sys
 import urllib.error
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +35,6 @@ from xailab.models import (
 BIG = {"vgg11", "vgg16", "vgg16_bn", "alexnet"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Two threads on a shared two-core machine are slower than one; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _input(name: str, n: int = 2) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +24,6 @@ from xailab.core.hooks import ActivationRecorder, count_hooks
 S = 16  # image size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small ops on a shared 2-core CPU run up to ~8x faster on one thread (no OpenMP/BLAS
-    contention); module scope, so it is in place before the module's other fixtures."""
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(before)
 
 
 class StripeNet(nn.Module):
