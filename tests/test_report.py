@@ -223,4 +223,4 @@ def test_report_imports_only_runs_report_and_plotting() -> None:
             for n in names:
                 assert not n.startswith("torch"), (f.name, n)
                 if n.startswith("xailab"):
-                    assert n.startswith(("xailab.runs", "xailab.report")), (f.name, n)
+                    assert n.startswith(("xailab.runs", "xailab.report", "xailab.plotting")), (f.name, n)

@@ -182,7 +182,7 @@ def write_overlays(
     """One PNG per (image, method) with a row per target, and one grid per image."""
     from tqdm.auto import tqdm
 
-    from xailab.report.overlay import grid_figure, overlay_figure, save_png, target_title
+    from xailab.plotting import grid_figure, overlay_figure, save_png, target_title
 
     if not results:
         return

@@ -23,7 +23,7 @@ from torch import Tensor
 from xailab.audit.detection import ClassEvidence, DetectionReport
 from xailab.audit.result import AttackResult
 from xailab.audit.shift import ShiftResult
-from xailab.report.overlay import _to_hwc, color_limits, plain
+from xailab.plotting import color_limits, plain, to_hwc
 
 
 def _box(ax: Axes, box: tuple[int, int, int, int] | None, color: str = "lime") -> None:
@@ -59,8 +59,8 @@ def shift_figure(result: AttackResult, shift: ShiftResult, index: int,
     rows = [(m, j, t) for m in shift.clean for j, t in enumerate(shift.targets)]
     fig, axes = plt.subplots(len(rows), 5, figsize=(11, 2.3 * len(rows) + 0.6), squeeze=False)
     box = _mask_box(result.mask[i]) if result.mask is not None else None
-    clean = _to_hwc(result.clean[i].numpy())
-    adv = _to_hwc(result.adversarial[i].numpy())
+    clean = to_hwc(result.clean[i].numpy())
+    adv = to_hwc(result.adversarial[i].numpy())
     delta = (result.adversarial[i] - result.clean[i]).abs().amax(dim=0).numpy()
     pc = result.clean_logits[i].double().softmax(0)
     pa = result.adv_logits[i].double().softmax(0)
@@ -130,7 +130,7 @@ def cluster_figure(ev: ClassEvidence, images: Tensor, class_name: str = "", per_
             a = fig.add_subplot(gs[r, c])
             _off(a)
             if c < len(idx):
-                a.imshow(_to_hwc(images[idx[c]].numpy()), interpolation="nearest")
+                a.imshow(to_hwc(images[idx[c]].numpy()), interpolation="nearest")
             if c == 0:
                 a.set_ylabel(label, fontsize=8)
     who = ", ".join(n for n, f in (("SpRAy", ev.spray_flag), ("activation clustering", ev.ac_flag)) if f)

@@ -49,7 +49,7 @@ def adversarial_to_run(
 ) -> tuple[Run, AttackResult, ShiftResult | None]:
     """Attack ``images`` (pixels in [0, 1]), explain both versions, write it all to ``out``."""
     from xailab.audit.figures import shift_figure
-    from xailab.report.overlay import save_png
+    from xailab.plotting import save_png
 
     result = run_attack(attack, model, images, labels, **dict(attack_params))
     run = out if isinstance(out, Run) else Run.create(out, kind="audit", config=dict(config or {}))
@@ -96,7 +96,7 @@ def backdoor_to_run(
     """
     from xailab.audit.detection import _items
     from xailab.audit.figures import cluster_figure, scores_figure
-    from xailab.report.overlay import save_png
+    from xailab.plotting import save_png
 
     report = detect_backdoor(model, dataset, **detect)
     table = report.table.copy()

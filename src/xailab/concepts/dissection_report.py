@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from xailab.concepts.activations import ImageSource, take
 from xailab.concepts.dissection import Dissection, resolve_layers, stream_layers
-from xailab.report.overlay import plain, save_png
+from xailab.plotting import plain, save_png
 from xailab.runs.store import Run, atomic_write_text
 
 TABLE = "dissection"

@@ -1,6 +1,6 @@
 """PNG figures of concepts: galleries, patches, per-class bars, fidelity curves, explanations.
 
-Every function returns a matplotlib ``Figure``; :func:`xailab.report.overlay.save_png` writes it
+Every function returns a matplotlib ``Figure``; :func:`xailab.plotting.save_png` writes it
 atomically. Images are ``[N, 3, H, W]`` in ``[0, 1]`` (as a person sees them); concept maps are
 non-negative and drawn with one sequential scale per concept (zero is transparent).
 
@@ -22,7 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from xailab.report.overlay import heat_rgba, plain
+from xailab.plotting import heat_rgba, plain
 
 
 def to_hwc(image: Tensor | np.ndarray) -> np.ndarray:

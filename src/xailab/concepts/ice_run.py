@@ -204,7 +204,7 @@ def write_ice_figures(
         patch_box,
         patches_figure,
     )
-    from xailab.report.overlay import save_png
+    from xailab.plotting import save_png
 
     show = display or _minmax
     k = res.basis.n_concepts
@@ -271,7 +271,7 @@ def explain_to_run(
     predicted class.
     """
     from xailab.concepts.figures import explanation_figure
-    from xailab.report.overlay import save_png
+    from xailab.plotting import save_png
 
     run = run if isinstance(run, Run) else Run.open(run)
     basis = ConceptBasis.load(run)

@@ -1,6 +1,6 @@
 """The report's own figures: confusion matrix, training curves, the images themselves.
 
-All text drawn by matplotlib goes through :func:`~xailab.report.overlay.plain`, so a class
+All text drawn by matplotlib goes through :func:`~xailab.plotting.plain`, so a class
 named ``$x$`` is shown as written.
 
     confusion_png(conf, ["cat", "dog"], "site/img/train/confusion-test.png")
@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from xailab.report.overlay import plain, save_png
+from xailab.plotting import plain, save_png
 from xailab.runs.store import atomic_write_bytes
 
 

@@ -14,10 +14,10 @@ from pathlib import PurePath
 import numpy as np
 import pandas as pd
 
+from xailab.plotting import grid_figure, save_png, target_title
 from xailab.report.data import ReportRun
 from xailab.report.figures import image_png
 from xailab.report.html import esc, figure, table
-from xailab.report.overlay import grid_figure, save_png, target_title
 from xailab.report.writer import Site
 
 TOP_K = 5

@@ -1,4 +1,5 @@
-"""PNG figures of attribution maps: the image, the heatmap, and the heatmap over the image.
+"""Plotting shared by every room: attribution maps as PNG (image, heatmap, overlay), colour
+scales, safe text, atomic PNG writing. Imports only the run store's atomic writer.
 
 Colour scales are consistent and honest: a signed map uses a diverging colormap symmetric
 around zero (blue = evidence against, red = evidence for); a non-negative map uses a sequential
@@ -24,7 +25,7 @@ from matplotlib.figure import Figure
 from xailab.runs.store import atomic_write_bytes
 
 
-def _to_hwc(image: np.ndarray) -> np.ndarray:
+def to_hwc(image: np.ndarray) -> np.ndarray:
     """``[C,H,W]`` or ``[H,W,C]`` or ``[H,W]`` in [0,1] -> ``[H,W,3]`` float in [0,1]."""
     img = np.asarray(image, dtype=np.float32)
     if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
@@ -66,7 +67,7 @@ def overlay_figure(
     shared_scale: bool = True,
 ) -> Figure:
     """One row per map: image | heatmap | overlay. ``maps`` are ``[H, W]`` pixel maps."""
-    img = _to_hwc(image)
+    img = to_hwc(image)
     rows = len(maps)
     fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows + (0.4 if suptitle else 0)), squeeze=False)
     limits = color_limits(maps) if shared_scale else None
@@ -96,7 +97,7 @@ def grid_figure(
     alpha: float = 0.85,
 ) -> Figure:
     """Methods as rows, targets as columns, overlays; each row has its own colour scale."""
-    img = _to_hwc(image)
+    img = to_hwc(image)
     methods = list(maps)
     cols = len(target_titles) + 1
     fig, axes = plt.subplots(len(methods), cols, figsize=(2.2 * cols, 2.2 * len(methods) + 0.4), squeeze=False)
