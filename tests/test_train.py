@@ -155,7 +155,10 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_resume_after_sigkill_in_a_subprocess(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+    # the subprocess computes with as many threads as this process, so results are bitwise equal
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
+           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     cut = tmp_path / "cut"
     p = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(cut), "kill"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120)

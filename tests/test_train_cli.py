@@ -60,6 +60,11 @@ def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["evaluate", "--run", str(out), "--checkpoint", "1", "--split", "train"]) == 0
     assert "train@1" in Run.open(out).table_parts("evaluation")
 
+    # the same command into another run gives the same numbers (the initial weights are seeded)
+    assert train(data, tmp_path / "again", "--val-fraction", "0.25") == 0
+    cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
+    assert Run.open(tmp_path / "again").read_table("metrics")[cols].equals(run.read_table("metrics")[cols])
+
     # the same command again: nothing to redo; more epochs: continues
     assert train(data, out, "--val-fraction", "0.25") == 0
     assert train(data, out, "--val-fraction", "0.25", "--epochs", "3") == 0
