@@ -322,3 +322,17 @@ def test_image_dataset_fast_path_with_augmentation_resumes_exactly(tmp_path: Pat
     # augmentation really happens: two epochs of the same items give different batches
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
     assert not torch.equal(ds.get_batch(range(8), generator=g1)[0], ds.get_batch(range(8), generator=g2)[0])
+
+
+def test_checkpoints_carry_the_training_normalisation(tmp_path: Path) -> None:
+    from xailab.models import get_preprocessing, load_weights
+
+    class Normalised(Synthetic):
+        mean, std, image_size = (0.25,), (0.5,), (8, 8)
+
+    Trainer(make_model(), Normalised(), Normalised(n=30, seed=1), config=CFG.replace(epochs=1),
+            run=tmp_path / "r").fit()
+    fresh = make_model(seed=1)
+    load_weights(fresh, tmp_path / "r" / "checkpoints" / "best.safetensors")
+    prep = get_preprocessing(fresh)
+    assert prep is not None and prep.mean == (0.25,) and prep.std == (0.5,) and prep.input_size == (8, 8)

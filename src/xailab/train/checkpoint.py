@@ -63,8 +63,15 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def save_weights(path: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``model.state_dict()`` to ``path`` atomically, with ``meta`` as JSON metadata."""
+    """Write ``model.state_dict()`` to ``path`` atomically, with ``meta`` as JSON metadata and the
+    model's preprocessing (if recorded) under ``xailab.preprocessing``, which
+    :func:`xailab.models.load_weights` restores, so an explanation later normalises as training did."""
+    from xailab.models import get_preprocessing
+
     header = {"format": WEIGHTS_FORMAT, "xailab": json.dumps(meta or {}, default=str)}
+    prep = get_preprocessing(model)
+    if prep is not None:
+        header["xailab.preprocessing"] = json.dumps(prep.to_dict())
     data = st_save(_cpu_copies(model.state_dict()), metadata=header)
     return atomic_write_bytes(Path(path), data)
 

@@ -63,6 +63,22 @@ from xailab.train.evaluation import evaluate
 from xailab.train.recorder import PredictionRecorder
 
 
+def record_preprocessing(model: nn.Module, data: Dataset[Any]) -> None:
+    """Record the training data's normalisation as the model's preprocessing (kept beside the
+    model by :func:`xailab.models.set_preprocessing`, saved into every checkpoint)."""
+    from xailab.data.transforms import Preprocessing
+    from xailab.models import set_preprocessing
+
+    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+    if not mean or not std or len(mean) != len(std):
+        return
+    size = getattr(data, "image_size", None)
+    set_preprocessing(model, Preprocessing(
+        mean=tuple(mean), std=tuple(std), channels=len(mean),
+        input_size=tuple(size) if size else None,
+    ))
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63 - 1)
 
@@ -136,6 +152,7 @@ class Trainer:
         model.to(dev)
         k = len(self.classes)
         check_model_fits(model, self.train_data, k, dev)
+        record_preprocessing(model, self.train_data)
         optimizer = cfg.make_optimizer(model)
         if self._run_path is not None:
             self.run, self._run_path = Run.create(self._run_path, kind="train"), None
