@@ -120,3 +120,23 @@ def test_cli_compare_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureF
     assert "does not record its model; pass --model" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "nomodel"), "--model", MODEL_SPEC]) == 2
     assert "has no explanations" in capsys.readouterr().err
+
+
+def test_evaluate_on_an_explain_run_gives_the_scoreboard(tmp_path, capsys) -> None:
+    import torch
+
+    from tests.conftest import TinyCNN
+    from xailab.cli import main
+    from xailab.explain import explain_to_run
+    from xailab.runs import Run
+
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    explain_to_run(model, x, out=tmp_path / "run", methods=["saliency", "input_x_gradient"],
+                   targets="top1", png=False,
+                   config={"model": "tests.conftest:TinyCNN", "weights": str(tmp_path / "w.pt")})
+    assert main(["evaluate", "--run", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    assert "scoring its methods" in capsys.readouterr().out
+    assert set(Run.open(tmp_path / "run").read_table("scoreboard")["method"]) == {"saliency", "input_x_gradient"}

@@ -5,6 +5,7 @@ result is stored in the run) or any model spec with a weights file. Examples:
   xailab evaluate --run runs/c10
   xailab evaluate --run runs/c10 --checkpoint 3 --split train --limit 5000
   xailab evaluate --model resnet20 --weights resnet20.safetensors --data cifar10 --data-root c10.tgz
+  xailab evaluate --run runs/explain   # an explain run: the methods' scoreboard (= xailab compare)
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
     store = None
     if args.run:
         store = Run.open(args.run)
+        if store.manifest.get("kind") == "explain":  # evaluate the explanations, not the model
+            from xailab.cli import main
+
+            print(f"{args.run} is an explain run: scoring its methods (as `xailab compare {args.run}`)")
+            return main(["compare", str(args.run), "--device", args.device])
         cfg = store.manifest.get("config") or {}
         name = args.data or cfg.get("data")
         root = args.data_root if args.data or args.data_root else cfg.get("data_root")
