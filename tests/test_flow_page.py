@@ -7,9 +7,6 @@ import hashlib
 import html
 import json
 import re
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.browser import chromium, headless
 from xailab.dynamics import History, flow_page, page_data, render_page, render_thumbnails, sankey
 from xailab.dynamics._page_assets import JS
 from xailab.dynamics.page import flow_cells, script_json
@@ -113,22 +111,8 @@ def test_table_is_capped_but_counts_are_not(tmp_path: Path) -> None:
     assert sum(n for e, *_, n in data["nodes"] if e == 0) == 6
 
 
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        exe = shutil.which(name)
-        if exe:
-            return exe
-    pytest.skip("Chromium is not installed (apt-get install chromium) - the page is not drawn")
 
 
-def headless(exe: str, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run",
-             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-             "--window-size=1400,1000", *extra, url],
-            capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.mark.slow

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.browser import chromium, headless
 from xailab.report.html import CSP, esc
 from xailab.report.site import build_site
 
@@ -22,22 +21,8 @@ PROBE = ("<script>addEventListener('load',()=>{const b=[...document.images].filt
          "document.images.length);document.body.setAttribute('data-broken',b.join('|'))});</script>")
 
 
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        exe = shutil.which(name)
-        if exe:
-            return exe
-    pytest.skip("Chromium is not installed (apt-get install chromium) - the report is not drawn")
 
 
-def headless(exe: str, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run",
-             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-             "--window-size=1400,1000", *extra, url],
-            capture_output=True, text=True, timeout=120, check=False)
 
 
 def console(res: subprocess.CompletedProcess[str]) -> list[str]:
