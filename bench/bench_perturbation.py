@@ -18,13 +18,14 @@ ResNet-20 (a trained model's score is far less linear in the superpixels than a 
 
     python -m bench.bench_perturbation                 # full (several minutes on 2 free cores)
     python -m bench.bench_perturbation --quick         # small sizes, a smoke run
-    python -m bench.bench_perturbation --resnet-samples 1000 --json out.json
+    python -m bench.bench_perturbation --resnet-samples 1000 --threads 2 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +36,7 @@ from torch import nn
 
 import xailab
 from bench.common import SHARED, cifar_batch, cifar_cnn, imagenet_batch, resnet18
-from bench.harness import Row, floor_seconds, print_table, ratio_rows, save_json, timed
+from bench.harness import Row, floor_seconds, print_table, ratio_rows, save_json
 from xailab.methods.perturbation.segmentation import segment, segmentation_params, superpixel_fill
 
 Ref = Callable[[nn.Module, torch.Tensor, torch.Tensor, list[torch.Tensor], int, int], Any]
@@ -128,7 +129,8 @@ def speed(case: str, model: nn.Module, x: torch.Tensor, samples: int, masks: int
     """Seconds per image of xailab, the floor and the references: best of ``rounds`` interleaved runs.
 
     Interleaving (xailab, floor, references; again) and keeping each one's best makes the
-    comparison robust to other jobs loading the machine for a while.
+    comparison robust to other jobs loading the machine for a while; the CPU seconds of this
+    process (``extra["cpu_s"]``) are robust to it by construction (exact with ``--threads 1``).
     """
     rows: list[Row] = []
     with torch.no_grad():
@@ -149,32 +151,57 @@ def speed(case: str, model: nn.Module, x: torch.Tensor, samples: int, masks: int
     ]
     for name, params, refs in plan:
         explainer = xailab.create(name, model, batch_size=bs, **params)
-        best: dict[str, float] = {}
+        wall: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+
+        def keep(impl: str, seconds: tuple[float, float], n: int, wall: dict[str, float] = wall,
+                 cpu: dict[str, float] = cpu) -> None:
+            wall[impl] = min(wall.get(impl, float("inf")), seconds[0] / n)
+            cpu[impl] = min(cpu.get(impl, float("inf")), seconds[1] / n)
+
         evals = 0.0
         res = None
         for _ in range(rounds):
-            seconds, res = timed(lambda e=explainer: e.explain(x, target=t))
-            best["xailab"] = min(best.get("xailab", float("inf")), seconds / len(x))
+            seconds, res = measure(lambda e=explainer: e.explain(x, target=t))
+            keep("xailab", seconds, len(x))
             evals = res.evaluations / len(x)
-            floor = floor_seconds(model, xr, round(evals * len(xr)), backward=False, batch_size=bs) / len(xr)
-            best["floor"] = min(best.get("floor", float("inf")), floor)
+            n_floor = round(evals * len(xr))
+            seconds, _ = measure(lambda n=n_floor: floor_seconds(model, xr, n, backward=False, batch_size=bs))
+            keep("floor", seconds, len(xr))
             for impl, fn in refs:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    ref_seconds, _ = timed(lambda fn=fn: fn(model, xr, tr, sr, samples, bs))
-                best[impl] = min(best.get(impl, float("inf")), ref_seconds / len(xr))
-        extra: dict[str, Any] = {"floor_ratio": best["xailab"] / best["floor"]}
-        if res is not None and "n_segments" in res.extras:
-            extra["superpixels"] = float(res.extras["n_segments"].double().mean())
-        if note:
-            extra["note"] = note
-        rows.append(Row(case, name, "xailab", best["xailab"], evals, extra=extra))
-        rows.append(Row(case, name, "floor", best["floor"], evals))
+                    seconds, _ = measure(lambda fn=fn: fn(model, xr, tr, sr, samples, bs))
+                keep(impl, seconds, len(xr))
         per_ref = float(positions if name == "occlusion" else samples)
-        rows += [Row(case, name, impl, best[impl], per_ref) for impl, _ in refs]
-        print_table(rows[-(2 + len(refs)):])
+        added: list[Row] = []
+        for impl in wall:
+            ev = evals if impl in ("xailab", "floor") else per_ref
+            extra: dict[str, Any] = {"cpu_s": cpu[impl]}
+            if impl == "xailab":
+                extra["floor_ratio"] = wall["xailab"] / wall["floor"]
+                extra["cpu_floor_ratio"] = cpu["xailab"] / cpu["floor"]
+                if res is not None and "n_segments" in res.extras:
+                    extra["superpixels"] = float(res.extras["n_segments"].double().mean())
+                if note:
+                    extra["note"] = note
+            added.append(Row(case, name, impl, wall[impl], ev, extra=extra))
+        rows += added
+        print_table(added)
         sys.stdout.flush()
     return rows
+
+
+def measure(fn: Callable[[], Any]) -> tuple[tuple[float, float], Any]:
+    """``((wall seconds, CPU seconds of this process), fn())``."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return (time.perf_counter() - wall0, time.process_time() - cpu0), out
+
+
+def cpu_rows(rows: list[Row]) -> list[Row]:
+    """The same rows with CPU seconds per image in place of wall seconds."""
+    return [Row(r.case, r.method, r.impl, r.extra["cpu_s"], r.evaluations_per_image) for r in rows]
 
 
 # -- part 2: stability ----------------------------------------------------------------------------------
@@ -239,7 +266,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--resnet-samples", type=int, default=200, help="LIME/KernelSHAP samples on ResNet-18")
     p.add_argument("--masks", type=int, default=1000, help="RISE masks on the CIFAR CNN")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds (best kept)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best kept)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: CPU seconds are exact even on a shared machine)")
     p.add_argument("--stability-images", type=int, default=8)
     p.add_argument("--stability-sizes", default="125,250,500,1000")
     p.add_argument("--no-resnet", action="store_true", help="skip the ResNet-18 case")
@@ -251,6 +280,7 @@ def main(argv: list[str]) -> None:
         a.images, a.ref_images, a.samples, a.resnet_samples, a.masks, a.rounds = 4, 2, 100, 40, 100, 1
         a.stability_images, a.stability_sizes = 2, "50,100"
     torch.manual_seed(0)
+    torch.set_num_threads(a.threads)
     print(f"threads: {torch.get_num_threads()}, batch_size: {a.batch_size}")
 
     rows: list[Row] = []
@@ -266,9 +296,13 @@ def main(argv: list[str]) -> None:
                   for r in rows if r.case == "resnet18 x1" and r.method in ("lime", "kernel_shap", "rise")]
         print_table(scaled, f"ResNet-18: LIME/KernelSHAP/RISE scaled linearly to 1,000 samples (x{scale:g})")
     if rows:
-        print_table(rows, "Seconds per image (xailab: whole batch; references: image by image)")
-        print("\n## Ratios (> 1: xailab is faster; floor ratio: how close xailab is to the forward passes)")
+        print_table(rows, "Wall seconds per image, best of rounds (xailab: whole batch; references: image by image)")
+        print("\n## Wall-time ratios (> 1: xailab is faster; floor/xailab: how close xailab is to the forward passes)")
         for line in ratio_rows(rows):
+            print(line)
+        print_table(cpu_rows(rows), "CPU seconds per image of this process, best of rounds")
+        print("\n## CPU-time ratios")
+        for line in ratio_rows(cpu_rows(rows)):
             print(line)
         save_json(rows, a.json)
 

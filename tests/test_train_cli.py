@@ -32,6 +32,10 @@ def make_folder(root: Path, per_class: int = 12, size: int = 16, split_test: boo
     return root
 
 
+def m_mean(run: Path) -> list[float]:
+    return list(Run.open(run).manifest["dataset"]["mean"])
+
+
 BASE = ["--model", "binary_cnn", "--epochs", "2", "--batch-size", "8", "--lr", "0.01", "--quiet"]
 
 
@@ -64,6 +68,16 @@ def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert train(data, tmp_path / "again", "--val-fraction", "0.25") == 0
     cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
     assert Run.open(tmp_path / "again").read_table("metrics")[cols].equals(run.read_table("metrics")[cols])
+
+    # starting from pretrained weights: the data is normalised as those weights expect
+    from xailab.models import get_preprocessing, load_model, save_weights
+
+    m = load_model("binary_cnn", num_classes=2)
+    save_weights(m, tmp_path / "w.safetensors")
+    assert train(data, tmp_path / "ft", "--weights", str(tmp_path / "w.safetensors"), "--epochs", "1") == 0
+    expect = list(get_preprocessing(m).mean)  # type: ignore[union-attr]
+    assert m_mean(tmp_path / "ft") == pytest.approx(expect)
+    assert m_mean(out) != pytest.approx(expect)  # trained from scratch: the folder's own statistics
 
     # the same command again: nothing to redo; more epochs: continues
     assert train(data, out, "--val-fraction", "0.25") == 0

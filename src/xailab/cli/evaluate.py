@@ -35,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from xailab.data import load_dataset
     from xailab.runs import Run
     from xailab.train import check_model_fits, evaluate, resolve_device, save_evaluation
-    from xailab.train.recipe import build_model, model_from_run, stratified_sample
+    from xailab.train.recipe import (
+        build_model,
+        model_from_run,
+        model_normalization,
+        stratified_sample,
+    )
 
     if bool(args.run) == bool(args.model):
         raise InputError("give either --run RUN, or --model SPEC with --weights FILE and --data NAME")
@@ -61,10 +66,15 @@ def run(args: argparse.Namespace) -> int:
         name, root = args.data, args.data_root
         model, what = None, f"model {args.model}" + (f" with {args.weights}" if args.weights else "")
     ds = stratified_sample(load_dataset(name, args.split, root), args.limit, args.seed)
-    k = len(ds.classes)
+    k, channels = len(ds.classes), int(ds[0][0].shape[0])
     if model is None:
-        model = build_model(args.model, num_classes=k, in_channels=int(ds[0][0].shape[0]),
-                            weights=args.weights)
+        model = build_model(args.model, num_classes=k, in_channels=channels, weights=args.weights)
+        norm = model_normalization(model, channels)  # what the weights were trained on
+    else:
+        d = (store.manifest.get("dataset") or {}) if store is not None else {}
+        norm = (tuple(d["mean"]), tuple(d["std"])) if d.get("mean") and len(d["mean"]) == channels else None
+    if norm is not None:
+        ds = ds.with_options(mean=norm[0], std=norm[1])
     model.to(device)
     check_model_fits(model, ds, k, device)
     ev = evaluate(model, ds, batch_size=args.batch_size, device=device, classes=list(ds.classes))

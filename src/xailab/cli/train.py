@@ -95,7 +95,13 @@ def run(args: argparse.Namespace) -> int:
         save_evaluation,
         train_kfold,
     )
-    from xailab.train.recipe import build_model, checkpoint_file, prepare_data, stratified_indices
+    from xailab.train.recipe import (
+        build_model,
+        checkpoint_file,
+        model_normalization,
+        prepare_data,
+        stratified_indices,
+    )
     from xailab.train.trainer import merge_section, seed_everything
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -125,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
 
     seed_everything(args.seed)  # the initial weights, too, follow --seed
     model = make_model()
+    norm = model_normalization(model, data.channels) if args.weights else None
+    if norm is not None:  # pretrained weights: feed the inputs they were trained on
+        data = data.normalized(*norm)
     check_model_fits(model, data.plain, k)
     model_info = {"name": args.model, "weights": args.weights, "num_outputs": k,
                   "in_channels": data.channels}

@@ -52,6 +52,14 @@ class TrainData:
     channels: int
     notes: list[str] = field(default_factory=list)
 
+    def normalized(self, mean: Any, std: Any) -> TrainData:
+        """The same items normalised with another ``mean`` / ``std``."""
+        def f(ds: Any) -> Any:
+            return None if ds is None else ds.with_options(mean=tuple(mean), std=tuple(std))
+
+        return TrainData(f(self.full), f(self.plain), f(self.train), f(self.val), f(self.test),
+                         self.classes, self.channels, self.notes)
+
     def describe(self, name: str, root: str | None) -> dict[str, Any]:
         ds = self.full
         return {"name": name, "root": root, "source": getattr(ds, "source", None),
@@ -105,6 +113,16 @@ def build_model(name: str, *, num_classes: int, in_channels: int, weights: str |
     from xailab.models import load_model
 
     return load_model(name, weights, num_classes=num_classes, in_channels=in_channels)
+
+
+def model_normalization(model: nn.Module, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(mean, std)`` the model's weights expect (recorded by ``xailab.models``), if known."""
+    from xailab.models import get_preprocessing
+
+    prep = get_preprocessing(model)
+    if prep is None or prep.channels != channels:
+        return None
+    return tuple(prep.mean), tuple(prep.std)
 
 
 def checkpoint_file(run: Run, which: str = "best") -> Path:
