@@ -1,24 +1,28 @@
 """Perturbation family against Captum, lime and shap: time, evaluations, the floor; stability curves.
 
-Part 1, speed. For each case (the CIFAR CNN on CIFAR images, ResNet-18 on an ImageNet photo) and
-each method (occlusion, LIME, KernelSHAP, RISE), xailab and the reference implementations run on
-the same model, images, targets (top-1) and superpixels (SLIC as xailab picks it), in this
-process: Captum's Occlusion / Lime / KernelShap, lime's LimeImageExplainer and shap's
-KernelExplainer. Every implementation gets the same number of model evaluations per image and
-the same most rows per forward pass (``--batch-size``). Next to them the *floor*:
-``harness.floor_seconds`` of as many forward passes (``backward=False``), timed right after.
-The references go image by image, so their seconds per image are measured on the first
-``--ref-images`` images; xailab explains the whole batch (its copies of several images share
-forward passes).
+Part 1, speed. For each case (the CIFAR CNN on 32 CIFAR images, ResNet-18 on one ImageNet photo)
+and each method (occlusion, LIME, KernelSHAP, RISE), xailab and the reference implementations run
+on the same model, images, targets (top-1) and superpixels (SLIC as xailab picks it), in this
+process: Captum's Occlusion / Lime / KernelShap, lime's LimeImageExplainer, and shap's
+KernelExplainer with the masking function of shap's image example (a loop over samples and
+superpixels, ``shap``) or with a vectorised one written for this benchmark (``shap-vec``). Every
+implementation gets the same number of model evaluations per image and the same most rows per
+forward pass (``--batch-size``). Next to them the *floor*: ``harness.floor_seconds`` of as many
+forward passes (``backward=False``) on the clean images. The references go image by image, so
+their seconds per image are measured on the first ``--ref-images`` images; xailab explains the
+whole batch (its copies of several images share forward passes). Each figure is the best of
+``--rounds`` interleaved runs, in wall seconds and in CPU seconds of this process (exact with
+the default ``--threads 1``, whatever else loads a shared machine). ResNet-18 runs with
+``--resnet-samples`` (200) samples and is also printed scaled to 1,000.
 
 Part 2, stability: the mean Spearman rank correlation between the superpixel weights of two seeds,
 against the number of samples, for the plain sampler (lime's / Captum's scheme) and xailab's
 default paired sampler, on the CIFAR CNN and, when ../shared/data has it, the trained CIFAR
 ResNet-20 (a trained model's score is far less linear in the superpixels than a random one's).
 
-    python -m bench.bench_perturbation                 # full (several minutes on 2 free cores)
+    python -m bench.bench_perturbation                 # full (~12 + ~20 minutes on 1 free core)
     python -m bench.bench_perturbation --quick         # small sizes, a smoke run
-    python -m bench.bench_perturbation --resnet-samples 1000 --threads 2 --json out.json
+    python -m bench.bench_perturbation --no-stability --methods lime,kernel_shap --threads 2
 """
 
 from __future__ import annotations
@@ -100,32 +104,50 @@ def lime_package(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torc
     return out
 
 
-def shap_kernel(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torch.Tensor], n: int, bs: int) -> Any:
-    import shap
+def shap_kernel(vectorised: bool) -> Ref:
+    """shap's KernelExplainer on superpixels, ``f(z)`` masking as in shap's image example
+    (a loop over samples and superpixels in numpy) or with one vectorised torch ``where``."""
 
-    fills = _fills(x, segs)
-    out = []
-    for i in range(len(x)):
-        seg, s = segs[i], int(segs[i].max()) + 1
+    def run(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torch.Tensor], n: int, bs: int) -> Any:
+        import shap
 
-        def f(z: np.ndarray, i: int = i, seg: torch.Tensor = seg) -> np.ndarray:
-            keep = torch.from_numpy(np.asarray(z) > 0.5)
-            scores = []
-            with torch.no_grad():
-                for lo in range(0, len(keep), bs):
-                    mask = keep[lo : lo + bs][:, seg][:, None]
-                    scores.append(m(torch.where(mask, x[i], fills[i]))[:, int(t[i])])
-            return torch.cat(scores).numpy()
+        fills = _fills(x, segs)
+        out = []
+        for i in range(len(x)):
+            seg, s = segs[i], int(segs[i].max()) + 1
+            image, fill, labels = x[i].permute(1, 2, 0).numpy(), fills[i].permute(1, 2, 0).numpy(), seg.numpy()
 
-        np.random.seed(0)
-        explainer = shap.KernelExplainer(f, np.zeros((1, s)))
-        out.append(explainer.shap_values(np.ones((1, s)), nsamples=n - 2, l1_reg=False, silent=True))
-    return out
+            def masked(z: np.ndarray, i: int = i, seg: torch.Tensor = seg, image: np.ndarray = image,
+                       fill: np.ndarray = fill, labels: np.ndarray = labels) -> torch.Tensor:
+                if vectorised:
+                    keep = torch.from_numpy(np.asarray(z) > 0.5)[:, seg][:, None]
+                    return torch.where(keep, x[i], fills[i])
+                batch = np.zeros((len(z), *image.shape))
+                for row in range(len(z)):
+                    batch[row] = image
+                    for j in range(z.shape[1]):
+                        if z[row, j] == 0:
+                            batch[row][labels == j] = fill[labels == j]
+                return torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+
+            def f(z: np.ndarray, i: int = i, masked: Callable[[np.ndarray], torch.Tensor] = masked) -> np.ndarray:
+                scores = []
+                with torch.no_grad():
+                    for lo in range(0, len(z), bs):
+                        scores.append(m(masked(z[lo : lo + bs]))[:, int(t[i])])
+                return torch.cat(scores).numpy()
+
+            np.random.seed(0)
+            explainer = shap.KernelExplainer(f, np.zeros((1, s)))
+            out.append(explainer.shap_values(np.ones((1, s)), nsamples=n - 2, l1_reg=False, silent=True))
+        return out
+
+    return run
 
 
 # -- part 1: speed ------------------------------------------------------------------------------------
 def speed(case: str, model: nn.Module, x: torch.Tensor, samples: int, masks: int, bs: int, ref_images: int,
-          rounds: int, note: str = "") -> list[Row]:
+          rounds: int, note: str = "", methods: tuple[str, ...] = ()) -> list[Row]:
     """Seconds per image of xailab, the floor and the references: best of ``rounds`` interleaved runs.
 
     Interleaving (xailab, floor, references; again) and keeping each one's best makes the
@@ -146,10 +168,12 @@ def speed(case: str, model: nn.Module, x: torch.Tensor, samples: int, masks: int
         ("lime", {"num_samples": samples, "segmentation": torch.stack(segs)},
          [("captum", captum_lime), ("lime", lime_package)]),
         ("kernel_shap", {"num_samples": samples, "segmentation": torch.stack(segs)},
-         [("captum", captum_kernel_shap), ("shap", shap_kernel)]),
+         [("captum", captum_kernel_shap), ("shap", shap_kernel(False)), ("shap-vec", shap_kernel(True))]),
         ("rise", {"n_masks": masks}, []),
     ]
     for name, params, refs in plan:
+        if methods and name not in methods:
+            continue
         explainer = xailab.create(name, model, batch_size=bs, **params)
         wall: dict[str, float] = {}
         cpu: dict[str, float] = {}
@@ -272,6 +296,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--stability-images", type=int, default=8)
     p.add_argument("--stability-sizes", default="125,250,500,1000")
     p.add_argument("--no-resnet", action="store_true", help="skip the ResNet-18 case")
+    p.add_argument("--methods", default="", help="comma-separated subset of the speed part's methods")
     p.add_argument("--no-stability", action="store_true", help="skip part 2")
     p.add_argument("--no-speed", action="store_true", help="skip part 1")
     p.add_argument("--json", help="write the speed rows as JSON")
@@ -283,14 +308,15 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(a.threads)
     print(f"threads: {torch.get_num_threads()}, batch_size: {a.batch_size}")
 
+    methods = tuple(m for m in a.methods.split(",") if m)
     rows: list[Row] = []
     if not a.no_speed:
         rows = speed("small-cnn x32", cifar_cnn(), cifar_batch(a.images), a.samples, a.masks, a.batch_size,
-                     min(a.ref_images, a.images), a.rounds)
+                     min(a.ref_images, a.images), a.rounds, methods=methods)
     if not a.no_speed and not a.no_resnet:
         scale = 1000 / a.resnet_samples
         rows += speed("resnet18 x1", resnet18(), imagenet_batch(1), a.resnet_samples, a.resnet_samples,
-                      a.batch_size, 1, a.rounds, note=f"{a.resnet_samples} samples")
+                      a.batch_size, 1, a.rounds, note=f"{a.resnet_samples} samples", methods=methods)
         scaled = [Row(r.case, r.method, r.impl, r.seconds_per_image * scale,
                       (r.evaluations_per_image or 0) * scale, extra={"scaled_from": a.resnet_samples})
                   for r in rows if r.case == "resnet18 x1" and r.method in ("lime", "kernel_shap", "rise")]

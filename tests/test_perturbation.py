@@ -173,7 +173,7 @@ def test_lime_without_penalty_recovers_a_linear_model(x64: torch.Tensor) -> None
         exact = contributions(model, x64[i], fill, seg, 1)
         torch.testing.assert_close(res.extras["weights"][i, 0], exact, rtol=0, atol=1e-9)
         # the intercept is the score with everything hidden
-        assert abs(float(res.extras["intercept"][i, 0] - model(fill[None])[0, 1])) < 1e-9
+        assert abs(float(res.extras["intercept"][i, 0] - model(fill[None]).detach()[0, 1])) < 1e-9
 
 
 @pytest.mark.parametrize("name", SUPERPIXEL)
