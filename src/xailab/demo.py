@@ -15,12 +15,11 @@ changed by hand; a rerun resumes and skips what is finished.
 
 from __future__ import annotations
 
-import shlex
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from xailab.core.errors import DataError
+from xailab.recipe import Step, run_steps
 
 GRADIENT_AND_CAM = "saliency,input_x_gradient,integrated_gradients,smoothgrad,deeplift,gradcam,gradcam_pp,score_cam"
 PERTURBATION = "occlusion,lime,kernel_shap"
@@ -48,8 +47,6 @@ def write_photos(folder: Path) -> Path:
 
 
 def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, log: Callable[[str], None] = print) -> Path:
-    from xailab.cli import main
-
     out = Path(out)
     fmnist = Path("/usr/share/datasets/fashion-mnist")
     if not fmnist.is_dir():
@@ -59,7 +56,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, log: Callabl
         )
     epochs, limit = ("2", "6000") if quick else ("3", "30000")
     n_images = "4" if quick else "8"
-    steps: list[tuple[str, list[str]]] = [
+    steps: list[Step] = [
         ("train the 28x28 CNN on Fashion-MNIST, recording every test prediction each epoch",
          ["train", "--model", "small_cnn", "--data", "fashion_mnist", "--epochs", epochs,
           "--limit-train", limit, "--track", "test", "--track-limit", "2000", "--out", str(out / "train")]),
@@ -81,14 +78,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, log: Callabl
          ["report", str(out / "train"), str(out / "explain"), str(out / "photos-explain"),
           "--out", str(out / "report"), "--title", "xailab demo"]),
     ]
-    start = time.perf_counter()
-    for i, (what, argv) in enumerate(steps, 1):
-        log(f"\n[{i}/{len(steps)}] {what}\n$ xailab {shlex.join(argv)}")
-        t0 = time.perf_counter()
-        code = main(argv)
-        if code != 0:
-            raise SystemExit(code)
-        log(f"[{i}/{len(steps)}] done in {time.perf_counter() - t0:.0f} s")
-    log(f"\ndemo finished in {time.perf_counter() - start:.0f} s.")
+    seconds = run_steps(steps, log=log)
+    log(f"\ndemo finished in {seconds:.0f} s.")
     log(f"report: {(out / 'report' / 'index.html').resolve()}   (open it in a browser; works offline)")
     return out
