@@ -1,8 +1,10 @@
 """Write a self-contained static report of one or more runs: a folder that opens from disk.
 
-Overview (model, data, accuracy, confusion, training curves), one page per explained image
-(every method for every target), the comparison that ``xailab compare`` wrote, the instance
-flow, and a card per method. No server, no network, no script.
+Overview (the three questions answered from the data; model, data, accuracy, confusion,
+training curves), one page per explained image (every method for every target), the comparison
+that ``xailab compare`` wrote, the instance flow, concepts (ICE, TCAV), network dissection, the
+audit (patch attack, backdoor detection), and a card per method. Each page appears when some
+run has its data. No server, no network, no script.
 
 Examples:
   xailab report runs/cifar-train runs/cifar-explain --out site/
@@ -13,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "static HTML report of runs (overview, images, comparison, flow, method cards)"
+HELP = "static HTML report of runs (three questions, images, comparison, flow, concepts, dissection, audit, method cards)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (train and/or explain runs)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (train, evaluate, explain, concepts, dissect, audit runs)")
     p.add_argument("--out", required=True, metavar="SITE", help="folder to write (replaced whole if it is a report)")
     p.add_argument("--title", default="xailab report", help="title shown on every page")
     p.add_argument("--max-images", type=int, default=100, help="image pages per explain run (default 100)")

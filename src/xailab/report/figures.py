@@ -81,3 +81,32 @@ def image_png(image: np.ndarray, path: Path) -> Path:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(arr.astype(np.uint8))).save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def object_share_png(summary: pd.DataFrame, examples: np.ndarray, regions: np.ndarray, path: Path) -> Path:
+    """Left: per method, the share of positive attribution inside the object region beside the
+    region's area; right: up to six images with their region outlined (what "object" meant)."""
+    n_ex = min(6, len(examples))
+    fig = plt.figure(figsize=(4.2 + 1.1 * n_ex, 3.0))
+    grid = fig.add_gridspec(2, 1 + max(1, (n_ex + 1) // 2), width_ratios=[3.2] + [1.0] * max(1, (n_ex + 1) // 2))
+    ax = fig.add_subplot(grid[:, 0])
+    y = np.arange(len(summary))
+    ax.barh(y + 0.2, summary["mass_inside"], 0.4, color="tab:orange", label="attribution inside")
+    ax.barh(y - 0.2, summary["area"], 0.4, color="tab:gray", label="area of the region")
+    ax.set_yticks(y, [plain(str(m)) for m in summary["method"]], fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.invert_yaxis()
+    for i in range(n_ex):
+        a = fig.add_subplot(grid[i % 2, 1 + i // 2])
+        img = np.asarray(examples[i], dtype=np.float64)
+        img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+        a.imshow(img / 255.0, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        m = regions[i].astype(float)
+        if 0 < m.mean() < 1:
+            a.contour(m, levels=[0.5], colors="yellow", linewidths=0.8)
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.tight_layout()
+    return save_png(fig, path)

@@ -67,16 +67,32 @@ td.q0 { background: #f7fbff; } td.q1 { background: #deebf7; } td.q2 { background
 td.q3 { background: #9ecae1; } td.q4 { background: #6baed6; } td.q5 { background: #4292c6; color: #fff; }
 td.q6 { background: #2171b5; color: #fff; } td.q7 { background: #08519c; color: #fff; }
 td.q8 { background: #08306b; color: #fff; }
+section.q { border-left: 4px solid var(--accent); background: #fafbfc; padding: .2rem 1rem .5rem; margin: 1rem 0; }
+section.q h3 { margin: .6rem 0 .3rem; }
+.answer { display: flex; flex-wrap: wrap; gap: 0 1.5rem; align-items: flex-start; border-top: 1px solid var(--line);
+          padding-top: .3rem; }
+.answer > p { flex: 1 1 22rem; max-width: 44rem; margin: .3rem 0 .6rem; }
+.evidence { flex: 1 1 24rem; min-width: 0; }
+.evidence figure { margin-bottom: .4rem; }
+caption { caption-side: top; text-align: left; color: var(--muted); font-size: .82rem; }
+code { font-size: .85em; background: var(--band); padding: 0 .2em; overflow-wrap: anywhere; }
+details > summary { cursor: pointer; color: var(--accent); margin: .6rem 0; }
+h4 { font-size: .95rem; margin: 1.1rem 0 .4rem; }
 @media print {
-  nav, .pager, iframe { display: none; }
+  @page { margin: 14mm 12mm; }
+  body { font-size: 11pt; }
+  nav, .pager, iframe, details > summary { display: none; }
   .tw { overflow: visible; }
-  header { background: none; color: #000; border-bottom: 2px solid #000; }
+  header { background: none; color: #000; border-bottom: 2px solid #000; padding: 0 0 .3rem; }
   header .sub { color: #333; }
   main { max-width: none; padding: 0; }
   a { color: #000; text-decoration: none; }
-  h2 { break-after: avoid; } figure, table, .card { break-inside: avoid; }
+  h2, h3, h4, caption { break-after: avoid; }
+  figure, table, .card, .answer, dl.kv { break-inside: avoid; }
+  table { font-size: 8.5pt; }
+  td { overflow-wrap: break-word; }
+  section.q { background: none; }
   .thumbs a { border-color: #999; }
-  td.q5, td.q6, td.q7, td.q8 { color: #000; }
   * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 }
 """

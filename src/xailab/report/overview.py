@@ -56,7 +56,7 @@ def train_section(site: Site, r: ReportRun) -> str:
             dest, src = site.img(f"{r.slug}/confusion-{_safe(str(split))}.png")
             confusion_png(df, classes, dest)
             figs.append(figure(src, f"confusion matrix ({split}): rows true, columns predicted"))
-        parts.append("<h3>Confusion</h3>" + "".join(figs))
+        parts.append(f'<h3 id="confusion-{esc(r.slug)}">Confusion</h3>' + "".join(figs))
     met = r.table("metrics")
     if met is not None and "epoch" in met:
         dest, src = site.img(f"{r.slug}/curves.png")

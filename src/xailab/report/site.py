@@ -4,13 +4,18 @@ The site is one folder that opens from disk (``file://``), offline: pages with n
 inline style sheet allowed by its hash in a Content-Security-Policy, and every image a PNG file
 under ``img/``. Pages, each written only when some run has its data:
 
-* ``index.html``   overview: the runs, model and data, accuracy (overall, per class), confusion
-  matrices and training curves of train runs, what each explain run holds;
+* ``index.html``   overview: three questions answered from the runs' numbers (object or
+  surroundings? learned patterns? difficulties?, see :mod:`~xailab.report.questions`), the runs,
+  model and data, accuracy (overall, per class), confusion matrices and training curves of
+  train and evaluate runs, what each explain run holds;
 * ``images.html``  thumbnails of every explained image, linking to one page per image (the
   image, its top classes, a grid of every method for every explained target);
 * ``compare.html`` what ``xailab compare`` wrote: scoreboard, IoU and rank-correlation matrices,
   faithfulness, sanity, figures;
 * ``flow.html``    the instance flow of a train run (its ``files/flow.html``, embedded);
+* ``concepts.html`` ICE concepts and TCAV scores of ``xailab concepts`` runs;
+* ``dissection.html`` labelled units of ``xailab dissect`` runs;
+* ``audit.html``   attacks, planted backdoors and backdoor detection of ``xailab audit`` runs;
 * ``methods.html`` a card per method used (Hohman et al. 2018), its parameters and its cost.
 
 The site is built in a hidden folder beside ``out`` and renamed into place, so a failed build
@@ -28,12 +33,16 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from xailab.report.audit_page import audit_page, has_audit
 from xailab.report.comparison import comparison_section, has_comparison
+from xailab.report.concepts_page import concepts_page, has_concepts
 from xailab.report.data import ReportRun, slug
+from xailab.report.dissection_page import dissection_page, has_dissection
 from xailab.report.html import esc, table
 from xailab.report.images import image_pages
 from xailab.report.methods import cards_section
 from xailab.report.overview import explain_section, flow_section, summary_rows, train_section
+from xailab.report.questions import questions_section
 from xailab.report.writer import Site
 from xailab.runs.store import RunError, atomic_write_text
 
@@ -88,10 +97,13 @@ def build_site(
 
 
 def _build(runs: list[ReportRun], site: Site, max_images: int) -> None:
-    train = [r for r in runs if r.kind == "train"]
-    explain = [r for r in runs if r.methods()]
+    train = [r for r in runs if r.kind == "train" or r.has_table("per_class") or r.has_table("confusion")]
+    explain = [r for r in runs if r.kind != "audit" and r.methods()]  # audit runs keep maps of attacks
     compared = [r for r in explain if has_comparison(r)]
     flows = [r for r in runs if r.file("flow.html") is not None]
+    concepts = [r for r in runs if has_concepts(r)]
+    dissections = [r for r in runs if has_dissection(r)]
+    audits = [r for r in runs if has_audit(r)]
     site.nav = [("index.html", "Overview")]
     if explain:
         site.nav.append(("images.html", "Images"))
@@ -99,23 +111,39 @@ def _build(runs: list[ReportRun], site: Site, max_images: int) -> None:
         site.nav.append(("compare.html", "Comparison"))
     if flows:
         site.nav.append(("flow.html", "Instance flow"))
+    if concepts:
+        site.nav.append(("concepts.html", "Concepts"))
+    if dissections:
+        site.nav.append(("dissection.html", "Dissection"))
+    if audits:
+        site.nav.append(("audit.html", "Audit"))
     if explain:
         site.nav.append(("methods.html", "Methods"))
     pages = dict(site.nav)
 
     # overview
-    body = ["<h2>Runs</h2>", table(summary_rows(runs))]
+    body = [questions_section(site, runs, explain, concepts, dissections, has_flow_page=bool(flows)),
+            "<h2>Runs</h2>", table(summary_rows(runs))]
     for r in train:
-        body.append(f"<h2>Training: {esc(r.name)}</h2>" + train_section(site, r))
+        what = "Training" if r.kind == "train" else "Evaluation"
+        body.append(f"<h2>{what}: {esc(r.name)}</h2>" + train_section(site, r))
     for r in explain:
         links = {label: href for href, label in site.nav if href in ("images.html", "compare.html", "methods.html")}
         if r not in compared:
             links.pop("Comparison", None)
         body.append(f"<h2>Explanations: {esc(r.name)}</h2>" + explain_section(r, links))
-    other = [r for r in runs if r not in train and r not in explain]
-    for r in other:
-        body.append(f"<h2>{esc(r.kind)}: {esc(r.name)}</h2><p class=note>Nothing of this run is shown "
-                    "beyond its listing above.</p>")
+    shown_elsewhere = {id(r): href for group, href in ((concepts, "concepts.html"), (dissections, "dissection.html"),
+                                                        (audits, "audit.html")) for r in group}
+    for r in runs:
+        if r in train or r in explain:
+            continue
+        if id(r) in shown_elsewhere:
+            href = shown_elsewhere[id(r)]
+            body.append(f"<h2>{esc(r.kind)}: {esc(r.name)}</h2><p>Shown on the "
+                        f'<a href="{esc(href)}#{esc(r.slug)}">{esc(pages[href])} page</a>.</p>')
+        else:
+            body.append(f"<h2>{esc(r.kind)}: {esc(r.name)}</h2><p class=note>Nothing of this run is shown "
+                        "beyond its listing above.</p>")
     site.write("index.html", site.title, "".join(body))
 
     if explain:
@@ -132,4 +160,10 @@ def _build(runs: list[ReportRun], site: Site, max_images: int) -> None:
     if flows:
         site.write("flow.html", "Instance flow",
                    "".join(f"<h2>{esc(r.name)}</h2>" + flow_section(site, r) for r in flows))
+    if concepts:
+        site.write("concepts.html", "Concepts", concepts_page(site, concepts))
+    if dissections:
+        site.write("dissection.html", "Dissection", dissection_page(site, dissections))
+    if audits:
+        site.write("audit.html", "Audit", audit_page(site, audits))
     assert set(pages) <= set(site.pages)
