@@ -281,3 +281,15 @@ def test_model_state_is_restored(images: torch.Tensor) -> None:
     assert all(m.training for m in model.modules())
     assert all(torch.equal(p.grad, torch.full_like(p, 3.0)) for p in model.parameters() if p.grad is not None)
     assert count_hooks(model) == 0
+
+
+def test_default_ice_layer_is_the_relu_after_a_bare_last_conv() -> None:
+    from xailab.concepts.ice_run import default_ice_layer
+
+    # the last conv block is a bare Conv2d: ICE takes the ReLU after it, not the signed conv
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 2))
+    assert default_ice_layer(seq)[0] == "4"
+    # nothing non-negative after it: the conv itself, which the signed-layer check then refuses
+    bare = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    assert default_ice_layer(bare)[0] == "0"

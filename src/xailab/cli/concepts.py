@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ice = sub.add_parser("ice", help="fit ICE concepts and analyse them into a run")
     _model_args(ice)
     ice.add_argument("--images", required=True, help="image set: dataset:split[:N], a folder, files")
-    ice.add_argument("--layer", help="a ReLU layer (default: the last conv block)")
+    ice.add_argument("--layer", help="a ReLU layer (default: the last conv block, or the ReLU after it)")
     ice.add_argument("--concepts", type=int, default=10, help="number of concepts (default 10)")
     ice.add_argument("--curve", default="2,4,6,8,10,12,16,24,32",
                      help="numbers of concepts for the fidelity curve ('' for none)")

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from xailab.concepts.activations import ImageSource, iter_activations, num_images, take
 from xailab.concepts.ice import (
+    SIGNED,
     ConceptBasis,
     ConceptMaps,
     ICEAnalysis,
@@ -42,6 +43,7 @@ from xailab.concepts.ice import (
     explain_concepts,
     fidelity_curve,
     fit_concepts,
+    non_negative_layers,
 )
 from xailab.core.errors import InputError
 from xailab.core.hooks import resolve_layer
@@ -57,8 +59,22 @@ def _minmax(x: Tensor) -> Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-12)
 
 
+def default_ice_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """The layer ICE factorises when none is named: the last conv block, or, when that is a bare
+    ``Conv2d`` (signed output), the first ReLU-like module registered after it."""
+    name, module = resolve_layer(model, None)
+    if not isinstance(module, SIGNED):
+        return name, module
+    names = [n for n, _ in model.named_modules()]
+    after = set(names[names.index(name) + 1:])
+    for candidate in non_negative_layers(model):
+        if candidate in after:
+            return candidate, dict(model.named_modules())[candidate]
+    return name, module  # nothing non-negative follows: the signed-layer check explains what to do
+
+
 def _channels(model: nn.Module, layer: str | None, images: ImageSource) -> tuple[str, int]:
-    name, module = resolve_layer(model, layer)
+    name, module = resolve_layer(model, layer) if layer is not None else default_ice_layer(model)
     first = next(iter_activations(model, module, images, batch_size=1))
     return name, int(first.activations.shape[1])
 
