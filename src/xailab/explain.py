@@ -15,7 +15,7 @@ import inspect
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -90,6 +90,7 @@ def explain_to_run(
     png: bool = True,
     config: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    backend: Backend | None = None,
 ) -> Run:
     """Explain ``images`` with every method in ``methods`` and store everything in run ``out``.
 
@@ -99,6 +100,8 @@ def explain_to_run(
         method_params: per-method keyword arguments, e.g. ``{"lime": {"num_samples": 2000}}``.
         mean, std: the normalisation the images went through, given to every method that
             builds baselines or noise in pixel space (IG's black/white baselines, SmoothGrad).
+        backend: computes the methods not yet in the run, all at once, instead of this process
+            (e.g. :class:`xailab.distributed.RayBackend`); what it returns is stored as here.
     """
     names = list(names) if names is not None else [f"{i:05d}" for i in range(len(images))]
     canon = [METHODS.canonical(m) for m in methods]
@@ -125,26 +128,60 @@ def explain_to_run(
         "label": (labels.cpu().numpy() if labels is not None else np.full(len(images), -1)),
     }))
 
+    specs = {m: method_spec(kwargs[m], batch_size, seed) for m in canon}
+    done = {m for m in canon if _is_saved(run, m, specs[m])}
+    computed: dict[str, Explanation] = {}
+    if backend is not None and len(done) < len(canon):
+        todo = {m: kwargs[m] for m in canon if m not in done}
+        computed = backend(model, images, run=run, methods=todo, specs={m: specs[m] for m in todo},
+                           targets=targets, labels=labels, batch_size=batch_size, seed=seed)
     results: dict[str, Explanation] = {}
     for m in canon:
         dest = run.path / "explanations" / m
-        spec = json.dumps({"kwargs": kwargs[m], "batch_size": batch_size, "seed": seed}, sort_keys=True, default=str)
+        spec = specs[m]
         spec_file = run.path / "explanations" / f".{m}.spec"
-        if (dest / "manifest.json").is_file() and spec_file.is_file() and spec_file.read_text() == spec:
+        if m in done:
             log(f"{m}: already in the run, skipped")
             results[m] = Explanation.load(dest)
             continue
-        explainer = METHODS.create(m, model, batch_size=batch_size, seed=seed, **kwargs[m])
-        res = explainer.explain(images, target=targets, labels=labels, progress=True)
+        if m in computed:
+            res = computed[m]
+        else:
+            explainer = METHODS.create(m, model, batch_size=batch_size, seed=seed, **kwargs[m])
+            res = explainer.explain(images, target=targets, labels=labels, progress=True)
         res.save(dest)
         atomic_write_text(spec_file, spec)
         run.write_table("explanations", _rows(res, names, class_names), part=m)
         results[m] = res
         log(f"{m}: {res.seconds / len(images):.3f} s/image, {res.evaluations / len(images):.0f} model evaluations/image")
 
+    if backend is not None:
+        backend.finish(run)
     if png:
         write_overlays(run, results, shown, names, class_names)
     return run
+
+
+class Backend(Protocol):
+    """Computes several methods over all images somewhere else (see ``explain_to_run``)."""
+
+    def __call__(self, model: nn.Module, images: Tensor, *, run: Run, methods: dict[str, dict[str, Any]],
+                 specs: dict[str, str], targets: TargetSpec, labels: Tensor | None, batch_size: int,
+                 seed: int) -> dict[str, Explanation]: ...
+
+    def finish(self, run: Run) -> None:
+        """Called once what it returned is saved in the run (e.g. to remove its partial files)."""
+
+
+def method_spec(kwargs: dict[str, Any], batch_size: int, seed: int) -> str:
+    """What defines a method's maps in a run: a rerun with the same spec skips the method."""
+    return json.dumps({"kwargs": kwargs, "batch_size": batch_size, "seed": seed}, sort_keys=True, default=str)
+
+
+def _is_saved(run: Run, method: str, spec: str) -> bool:
+    spec_file = run.path / "explanations" / f".{method}.spec"
+    return (run.path / "explanations" / method / "manifest.json").is_file() and spec_file.is_file() \
+        and spec_file.read_text() == spec
 
 
 def _minmax(x: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ one the run's manifest records.
 Examples:
   xailab compare runs/cifar
   xailab compare runs/cifar --reference saliency --top 5 --steps 64 --no-sanity
+  xailab compare runs/cifar --backend ray --workers 8    # faithfulness shard by shard on Ray
 """
 
 from __future__ import annotations
@@ -38,12 +39,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="most perturbed images in one forward pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    from xailab.distributed.options import add_backend_arguments
+
+    add_backend_arguments(p)  # with --backend ray: faithfulness (the per-image part) runs on Ray
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from xailab.core.errors import InputError
+    from xailab.distributed.options import backend_from_args
     from xailab.metrics.scoreboard import CompareSettings, compare_run, format_board
     from xailab.runs import Run, RunError
 
@@ -69,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     )
     methods = [_canonical(m) for m in args.methods.split(",") if m.strip()] if args.methods else None
     reference = _canonical(args.reference) if args.reference else None
+    backend = backend_from_args(args)
+    if backend is not None:
+        from xailab.distributed.faithfulness import faithfulness_on_ray
+
+        faithfulness_on_ray(run_, model, settings, backend=backend, methods=methods)
     board = compare_run(run_, model, reference=reference, methods=methods, settings=settings,
                         figures_on=not args.no_figures)
     print()

@@ -28,11 +28,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="with --model: also store the evaluation in this run directory")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
+    from xailab.distributed.options import add_backend_arguments
+
+    add_backend_arguments(p)  # for an explain run (= compare); a model's evaluation stays local
 
 
 def run(args: argparse.Namespace) -> int:
     from xailab.core.errors import InputError
     from xailab.data import load_dataset
+    from xailab.distributed.options import backend_from_args
     from xailab.runs import Run
     from xailab.train import check_model_fits, evaluate, resolve_device, save_evaluation
     from xailab.train.recipe import (
@@ -42,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         stratified_sample,
     )
 
+    backend_from_args(args)  # refuses --workers / --address without --backend ray
+    if args.backend == "ray" and not (args.run and Run.open(args.run).manifest.get("kind") == "explain"):
+        raise InputError("--backend ray applies to an explain run (its methods' scoreboard); evaluating a "
+                         "model is one forward pass per image and runs here")
     if bool(args.run) == bool(args.model):
         raise InputError("give either --run RUN, or --model SPEC with --weights FILE and --data NAME")
     device = resolve_device(args.device)
@@ -52,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             from xailab.cli import main
 
             print(f"{args.run} is an explain run: scoring its methods (as `xailab compare {args.run}`)")
-            return main(["compare", str(args.run), "--device", args.device])
+            return main(["compare", str(args.run), "--device", args.device, *_backend_argv(args)])
         cfg = store.manifest.get("config") or {}
         name = args.data or cfg.get("data")
         root = args.data_root if args.data or args.data_root else cfg.get("data_root")
@@ -91,3 +99,14 @@ def run(args: argparse.Namespace) -> int:
         save_evaluation(store, ev, label)
         print(f"\nstored in {store.path} (tables evaluation, per_class, confusion; part {label!r})")
     return 0
+
+
+def _backend_argv(args: argparse.Namespace) -> list[str]:
+    """The distributed flags, passed on to ``xailab compare``."""
+    if args.backend != "ray":
+        return []
+    out = ["--backend", "ray", "--shard-size", str(args.shard_size), "--cpus-per-worker", str(args.cpus_per_worker),
+           "--gpus-per-worker", str(args.gpus_per_worker)]
+    out += ["--address", args.address] if args.address else []
+    out += ["--workers", str(args.workers)] if args.workers else []
+    return out

@@ -5,6 +5,7 @@ Examples:
       --data-root ../shared/data/cifar10-jpg.tar.gz --methods saliency,integrated_gradients,gradcam \\
       --targets true,top1,top2,least --out runs/explain
   xailab explain --model efficientnet_lite0 --images photos/ --methods lime --set lime.num_samples=500
+  xailab explain ... --backend ray --workers 2 --shard-size 256     # shards over Ray workers, resumable
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-png", action="store_true", help="skip the PNG overlays")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     p.add_argument("--out", required=True, help="run directory (created; reused to resume)")
+    from xailab.distributed.options import add_backend_arguments
+
+    add_backend_arguments(p)
 
 
 def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -87,12 +91,14 @@ def run(args: argparse.Namespace) -> int:
     from xailab.core.registry import METHODS
     from xailab.core.targets import parse_target_list
     from xailab.data import load_images
+    from xailab.distributed.options import backend_from_args
     from xailab.explain import explain_to_run
     from xailab.models import get_preprocessing, load_model
 
     methods = [METHODS.canonical(m) for m in args.methods.split(",") if m.strip()]
     targets = parse_target_list(args.targets)
     params = parse_sets(args.set)
+    backend = backend_from_args(args)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
     if args.pretrained:
@@ -119,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, seed=args.seed, quick=args.quick, png=not args.no_png,
         config={"model": args.model, "weights": args.weights, "images": args.images,
                 "data_root": args.data_root, "device": device},
+        backend=backend,
     )
     print(f"run: {run_.path}")
     print(f"overlays: {run_.path / 'files' / 'overlays'}" if not args.no_png else "")
