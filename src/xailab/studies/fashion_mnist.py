@@ -1,0 +1,175 @@
+"""Study 3: Fashion-MNIST: SHAP, DeepLIFT and IG for four classes, a patch attack, a backdoor audit.
+
+The recipe (``xailab study fashion_mnist``; each step one ``xailab`` command, printed before it
+runs; a rerun resumes):
+
+1. ``train`` the zoo's ``small_cnn`` on Fashion-MNIST (skipped when ``--weights`` are given:
+   then ``evaluate``);
+2. ``explain`` test images with SHAP (expected gradients and KernelSHAP; Lundberg & Lee 2017),
+   DeepLIFT (rescale; Shrikumar et al. 2017) and Integrated Gradients (Sundararajan et al.
+   2017) for the true, most likely, second most likely and least likely class, and
+   ``compare`` them;
+3. ``audit adversarial --patch``: a small square patch attack (LaVAN / Brown et al. 2017
+   style masked PGD) on test images; success rate, and how the maps of the attacked images
+   move onto the patch (explanation shift);
+4. ``audit poison``: train a second model on data with a BadNets backdoor (Gu et al. 2017): a
+   white square on 10 % of the Sandals, relabelled Sneaker; clean accuracy and attack success;
+5. ``audit backdoor`` of that model over its training data with two global methods, SpRAy
+   (Lapuschkin et al. 2019) and activation clustering (Chen et al. 2018), and of the clean
+   model (yours with ``--weights``) as the control;
+6. ``report`` over every run; the report's path is printed last.
+
+    xailab study fashion_mnist --quick
+    xailab study fashion_mnist --model small_cnn --weights mine.safetensors --out runs/my-fm
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from xailab.recipe import Step
+from xailab.studies import Study, register_study
+
+EXPLAIN_METHODS = "gradient_shap,kernel_shap,deeplift,integrated_gradients"
+ATTACK_METHODS = "gradient_shap,deeplift,integrated_gradients"  # the gradient ones: cheap enough per image
+TARGETS = "true,top1,top2,least"
+
+# Full size: what a student runs (about 1 h on 2 CPU cores, see docs/studies/fashion-mnist.md);
+# --quick: a first look in minutes. An option given explicitly wins over both.
+FULL = {"epochs": 5, "limit_train": None, "limit_test": None, "images": 32, "attack_images": 48,
+        "poison_epochs": 3, "poison_limit": 10000, "per_class": 500}
+QUICK = {"epochs": 2, "limit_train": 3000, "limit_test": 1000, "images": 4, "attack_images": 8,
+         "poison_epochs": 3, "poison_limit": 4000, "per_class": 150}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="folder of the study's runs (default runs/study-fashion_mnist)")
+    p.add_argument("--model", default="small_cnn",
+                   help="zoo name, TorchScript file or package.module:factory (default small_cnn)")
+    p.add_argument("--weights", help="the model's trained weights: its training is skipped")
+    p.add_argument("--data", default="fashion_mnist",
+                   help="fashion_mnist (default), mnist or folder:<path> of your own images")
+    p.add_argument("--data-root", help="where the dataset's files are (folder or archive)")
+    p.add_argument("--epochs", type=int, help=f"training epochs (default {FULL['epochs']}; quick {QUICK['epochs']})")
+    p.add_argument("--limit-train", type=int, metavar="N",
+                   help=f"train on a stratified sample of N (default all; quick {QUICK['limit_train']})")
+    p.add_argument("--images", type=int, metavar="N",
+                   help=f"test images explained (default {FULL['images']}; quick {QUICK['images']})")
+    p.add_argument("--attack-images", type=int, metavar="N",
+                   help=f"test images attacked (default {FULL['attack_images']}; quick {QUICK['attack_images']})")
+    p.add_argument("--patch", type=int, default=5, metavar="S", help="side of the attack's square patch (default 5)")
+    p.add_argument("--backdoor-model",
+                   help="architecture trained with the backdoor (default: --model; give a zoo name or "
+                        "package.module:factory if your model is a TorchScript file)")
+    p.add_argument("--source", default="Sandal", help="class whose images carry the trigger (default Sandal)")
+    p.add_argument("--target", default="Sneaker", help="class the trigger sends them to (default Sneaker)")
+    p.add_argument("--poison-epochs", type=int,
+                   help=f"epochs of the backdoored model (default {FULL['poison_epochs']})")
+    p.add_argument("--poison-limit", type=int, metavar="N",
+                   help=f"training images of the backdoored model (default {FULL['poison_limit']}; "
+                        f"quick {QUICK['poison_limit']})")
+    p.add_argument("--max-per-class", type=int, dest="per_class", metavar="N",
+                   help=f"training items a class the backdoor audits examine (default {FULL['per_class']}; "
+                        f"quick {QUICK['per_class']})")
+    p.add_argument("--quick", action="store_true", help="small sizes and cheap settings, for a first look")
+    p.add_argument("--device", help="cpu, cuda or auto (default: each command's own, auto)")
+
+
+def _size(args: argparse.Namespace, key: str) -> object:
+    given = getattr(args, key, None)
+    if given is not None:
+        return given
+    return (QUICK if args.quick else FULL)[key]
+
+
+def steps(args: argparse.Namespace) -> list[Step]:
+    out = Path(args.out or "runs/study-fashion_mnist")
+    quick = ["--quick"] if args.quick else []
+    root = ["--data-root", args.data_root] if args.data_root else []
+    device = ["--device", args.device] if args.device else []
+    data = ["--data", args.data, *root]
+    model = ["--model", args.model]
+    runs: list[str] = []
+    out_steps: list[Step] = []
+
+    if args.weights:
+        weights = args.weights
+        limit = ["--limit", str(QUICK["limit_test"])] if args.quick else []
+        evaluated = str(out / "evaluate")
+        out_steps.append(("evaluate your model on the test set (no training: --weights given)",
+                          ["evaluate", *model, "--weights", weights, *data, *limit, *device, "--out", evaluated]))
+        runs.append(evaluated)
+    else:
+        train = str(out / "train")
+        weights = str(out / "train" / "checkpoints" / "best.safetensors")
+        sizes = ["--epochs", str(_size(args, "epochs"))]
+        for key, flag in (("limit_train", "--limit-train"), ("limit_test", "--limit-test")):
+            value = _size(args, key)
+            if value is not None:
+                sizes += [flag, str(value)]
+        out_steps.append(("train the CNN", ["train", *model, *data, *sizes, "--track", "none", *device,
+                                            "--out", train]))
+        runs.append(train)
+    trained = [*model, "--weights", weights]
+
+    explain = str(out / "explain")
+    out_steps += [
+        ("explain test images with SHAP, DeepLIFT and IG for the true, top, second and least likely class",
+         ["explain", *trained, *root, "--images", f"{args.data}:test:{_size(args, 'images')}",
+          "--methods", EXPLAIN_METHODS, "--targets", TARGETS, *quick, *device, "--out", explain]),
+        ("compare the methods: agreement, deletion/insertion, sanity check, time",
+         ["compare", explain, "--reference", "integrated_gradients", *device]
+         + (["--no-sanity"] if args.quick else [])),
+    ]
+    runs.append(explain)
+
+    patch = str(out / "patch")
+    out_steps.append((
+        f"patch attack: a {args.patch}x{args.patch} square placed and optimised per image; how the maps move",
+        ["audit", "adversarial", *trained, *root, "--images", f"{args.data}:test:{_size(args, 'attack_images')}",
+         "--patch", str(args.patch), "--methods", ATTACK_METHODS, "--targets", "top1,true", "--png", "8",
+         *device, "--out", patch]))
+    runs.append(patch)
+
+    poison, bd_audit, clean_audit = str(out / "backdoor-train"), str(out / "backdoor-audit"), str(out / "clean-audit")
+    per_class = ["--max-per-class", str(_size(args, "per_class"))]
+    out_steps += [
+        (f"train a backdoored model: a white 4x4 square on 10 % of the {args.source} images, relabelled {args.target}",
+         ["audit", "poison", *data, "--source", args.source, "--target", args.target, "--fraction", "0.1",
+          "--trigger", "patch:4", "--model", args.backdoor_model or args.model,
+          "--epochs", str(_size(args, "poison_epochs")), "--limit-train", str(_size(args, "poison_limit")),
+          *(["--limit-test", str(QUICK["limit_test"])] if args.quick else []), *device, "--quiet",
+          "--out", poison]),
+        ("audit the backdoored model per class: SpRAy on LRP maps and activation clustering",
+         ["audit", "backdoor", "--run", poison, *per_class, *device, "--out", bd_audit]),
+        ("the same audit of the clean model on its training data (the control)",
+         ["audit", "backdoor", *trained, *data, *per_class, *device, "--out", clean_audit]),
+    ]
+    runs += [poison, bd_audit, clean_audit]
+
+    out_steps.append(("publish every run as one static report",
+                      ["report", *runs, "--out", str(out / "report"), "--title", _title(args)]))
+    return out_steps
+
+
+TITLE = "Fashion-MNIST: SHAP, DeepLIFT, IG; a patch attack; a backdoor audit"
+
+
+def _title(args: argparse.Namespace) -> str:
+    return TITLE if args.model == "small_cnn" and not args.weights else f"{TITLE} ({args.model})"
+
+
+STUDY = register_study(Study(
+    name="fashion_mnist",
+    title=TITLE,
+    add_arguments=add_arguments,
+    steps=steps,
+    summary=(
+        "Train the 28x28 CNN on Fashion-MNIST, explain test images with SHAP, DeepLIFT and IG for\n"
+        "the true, top, second and least likely class, attack them with a small patch and see how\n"
+        "the maps move, train a backdoored twin (BadNets trigger) and audit it and the clean model\n"
+        "with SpRAy and activation clustering, and publish it all as one report. With --weights\n"
+        "your trained model is used and its training skipped. See docs/studies/fashion-mnist.md."
+    ),
+))
