@@ -175,7 +175,17 @@ class Backend(Protocol):
 
 def method_spec(kwargs: dict[str, Any], batch_size: int, seed: int) -> str:
     """What defines a method's maps in a run: a rerun with the same spec skips the method."""
-    return json.dumps({"kwargs": kwargs, "batch_size": batch_size, "seed": seed}, sort_keys=True, default=str)
+    return json.dumps({"kwargs": kwargs, "batch_size": batch_size, "seed": seed}, sort_keys=True, default=_spec_value)
+
+
+def _spec_value(value: Any) -> str:
+    """A tensor parameter (a baseline, a background) by its shape and a hash of its values."""
+    if isinstance(value, Tensor):
+        import hashlib
+
+        data = value.detach().cpu().contiguous().numpy().tobytes()
+        return f"tensor{tuple(value.shape)}:{hashlib.sha256(data).hexdigest()[:16]}"
+    return str(value)
 
 
 def _is_saved(run: Run, method: str, spec: str) -> bool:

@@ -5,6 +5,8 @@ Examples:
       --data-root ../shared/data/cifar10-jpg.tar.gz --methods saliency,integrated_gradients,gradcam \\
       --targets true,top1,top2,least --out runs/explain
   xailab explain --model efficientnet_lite0 --images photos/ --methods lime --set lime.num_samples=500
+  xailab explain --model small_cnn --weights best.safetensors --images fashion_mnist:test:16 \\
+      --methods gradient_shap --set gradient_shap.background=fashion_mnist:train:100
   xailab explain ... --backend ray --workers 2 --shard-size 256     # shards over Ray workers, resumable
 """
 
@@ -86,6 +88,8 @@ def imagenet_class_names() -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import torch
 
     from xailab.core.registry import METHODS
@@ -116,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
         class_names = read_class_names(args.class_names)
     elif class_names is None and args.pretrained and _num_outputs(model) == 1000:
         class_names = imagenet_class_names()
+    for kw in params.values():  # a background given as images: load them as the explained ones
+        bg = kw.get("background")
+        if isinstance(bg, str) and (":" in bg or Path(bg).exists()):
+            kw["background"] = load_images(bg, prep, root=args.data_root)[0].to(device)
     print(f"explaining {len(images)} images with {', '.join(methods)} for targets {', '.join(map(str, targets))}")
     run_ = explain_to_run(
         model, images.to(device), out=args.out, methods=methods,
