@@ -36,3 +36,9 @@ def register_study(study: Study) -> Study:
     """Add ``study`` to :data:`STUDIES` under its name."""
     STUDIES.register(study.name)(study)
     return study
+
+
+def gradient_shap_background(data: str, n: int) -> list[str]:
+    """``explain`` flags that draw GradientSHAP's baselines from ``n`` training images of
+    ``data`` (SHAP's GradientExplainer with a background set) instead of uniform noise."""
+    return ["--set", f"gradient_shap.background={data}:train:{n}"]

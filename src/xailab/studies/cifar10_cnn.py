@@ -27,9 +27,10 @@ import argparse
 from pathlib import Path
 
 from xailab.recipe import Step
-from xailab.studies import Study, register_study
+from xailab.studies import Study, gradient_shap_background, register_study
 
 METHODS = "saliency,kernel_shap,gradient_shap"
+BACKGROUND = 100  # training images GradientSHAP draws its baselines from (SHAP's background set)
 TARGETS = "true,top1,top2,least"
 ICE_LAYER = "features.21"  # cifar_cnn's last ReLU of the conv part: 128 channels at 8x8
 
@@ -110,7 +111,7 @@ def steps(args: argparse.Namespace) -> list[Step]:
     out_steps += [
         ("explain test images: saliency and SHAP (KernelSHAP, expected gradients) for four targets",
          ["explain", *model, "--weights", weights, *images, "--methods", METHODS, "--targets", TARGETS,
-          *quick, *device, "--out", explain]),
+          *gradient_shap_background(args.data, BACKGROUND // 4 if args.quick else BACKGROUND), *quick, *device, "--out", explain]),
         ("compare the maps: agreement, deletion/insertion, sanity check, time",
          ["compare", explain, "--reference", "saliency", *device] + (["--no-sanity"] if args.quick else [])),
     ]
