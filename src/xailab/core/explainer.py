@@ -8,6 +8,14 @@ refusing NaN logits and out-of-range targets, splitting the images into chunks s
 ``batch_size`` samples go through the model at once, eval mode with every flag restored, seeds,
 timing and the :class:`~xailab.core.explanation.Explanation`.
 
+*One-pass* methods (``one_pass = True``: saliency, input x gradient, the gradient CAMs, LRP,
+DeepLIFT) see each image unchanged in their own grad-enabled forward pass, so they need no
+separate scoring pass: they implement :meth:`Explainer._explain_rows`, which gets the chunk's
+targets as :class:`RowTargets`, resolved image by image from the logits of that very forward
+pass (each pass's logits are checked for NaN before anything else happens). Targets, logits and
+maps are then those of one pass per (image, target) row, and ``evaluations`` counts no scoring
+pass.
+
     explainer = create("saliency", model, batch_size=128)
     result = explainer.explain(images, target=["true", "top1", "least"], labels=labels)
     result.maps.shape   # [N, 3, H, W]
@@ -26,7 +34,7 @@ from torch import Tensor, nn
 from xailab.core.errors import InputError, ModelError
 from xailab.core.explanation import Explanation
 from xailab.core.hooks import model_device, model_session
-from xailab.core.targets import TargetSpec, resolve_targets
+from xailab.core.targets import TargetPlan, TargetSpec, resolve_targets
 
 Output = Literal["logit", "probability", "log_probability"]
 
@@ -51,6 +59,10 @@ class Explainer:
     per_channel: ClassVar[bool] = False
     #: cheap settings (few samples or steps) for smoke runs, quick demos and conformance tests
     quick_params: ClassVar[dict[str, Any]] = {}
+    #: whether the method's own forward passes see every image unchanged, with gradients on: then
+    #: ``explain`` skips the scoring pass and resolves targets from those passes (see the module
+    #: docstring); the method implements ``_explain_rows`` and ``_prepare_one_pass``
+    one_pass: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -91,6 +103,14 @@ class Explainer:
     def _prepare(self, x: Tensor, logits: Tensor) -> None:
         """Called once per ``explain`` call before the chunks (e.g. to check the model)."""
 
+    def _explain_rows(self, x: Tensor, rows: RowTargets) -> Tensor:
+        """One-pass methods: maps ``[B, T, ...]`` for images ``x``; the targets of the (image,
+        target) rows come from ``rows.rows(lo, hi, logits)`` once the rows' logits exist."""
+        raise NotImplementedError
+
+    def _prepare_one_pass(self, x: Tensor) -> None:
+        """One-pass methods: called once per ``explain`` call before the chunks (no logits yet)."""
+
     # -- the public contract ------------------------------------------------------------------
     def explain(
         self,
@@ -104,20 +124,15 @@ class Explainer:
         start = time.perf_counter()
         x = self._check_inputs(inputs)
         self.evaluations = 0
-        with model_session(self.model, eval_mode=self.eval_mode):
-            logits = self.forward(x, grad=False)
-            targets, names = resolve_targets(target, logits, labels)
-            self._prepare(x, logits)
-            per_chunk = self.images_per_chunk(targets.shape[1])
-            chunks = []
-            bar = _progress(len(x), f"{self.name or type(self).__name__}", progress)
-            for lo in range(0, len(x), per_chunk):
-                self._offset = lo
-                maps = self._explain_batch(x[lo : lo + per_chunk], targets[lo : lo + per_chunk])
-                chunks.append(maps.detach().cpu())
-                bar.update(min(per_chunk, len(x) - lo))
+        bar = _progress(len(x), f"{self.name or type(self).__name__}", progress)
+        try:
+            with model_session(self.model, eval_mode=self.eval_mode):
+                if self.one_pass:
+                    maps, targets, names, logits = self._explain_one_pass(x, target, labels, bar)
+                else:
+                    maps, targets, names, logits = self._explain_scored(x, target, labels, bar)
+        finally:
             bar.close()
-        maps = torch.cat(chunks)
         extras = self._extras()
         return Explanation(
             maps=maps,
@@ -130,6 +145,45 @@ class Explainer:
             evaluations=self.evaluations,
             extras=extras,
         )
+
+    def _explain_scored(
+        self, x: Tensor, target: TargetSpec, labels: Tensor | Sequence[int] | None, bar: Any
+    ) -> tuple[Tensor, Tensor, list[str], Tensor]:
+        """One scoring pass resolves every target, then the chunks."""
+        logits = self.forward(x, grad=False)
+        targets, names = resolve_targets(target, logits, labels)
+        self._prepare(x, logits)
+        per_chunk = self.images_per_chunk(targets.shape[1])
+        chunks = []
+        for lo in range(0, len(x), per_chunk):
+            self._offset = lo
+            maps = self._explain_batch(x[lo : lo + per_chunk], targets[lo : lo + per_chunk])
+            chunks.append(maps.detach().cpu())
+            bar.update(min(per_chunk, len(x) - lo))
+        return torch.cat(chunks).contiguous(), targets, names, logits
+
+    def _explain_one_pass(
+        self, x: Tensor, target: TargetSpec, labels: Tensor | Sequence[int] | None, bar: Any
+    ) -> tuple[Tensor, Tensor, list[str], Tensor]:
+        """No scoring pass: each chunk's targets and logits come from the method's own passes."""
+        plan = TargetPlan(target, len(x), labels)
+        n_targets = plan.n_targets
+        if n_targets is None:  # "all": one row per class, so the number of classes is needed first
+            n_targets = int(self.forward(x[:1], grad=False).shape[1])
+        self._prepare_one_pass(x)
+        per_chunk = self.images_per_chunk(n_targets)
+        chunks, targets, logits = [], [], []
+        for lo in range(0, len(x), per_chunk):
+            self._offset = lo
+            xc = x[lo : lo + per_chunk]
+            rows = RowTargets.from_plan(plan, lo, len(xc), n_targets)
+            maps = self._explain_rows(xc, rows)
+            chunks.append(maps.detach().cpu().contiguous())  # channels-last inputs give such maps
+            targets.append(rows.targets)
+            logits.append(rows.logits)
+            bar.update(len(xc))
+        all_logits = cat(logits)  # one-pass maps are fresh tensors: one chunk is not copied again
+        return cat(chunks), cat(targets), plan.names(all_logits.shape[1]), all_logits
 
     __call__ = explain
 
@@ -159,7 +213,9 @@ class Explainer:
             raise InputError("no images to explain")
         if not inputs.is_floating_point():
             raise InputError(f"inputs must be floating point, got {inputs.dtype} (convert and normalise first)")
-        if not torch.isfinite(inputs).all():
+        # one reduction: a NaN or inf makes the sum non-finite (only a finite overflow, rare,
+        # needs the element-wise check)
+        if not bool(torch.isfinite(inputs.sum())) and not bool(torch.isfinite(inputs).all()):
             raise InputError("inputs contain NaN or infinite values")
         return inputs.detach().to(self.device)
 
@@ -182,21 +238,27 @@ class Explainer:
             logits = torch.log_softmax(logits, dim=1)
         return logits.gather(1, targets.reshape(-1, 1)).squeeze(1)
 
-    def target_gradients(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    def target_gradients(
+        self, x: Tensor, targets: Tensor | RowTargets, first_row: int = 0
+    ) -> tuple[Tensor, Tensor]:
         """``(d score_i / d x_i, score_i)`` for every row ``i`` of ``x [M, ...]`` and ``targets [M]``.
 
         Rows are independent (the model is in eval mode), so one backward pass of the summed
         scores gives every row's gradient at once; rows go through in chunks of ``batch_size``.
+        ``targets`` may be :class:`RowTargets` (one-pass methods): ``x`` are then its rows
+        ``first_row ..``, whose targets are resolved from their own logits.
         """
         grads, scores = [], []
         for lo in range(0, len(x), self.batch_size):
-            xi = x[lo : lo + self.batch_size].detach().requires_grad_(True)
+            hi = min(len(x), lo + self.batch_size)
+            xi = x[lo:hi].detach().requires_grad_(True)
             with torch.enable_grad():
-                s = self.score(self.forward(xi), targets[lo : lo + self.batch_size])
+                logits = self.forward(xi)
+                s = self.score(logits, row_targets(targets, lo, hi, logits, first_row))
                 (g,) = torch.autograd.grad(s.sum(), xi)
             grads.append(g)
             scores.append(s.detach())
-        return torch.cat(grads), torch.cat(scores)
+        return cat(grads), cat(scores)
 
     def generator(self, image_index: int) -> torch.Generator:
         """A generator for the image at ``image_index`` within the current chunk.
@@ -207,6 +269,121 @@ class Explainer:
         g = torch.Generator(device="cpu")
         g.manual_seed(self.seed * 1_000_003 + self._offset + image_index)
         return g
+
+
+class RowTargets:
+    """The targets of a chunk's (image, target) rows, known or resolved from the rows' own logits.
+
+    Rows are in (image, target) order: row ``r`` is image ``r // T``, target column ``r % T``.
+    Known targets (the scoring-pass path) are simply sliced. Otherwise (one-pass methods) the
+    method runs its rows through the model in increasing order and calls
+    ``rows(lo, hi, logits)`` with each pass's logits: every image whose first row lies in the
+    pass gets its targets from that row's logits (the image itself, unchanged), resolved by the
+    call's :class:`~xailab.core.targets.TargetPlan`; those logits become the Explanation's.
+
+        rows = RowTargets.from_plan(plan, first_image=0, n_images=4, n_targets=2)
+        t = rows.rows(0, 3, logits_of_rows_0_to_2)   # images 0 and 1 resolved; [3] targets
+    """
+
+    def __init__(self, targets: Tensor | None, *, plan: TargetPlan | None = None, first_image: int = 0,
+                 n_images: int = 0, n_targets: int = 1) -> None:
+        self.plan, self.first_image = plan, first_image
+        self._targets = targets
+        self._logits: Tensor | None = None
+        self._done = 0  # images resolved so far
+        self.shape = (n_images, n_targets) if targets is None else (targets.shape[0], targets.shape[1])
+        if plan is None and targets is None:
+            raise ValueError("RowTargets needs known targets or a plan")
+
+    @classmethod
+    def known(cls, targets: Tensor) -> RowTargets:
+        return cls(targets)
+
+    @classmethod
+    def from_plan(cls, plan: TargetPlan, first_image: int, n_images: int, n_targets: int) -> RowTargets:
+        return cls(None, plan=plan, first_image=first_image, n_images=n_images, n_targets=n_targets)
+
+    @property
+    def lazy(self) -> bool:
+        return self.plan is not None
+
+    def rows(self, lo: int, hi: int, logits: Tensor | None = None) -> Tensor:
+        """Targets ``[hi - lo]`` of rows ``lo..hi``; ``logits [hi - lo, K]`` are these rows' logits."""
+        if self.plan is None:
+            assert self._targets is not None
+            return self._targets.reshape(-1)[lo:hi]
+        t = self.shape[1]
+        first, last = -(-lo // t), -(-hi // t)  # the images whose first row lies in lo..hi
+        assert self._done == first, "one-pass rows must be resolved in order"
+        if last > first:
+            if logits is None:
+                raise ValueError("one-pass targets need the logits of the rows")
+            own = logits[torch.arange(first, last, device=logits.device) * t - lo].detach()
+            self.images(first, own)
+        assert self._targets is not None
+        return self._targets.reshape(-1)[lo:hi]
+
+    def images(self, first: int, logits: Tensor) -> Tensor:
+        """Resolve images ``first ..`` (of the chunk) from their own ``logits [m, K]``; their targets."""
+        assert self.plan is not None and self._done == first
+        m = len(logits)
+        start = self.first_image + first
+        got, _ = self.plan.resolve(logits, slice(start, start + m))
+        if self._targets is None:
+            self._targets = got.new_empty(self.shape)
+            self._logits = logits.new_empty(self.shape[0], logits.shape[1])
+        assert self._logits is not None
+        self._targets[first : first + m] = got
+        self._logits[first : first + m] = logits.detach()
+        self._done = first + m
+        return got
+
+    @property
+    def targets(self) -> Tensor:
+        """All ``[B, T]`` targets (every image must have been resolved)."""
+        if self.plan is not None and self._done != self.shape[0]:
+            raise RuntimeError(f"only {self._done} of {self.shape[0]} images had their targets resolved")
+        assert self._targets is not None
+        return self._targets
+
+    @property
+    def logits(self) -> Tensor:
+        """The ``[B, K]`` logits the targets were resolved from (one-pass methods only)."""
+        self.targets  # noqa: B018  (checks completeness)
+        if self._logits is None:
+            raise RuntimeError("known targets carry no logits")
+        return self._logits
+
+
+def row_targets(targets: Tensor | RowTargets, lo: int, hi: int, logits: Tensor, first_row: int = 0) -> Tensor:
+    """Targets of rows ``lo..hi`` of a pass (offset ``first_row`` in the chunk) with these ``logits``."""
+    if isinstance(targets, RowTargets):
+        return targets.rows(first_row + lo, first_row + hi, logits)
+    return targets[lo:hi]
+
+
+def repeat_rows(x: Tensor, t: int) -> Tensor:
+    """The (image, target) rows of ``x``: each image ``t`` times, in ``x``'s memory format.
+
+    ``t == 1`` gives ``x`` itself (no copy). A channels-last batch stays channels-last: CPU
+    convolutions run faster in it, and an NCHW copy of a channels-last batch made every
+    one-pass method ~15 % slower than the reference libraries, which use the input as it is.
+    """
+    if t == 1:
+        return x
+    return keep_format(x.repeat_interleave(t, dim=0), x)
+
+
+def keep_format(out: Tensor, like: Tensor) -> Tensor:
+    """``out`` in channels-last memory format if ``like`` is a channels-last 4-D batch."""
+    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def cat(parts: Sequence[Tensor]) -> Tensor:
+    """``torch.cat(parts)``, without the copy when there is only one part."""
+    return parts[0] if len(parts) == 1 else torch.cat(list(parts))
 
 
 def expand_targets(targets: Tensor, samples: int) -> Tensor:

@@ -8,7 +8,9 @@ builds every requested method's :class:`~xailab.core.explanation.Explanation` fr
 
 Each Explanation equals what the method gives on its own (``create(name, model, ...).explain``):
 the same rows go through the model in the same chunks, so maps, targets, logits, params and
-extras are identical. Only ``seconds`` and ``evaluations`` are those of the whole shared call.
+extras are identical. Like the methods on their own it needs no scoring pass: each chunk's
+targets and logits come from the shared forward pass itself (one model evaluation per image and
+target in all). Only ``seconds`` is that of the whole shared call.
 
     results = explain_shared(model, images, target="top1", layer="layer4", batch_size=64)
     results["gradcam"].maps.shape, results["saliency"].maps.shape  # [N,1,H,W], [N,1,C,H,W]
@@ -22,15 +24,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
-from xailab.core.explainer import Explainer, Output, expand_targets
+from xailab.core.explainer import Explainer, Output, RowTargets, cat, repeat_rows
 from xailab.core.explanation import Explanation
 from xailab.core.hooks import model_session
 from xailab.core.registry import METHODS
-from xailab.core.targets import TargetSpec, resolve_targets
+from xailab.core.targets import TargetPlan, TargetSpec
 from xailab.methods.cam.base import CAM
 from xailab.methods.cam.layers import resolve_cam_layer
 
@@ -127,24 +128,32 @@ class SharedGradientPass(Explainer):
         x = self._check_inputs(inputs)
         self.evaluations = 0
         maps: dict[str, list[Tensor]] = {n: [] for n in self.explainers}
+        targets, logits = [], []
         with model_session(self.model, eval_mode=self.eval_mode):
-            logits = self.forward(x, grad=False)
-            targets, names = resolve_targets(target, logits, labels)
+            plan = TargetPlan(target, len(x), labels)
+            n_targets = plan.n_targets
+            if n_targets is None:  # "all": the number of classes first, as each method does
+                n_targets = int(self.forward(x[:1], grad=False).shape[1])
             for p in self.model.parameters():  # restored by model_session
                 p.requires_grad_(False)
-            driver = self._prepare_cams(x, logits)
-            per_chunk = self.images_per_chunk(targets.shape[1])
+            driver = self._prepare_cams(x)
+            per_chunk = self.images_per_chunk(n_targets)
             for lo in range(0, len(x), per_chunk):
-                chunk = slice(lo, lo + per_chunk)
-                for name, m in self._explain_chunk(driver, x[chunk], targets[chunk]).items():
-                    maps[name].append(m.detach().cpu())
+                xc = x[lo : lo + per_chunk]
+                rows = RowTargets.from_plan(plan, lo, len(xc), n_targets)
+                for name, m in self._explain_chunk(driver, xc, rows).items():
+                    maps[name].append(m.detach().cpu().contiguous())
+                targets.append(rows.targets)
+                logits.append(rows.logits)
+        all_targets, all_logits = cat(targets).cpu(), cat(logits).detach().cpu()
+        names = plan.names(all_logits.shape[1])
         seconds = time.perf_counter() - start
         return {
             name: Explanation(
-                maps=torch.cat(maps[name]),
-                targets=targets.cpu(),
+                maps=cat(maps[name]),
+                targets=all_targets,
                 target_names=tuple(names),
-                logits=logits.detach().cpu(),
+                logits=all_logits,
                 method=e.name,
                 params=e.params(),
                 seconds=seconds,
@@ -154,7 +163,7 @@ class SharedGradientPass(Explainer):
             for name, e in self.explainers.items()
         }
 
-    def _prepare_cams(self, x: Tensor, logits: Tensor) -> CAM | None:
+    def _prepare_cams(self, x: Tensor) -> CAM | None:
         """Resolve the layer once, give it to every CAM; the first CAM drives the shared pass."""
         if not self.cams:
             return None
@@ -168,27 +177,26 @@ class SharedGradientPass(Explainer):
             if cam.layer_module is not None and cam.layer_module is not module:
                 raise InputError("the CAMs of one shared pass must explain the same layer")
             cam.layer_name, cam.layer_module, cam._layer_spec = name, module, module
-            cam._prepare(x, logits)
+            cam._prepare_one_pass(x)
             cam.evaluations = 0
         return first
 
-    def _explain_chunk(self, driver: CAM | None, x: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    def _explain_chunk(self, driver: CAM | None, x: Tensor, targets: RowTargets) -> dict[str, Tensor]:
         b, t = targets.shape
-        rows = x.repeat_interleave(t, dim=0)  # (image, target) rows, as each method makes them
-        row_targets = expand_targets(targets, 1)
+        rows = repeat_rows(x, t)  # (image, target) rows, as each method makes them
         out: dict[str, Tensor] = {}
         if driver is None:
-            input_grads, _ = self.target_gradients(rows, row_targets)
+            input_grads, _ = self.target_gradients(rows, targets)
         else:
             driver.evaluations = 0
             acts, grads, maybe = driver.activations_and_gradients(
-                rows, row_targets, input_gradient=bool(self.input_methods)
+                rows, targets, input_gradient=bool(self.input_methods)
             )
             self.evaluations += driver.evaluations
             acts = acts.reshape(b, t, *acts.shape[1:])
             grads = grads.reshape(acts.shape)
             for name, cam in self.cams.items():
-                out[name] = cam._finish(x, targets, acts, grads)
+                out[name] = cam._finish(x, targets.targets, acts, grads)
             input_grads = maybe if maybe is not None else rows
         for name in self.input_methods:
             maps = _FROM_INPUT_GRADIENT[name](rows, input_grads, self.explainers[name])

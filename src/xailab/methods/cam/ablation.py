@@ -47,6 +47,7 @@ class AblationCAM(CAM):
     """
 
     uses_gradients = False
+    one_pass = False
 
     def __init__(self, model: nn.Module, *, split: bool = True, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)

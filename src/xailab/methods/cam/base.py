@@ -32,7 +32,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xailab.core.errors import LayerError
-from xailab.core.explainer import Explainer, chunked, expand_targets, full_pass_images
+from xailab.core.explainer import (
+    Explainer,
+    RowTargets,
+    cat,
+    chunked,
+    full_pass_images,
+    repeat_rows,
+    row_targets,
+)
 from xailab.methods.cam.layers import LayerTap, conv_layer_hint, resolve_cam_layer
 
 
@@ -51,6 +59,8 @@ class CAM(Explainer):
     family: ClassVar[str] = "cam"
     #: whether the weights need ``dS/dA`` (one forward + backward per (image, target) row)
     uses_gradients: ClassVar[bool] = True
+    #: gradient CAMs take their targets from their own forward pass (no scoring pass)
+    one_pass: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, *, layer: str | nn.Module | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -93,6 +103,9 @@ class CAM(Explainer):
         return full_pass_images(self.samples_per_image(n_targets), self.batch_size)
 
     def _prepare(self, x: Tensor, logits: Tensor) -> None:
+        self._prepare_one_pass(x)
+
+    def _prepare_one_pass(self, x: Tensor) -> None:
         self._parts = {}
         # Only gradients with respect to the layer (or input) are needed: no parameter keeps a
         # graph for its own gradient. model_session restores requires_grad afterwards.
@@ -105,14 +118,20 @@ class CAM(Explainer):
         return {k: torch.cat(v) for k, v in self._parts.items()}
 
     def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
-        b, t = targets.shape
         if self.uses_gradients:
-            rows = x.repeat_interleave(t, dim=0)  # (image, target) rows, as saliency does
-            acts, grads, _ = self.activations_and_gradients(rows, expand_targets(targets, 1))
-            acts5 = acts.reshape(b, t, *acts.shape[1:])
-            return self._finish(x, targets, acts5, grads.reshape(acts5.shape))
+            return self._explain_rows(x, RowTargets.known(targets))
+        b, t = targets.shape
         acts = self._activations(x)
         return self._finish(x, targets, acts[:, None].expand(b, t, *acts.shape[1:]), None)
+
+    def _explain_rows(self, x: Tensor, rows: RowTargets) -> Tensor:
+        """Gradient CAMs: one forward + backward of the (image, target) rows; with one-pass
+        targets, each pass's targets come from its own logits."""
+        b, t = rows.shape
+        xs = repeat_rows(x, t)  # (image, target) rows, as saliency does
+        acts, grads, _ = self.activations_and_gradients(xs, rows)
+        acts5 = acts.reshape(b, t, *acts.shape[1:])
+        return self._finish(x, rows.targets, acts5, grads.reshape(acts5.shape))
 
     # -- the shared machinery -------------------------------------------------------------------
     def tap(self, replace: Tensor | None = None) -> LayerTap:
@@ -121,9 +140,10 @@ class CAM(Explainer):
         return LayerTap(self.layer_name, self.layer_module, replace, hint=conv_layer_hint(self.model))
 
     def activations_and_gradients(
-        self, rows: Tensor, row_targets: Tensor, *, input_gradient: bool = False
+        self, rows: Tensor, targets: Tensor | RowTargets, *, input_gradient: bool = False
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(A, dS/dA, dS/dx or None)`` for every row of ``rows [M, C, H, W]`` and ``row_targets [M]``.
+        """``(A, dS/dA, dS/dx or None)`` for every row of ``rows [M, C, H, W]`` and its target
+        (``targets [M]``, or one-pass :class:`RowTargets` resolved from each pass's logits).
 
         One forward and one backward pass per ``batch_size`` rows; rows are independent (eval
         mode), so the gradient of the summed scores is every row's own gradient.
@@ -132,7 +152,8 @@ class CAM(Explainer):
         for sl in chunked(len(rows), self.batch_size):
             xi = rows[sl].detach().requires_grad_(input_gradient)
             with torch.enable_grad(), self.tap() as tap:
-                score = self.score(self.forward(xi), row_targets[sl])
+                logits = self.forward(xi)
+                score = self.score(logits, row_targets(targets, sl.start, sl.stop, logits))
                 a = tap.activation
                 wrt = [a, xi] if input_gradient else [a]
                 got = torch.autograd.grad(score.sum(), wrt, allow_unused=True)
@@ -145,7 +166,7 @@ class CAM(Explainer):
             grads.append(got[0])
             if input_gradient:
                 input_grads.append(got[1])
-        return torch.cat(acts), torch.cat(grads), torch.cat(input_grads) if input_gradient else None
+        return cat(acts), cat(grads), cat(input_grads) if input_gradient else None
 
     def _activations(self, x: Tensor) -> Tensor:
         """The layer's output ``[B, K, h, w]`` for images ``x`` (no gradients)."""

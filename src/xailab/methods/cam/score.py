@@ -34,6 +34,7 @@ class ScoreCAM(CAM):
     """Score-CAM: channels weighted by the softmaxed scores of the images they mask."""
 
     uses_gradients = False
+    one_pass = False
 
     def __init__(self, model: nn.Module, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from xailab.core.explainer import Explainer, full_pass_images
+from xailab.core.explainer import Explainer, RowTargets, cat, full_pass_images, keep_format
 
 #: ``points(xs, img, step) -> (z, m)`` for a pass of samples (see GradientExplainer._points)
 Points = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor | float]]
@@ -79,31 +79,39 @@ class GradientExplainer(Explainer):
         return full_pass_images(self.samples_per_image(n_targets), self.batch_size)
 
     def _prepare(self, x: Tensor, logits: Tensor) -> None:
+        self._prepare_one_pass(x)
+
+    def _prepare_one_pass(self, x: Tensor) -> None:
         # Only input gradients are needed: autograd then keeps no tensors for weight gradients.
         # model_session restores every parameter's requires_grad afterwards.
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
+        return self._explain_rows(x, RowTargets.known(targets))
+
+    def _explain_rows(self, x: Tensor, rows: RowTargets) -> Tensor:
+        """The engine for one chunk; with one-pass targets (saliency, input x gradient: one
+        point per row, the image itself) they are resolved from the passes' own logits."""
         state = self._chunk_state(x)
-        b, t = targets.shape
-        out = x.new_zeros(b * t, *x.shape[1:])
+        b, t = rows.shape
+        parts: list[Tensor] = []  # complete rows arrive in order
 
         def sink(r0: int, vals: Tensor) -> None:
-            out[r0 : r0 + len(vals)] = self._post(vals)
+            parts.append(self._post(vals))
 
         def points(xs: Tensor, img: Tensor, step: Tensor) -> tuple[Tensor, Tensor | float]:
             return self._points(xs, state, img, step)
 
-        self._stream(x, targets, sink, points, self.n_points())
-        maps = out.reshape(b, t, *x.shape[1:])
-        self._after_chunk(x, targets, state, maps)
+        self._stream(x, rows, sink, points, self.n_points())
+        maps = cat(parts).reshape(b, t, *x.shape[1:])
+        self._after_chunk(x, rows.targets, state, maps)
         return maps
 
     def _stream(
         self,
         x: Tensor,
-        targets: Tensor,
+        targets: Tensor | RowTargets,
         sink: Sink,
         points: Points,
         n_points: int,
@@ -116,11 +124,16 @@ class GradientExplainer(Explainer):
         Samples are ordered (image, target, variant, step); a *row* is one (image, target,
         variant) and owns ``n_points`` consecutive samples. ``row_inputs(x, img, variant)``
         gives each sample's input (default ``x[img]``). Complete rows go to ``sink`` in order.
+        One-pass ``RowTargets`` need one sample per row, the image itself: each pass's targets
+        then come from its own logits.
         """
-        b, t = targets.shape
+        rows = targets if isinstance(targets, RowTargets) else RowTargets.known(targets)
+        b, t = rows.shape
         s, n = n_points, variants
+        if rows.lazy and not (s == 1 and n == 1 and row_inputs is None):
+            raise ValueError("one-pass targets need one sample per row: the image itself")
         total = b * t * n * s
-        flat_targets = targets.reshape(-1)
+        flat_targets = None if rows.lazy else rows.targets.reshape(-1)
         carry: list[Any] = [None, None]  # the row in progress and its partial sum
         for lo in range(0, total, self.batch_size):
             hi = min(total, lo + self.batch_size)
@@ -128,10 +141,17 @@ class GradientExplainer(Explainer):
             row = idx // s
             bt = row // n
             img = bt // t
-            xs = x[img] if row_inputs is None else row_inputs(x, img, row % n)
+            if row_inputs is not None:
+                xs = row_inputs(x, img, row % n)
+            else:  # one sample per image: a view, no copy
+                xs = x[lo:hi] if t * n * s == 1 else keep_format(x[img], x)
             z, m = points(xs, img, idx % s)
-            grads, _ = self.target_gradients(z, flat_targets[bt])
-            self._reduce(m * grads, lo, hi, s, carry, sink)
+            if flat_targets is None:  # rows lo..hi: resolved from this pass's own logits
+                grads, _ = self.target_gradients(z, rows, first_row=lo)
+            else:
+                grads, _ = self.target_gradients(z, flat_targets[bt])
+            plain = isinstance(m, float) and m == 1.0  # saliency: the gradient itself
+            self._reduce(grads if plain else m * grads, lo, hi, s, carry, sink)
 
     @staticmethod
     def _reduce(prod: Tensor, lo: int, hi: int, s: int, carry: list[Any], sink: Sink) -> None:
@@ -139,7 +159,10 @@ class GradientExplainer(Explainer):
         a = lo
         while a < hi:
             r = a // s
-            if a % s == 0 and hi - a >= s:  # whole rows
+            if s == 1:  # one sample a row: nothing to sum
+                end = hi
+                sink(r, prod[a - lo : end - lo])
+            elif a % s == 0 and hi - a >= s:  # whole rows
                 end = a + (hi - a) // s * s
                 sink(r, prod[a - lo : end - lo].reshape(-1, s, *prod.shape[1:]).sum(1))
             else:  # the part of one row that lies in this pass

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError, ModelError, UnsupportedModelError
-from xailab.core.explainer import Explainer
+from xailab.core.explainer import Explainer, RowTargets, keep_format
 from xailab.core.hooks import HookScope
 from xailab.core.registry import register
 from xailab.core.structure import ACTIVATIONS, require_supported
@@ -99,10 +99,10 @@ class _PoolRescale(torch.autograd.Function):
             (ur,) = torch.autograd.grad(ctx.module.forward(ri), ri, grad * (out - top))
             d_in = inp.detach() - ref_in
             new = ux.add_(ur).div_(d_in)
-            small = d_in.abs_() < ctx.eps
-            if bool(small.any()):
+            mag = d_in.abs_()
+            if mag.numel() and float(mag.amin()) < ctx.eps:  # one reduction, no mask, when none is small
                 (plain,) = torch.autograd.grad(out, inp, grad, retain_graph=True)
-                new = torch.where(small, plain, new)
+                new = torch.where(mag < ctx.eps, plain, new)
         return new, None, None, None, None, None
 
 
@@ -170,9 +170,9 @@ class _Pairing:
         with torch.no_grad():
             d_in = inp - ref_in
             m = (out - ref_out).div_(d_in)
-            small = d_in.abs_() < self.eps
-            if bool(small.any()):
-                m = torch.where(small, _derivative(module, inp), m)
+            mag = d_in.abs_()
+            if mag.numel() and float(mag.amin()) < self.eps:  # one reduction, no mask, when none is small
+                m = torch.where(mag < self.eps, _derivative(module, inp), m)
         return _Rescale.apply(inp, out, m)
 
 
@@ -187,6 +187,7 @@ class DeepLift(Explainer):
     """
 
     per_channel = True
+    one_pass = True  # the targets come from the images' own (rescaled) forward pass
 
     def __init__(
         self,
@@ -218,6 +219,9 @@ class DeepLift(Explainer):
         return self.batch_size  # each of the two passes holds at most batch_size samples
 
     def _prepare(self, x: Tensor, logits: Tensor) -> None:
+        self._prepare_one_pass(x)
+
+    def _prepare_one_pass(self, x: Tensor) -> None:
         if self.output != "logit":
             raise InputError("DeepLIFT explains logits (summation-to-delta holds for the model's "
                              f"output, not its softmax); use output='logit', not {self.output!r}")
@@ -233,11 +237,17 @@ class DeepLift(Explainer):
         self._parts = {}
 
     def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
+        return self._explain_rows(x, RowTargets.known(targets))
+
+    def _explain_rows(self, x: Tensor, rows: RowTargets) -> Tensor:
         base, info = make_baselines(self.baseline, x, self.space, self)
+        # the baselines in the images' memory format: paired activations then share it (mixed
+        # channels-last / NCHW differences are several times slower)
+        base = keep_format(base, x)
         for k, v in info.items():
             self._parts.setdefault(k, []).append(v.detach().cpu())
         pairing = _Pairing(self.eps)
-        t = targets.shape[1]
+        t = rows.shape[1]
         with HookScope() as hooks:
             for m in self._tracked:
                 hooks.add(m.register_forward_pre_hook(pairing.pre))
@@ -251,6 +261,8 @@ class DeepLift(Explainer):
             z = x.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = self.forward(z)
+                # the rescaled pass keeps the image's own values: its logits are the model's
+                targets = rows.images(0, logits) if rows.lazy else rows.targets
                 grads = []
                 for j in range(t):
                     (g,) = torch.autograd.grad(self.score(logits, targets[:, j]).sum(), z,
@@ -260,9 +272,9 @@ class DeepLift(Explainer):
                 raise ModelError("DeepLIFT: the model made fewer activation calls for the image than "
                                  "for its baseline; the forward pass must not depend on the input")
         maps = (x - base).unsqueeze(1) * torch.stack(grads, dim=1)
-        rows = targets.reshape(-1)
-        fx = self.score(logits.detach().repeat_interleave(t, dim=0), rows).reshape(-1, t)
-        fb = self.score(ref_logits.repeat_interleave(t, dim=0), rows).reshape(-1, t)
+        flat = targets.reshape(-1)
+        fx = self.score(logits.detach().repeat_interleave(t, dim=0), flat).reshape(-1, t)
+        fb = self.score(ref_logits.repeat_interleave(t, dim=0), flat).reshape(-1, t)
         delta = flat_sum(maps) - (fx - fb)
         self._parts.setdefault("delta", []).append(delta.detach().cpu())
         self._parts.setdefault("_scale", []).append((fx - fb).detach().abs().cpu())

@@ -4,7 +4,9 @@ Saliency (Simonyan et al. 2014, arXiv:1312.6034): ``|d S_t / d x|`` (or signed),
 Input x gradient (Shrikumar et al. 2016, arXiv:1605.01713): ``x * d S_t / d x``.
 
 Both are one gradient per (image, target) on the engine of :mod:`.base`, so SmoothGrad can
-wrap them (``create("smoothgrad", model, method="input_x_gradient")``).
+wrap them (``create("smoothgrad", model, method="input_x_gradient")``). They are *one-pass*
+methods: the targets and logits come from the same forward pass as the gradient (one model
+evaluation per image and target, no separate scoring pass).
 
     result = create("saliency", model).explain(images, target="top1")
     result.maps.shape  # [N, 1, C, H, W]; result.pixel_maps() sums the channels
@@ -28,6 +30,8 @@ class Saliency(GradientExplainer):
         absolute: return ``|gradient|`` (the classic saliency map, default) or the signed gradient.
     """
 
+    one_pass = True
+
     def __init__(self, model: nn.Module, *, absolute: bool = True, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.absolute = absolute
@@ -45,6 +49,8 @@ class Saliency(GradientExplainer):
 @register("input_x_gradient", family="gradient", aliases=("ixg", "gradient_x_input"))
 class InputXGradient(GradientExplainer):
     """Input times the gradient of the target score."""
+
+    one_pass = True
 
     def _points(self, xs: Tensor, state: Any, img: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
         return xs, xs

@@ -22,6 +22,7 @@ a functional ReLU (relevance reaching it is already zero wherever the ReLU is), 
 functional average pooling such as ``x.mean((2, 3))`` (relevance spread evenly, not by the z-rule).
 
     plan, warnings = prepare_model(model, x[:1], logits[:1], composite_for)  # or raises
+    plan, warnings = prepare_model(model, x[:1], None, composite_for)  # computes the reference
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def mixing_operations(output: Tensor) -> Counter[str]:
 def prepare_model(
     model: nn.Module,
     example: Tensor,
-    reference: Tensor,
+    reference: Tensor | None,
     composite_for: Callable[[dict[str, int]], Composite],
     *,
     forward: Callable[[Tensor], Tensor] | None = None,
@@ -87,8 +88,9 @@ def prepare_model(
     :class:`~.canonizers.ResidualSumCanonizer`; raises :class:`UnsupportedModelError` for a
     model LRP would get wrong. ``composite_for(plan)`` builds the composite that will explain;
     its canonizers are applied (no rule hooks) during the check and removed after.
-    ``reference`` are the model's logits for ``example``; ``forward`` maps inputs to logits
-    (default: ``model``). Parameters must be frozen and the model in eval mode.
+    ``reference`` are the model's logits for ``example`` (``None``: computed here, one no-grad
+    pass before any canonizer, only when checking); ``forward`` maps inputs to logits (default:
+    ``model``). Parameters must be frozen and the model in eval mode.
     """
     bn_training = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
     if bn_training and check:
@@ -96,6 +98,9 @@ def prepare_model(
             f"{method} needs BatchNorm layers in eval mode (it merges their running statistics into "
             f"the layer before), but {', '.join(bn_training[:3])} are training; use eval_mode=True"
         )
+    if reference is None and check:
+        with torch.no_grad():
+            reference = (forward or model)(example)
     composite = composite_for({})
     handles: list[Any] = []
     try:
@@ -111,7 +116,7 @@ def prepare_model(
             composite = composite_for(plan)
             handles += ResidualSumCanonizer(plan).apply(model)
             last = scan_forward(model, example, forward=forward, watch=stateful_modules(composite, model).values())
-        assert last.output is not None
+        assert last.output is not None and reference is not None
         _check_same_function(last.output.detach(), reference, method)
         problems = _graph_problems(last.output)
         reused = [f"'{n}' ({k} calls)" for n, k in last.calls.items() if k > 1]
