@@ -351,3 +351,22 @@ def test_the_cli_runs_explain_and_compare_on_ray(pool_: Any, tmp_path: Path) -> 
     assert sorted(faith.groupby("method").size().items()) == [("gradcam", 6), ("saliency", 6)]
     assert set(run.manifest["distributed"]) == {"explain", "faithfulness"}
     assert not (tmp_path / "ray" / "shards").exists()
+
+
+@pytest.mark.parametrize("name", ["smoothgrad", "rise", "gradient_shap"])
+def test_a_shard_with_its_index_base_draws_what_the_whole_call_draws(name: str) -> None:
+    """No Ray needed: explaining images 3..5 as their own call with ``set_index_base(3)`` gives
+    the rows 3..5 of one call over all images (what makes shards identical to one process)."""
+    import xailab
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                          nn.Linear(16, 3)).double().eval()
+    x = torch.rand(6, 3, 8, 8, dtype=torch.float64)
+    whole = xailab.create(name, model, seed=5, batch_size=64, **xailab.create(name, model).quick_params).explain(x)
+    shard = xailab.create(name, model, seed=5, batch_size=64, **xailab.create(name, model).quick_params)
+    shard.set_index_base(3)
+    part = shard.explain(x[3:])
+    torch.testing.assert_close(part.maps, whole.maps[3:], rtol=1e-6, atol=1e-9)
+    unshifted = xailab.create(name, model, seed=5, batch_size=64, **xailab.create(name, model).quick_params)
+    assert not torch.allclose(unshifted.explain(x[3:]).maps, whole.maps[3:])

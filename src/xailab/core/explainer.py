@@ -86,6 +86,7 @@ class Explainer:
         self.seed = int(seed)
         self.evaluations = 0
         self._offset = 0  # index of the current chunk's first image in the whole call
+        self.index_base = 0  # index of the call's first image in the whole dataset (shards)
 
     # -- what subclasses provide --------------------------------------------------------------
     def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
@@ -267,8 +268,27 @@ class Explainer:
         image do not depend on how the call was split into chunks (batch-size parity).
         """
         g = torch.Generator(device="cpu")
-        g.manual_seed(self.seed * 1_000_003 + self._offset + image_index)
+        g.manual_seed(self.seed * 1_000_003 + self.index_base + self._offset + image_index)
         return g
+
+    def set_index_base(self, base: int) -> None:
+        """Key random draws by dataset index ``base + i`` (``i`` the image's place in a call).
+
+        A shard explained as its own call (``xailab.distributed``) then draws exactly what one
+        call over the whole dataset draws for the same images. Explainers this one holds (e.g.
+        SmoothGrad's inner method) get the same base.
+        """
+        seen: set[int] = set()
+
+        def visit(e: Explainer) -> None:
+            if id(e) not in seen:
+                seen.add(id(e))
+                e.index_base = int(base)
+                for value in vars(e).values():
+                    if isinstance(value, Explainer):
+                        visit(value)
+
+        visit(self)
 
 
 class RowTargets:

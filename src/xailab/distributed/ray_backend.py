@@ -34,7 +34,6 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import XailabError
-from xailab.core.explainer import Explainer
 from xailab.core.explanation import Explanation
 from xailab.core.registry import METHODS
 from xailab.core.targets import TargetSpec
@@ -55,33 +54,6 @@ DEPTH = 2
 
 class ClusterError(XailabError):
     """Ray is missing, the cluster cannot be reached, or its workers keep dying."""
-
-
-def shift_generators(explainer: Explainer, base: int) -> None:
-    """Key the explainer's random draws by the GLOBAL image index ``base + i``.
-
-    ``Explainer.generator(i)`` seeds from the image's position in the ``explain`` call; a shard
-    is its own call starting at image ``base``, so its generators are shifted by ``base`` (and
-    those of explainers it holds, e.g. SmoothGrad's inner method). A shard then draws exactly
-    what the single-process run draws for the same images.
-    """
-    seen: set[int] = set()
-
-    def patch(e: Explainer) -> None:
-        if id(e) in seen:
-            return
-        seen.add(id(e))
-        own = e.generator
-
-        def generator(image_index: int, _own: Any = own) -> torch.Generator:
-            return _own(base + image_index)
-
-        e.generator = generator  # type: ignore[method-assign]
-        for value in vars(e).values():
-            if isinstance(value, Explainer):
-                patch(value)
-
-    patch(explainer)
 
 
 class ShardWorker:
@@ -109,7 +81,7 @@ class ShardWorker:
                 targets: TargetSpec, batch_size: int, seed: int, spec: str) -> dict[str, Any]:
         images, labels = data
         explainer = METHODS.create(method, self.model, batch_size=batch_size, seed=seed, **kwargs)
-        shift_generators(explainer, lo)
+        explainer.set_index_base(lo)  # draws keyed by dataset index: shards = one call
         started = time.time()
         cpu0 = time.process_time()
         res = explainer.explain(images.to(self.device), target=targets, labels=labels)
