@@ -72,20 +72,20 @@ def faithfulness_on_ray(run: Run, model: nn.Module, settings: Any, *, backend: A
     expl = sb.load_explanations(run, methods)
     images = torch.from_numpy(np.array(run.read_array("images"))).float()
     n = len(images)
-    names = sb._image_names(run, n)
+    names = sb.image_names(run, n)
     cfg = asdict(settings)
     fspec = settings.spec("steps", "deletion_fill", "insertion_fill", "faithfulness_runs", "faithfulness_subset",
                           "batch_size", "target", "seed")
-    done = sb._parts_done(run)
+    done = sb.parts_done(run)
     todo: dict[str, str] = {}
     for m in expl:
-        mspec = f"{fspec}:{sb._explanation_key(run, m)}"
+        mspec = f"{fspec}:{sb.explanation_key(run, m)}"
         if not (run.has_part("faithfulness", m) and done.get(f"faithfulness/{m}") == mspec):
             todo[m] = mspec
     if not todo:
         return []
     plan = shard_plan(n, backend.shard_size)
-    cols = {m: sb._column(expl[m], settings.target) for m in todo}
+    cols = {m: sb.column(expl[m], settings.target) for m in todo}
     maps = {m: expl[m].pixel_maps()[:, cols[m]].float() for m in todo}
     tgts = {m: expl[m].targets[:, cols[m]] for m in todo}
     stage = {m: f"faithfulness.{m}" for m in todo}
@@ -127,7 +127,7 @@ def faithfulness_on_ray(run: Run, model: nn.Module, settings: Any, *, backend: A
             "fraction": np.concatenate([_fractions(run, stage[m], plan, fractions)] * 2),
             "score": np.concatenate([dcurve, icurve]),
         }), part=m)
-        sb._mark_done(run, f"faithfulness/{m}", mspec)
+        sb.mark_done(run, f"faithfulness/{m}", mspec)
         remove(run.path, stage[m])
         log(f"{m}: deletion AUC {float(rows['deletion_auc'].mean()):.4f}, insertion AUC "
             f"{float(rows['insertion_auc'].mean()):.4f} (on ray)")

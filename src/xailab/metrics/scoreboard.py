@@ -99,7 +99,7 @@ def load_explanations(run: Run, methods: list[str] | None = None) -> dict[str, E
     return {m: Explanation.load(run.path / "explanations" / m) for m in wanted}
 
 
-def _column(res: Explanation, target: str | int) -> int:
+def column(res: Explanation, target: str | int) -> int:
     if isinstance(target, int):
         if not -len(res.target_names) <= target < len(res.target_names):
             raise InputError(f"{res.method} has {len(res.target_names)} target columns; column {target} does not exist")
@@ -141,19 +141,19 @@ def _write_png(run: Run, rel: str, data: bytes) -> str:
     return f"files/metrics/{rel}"
 
 
-def _explanation_key(run: Run, method: str) -> str:
+def explanation_key(run: Run, method: str) -> str:
     """Changes whenever the method's explanation is written again (its manifest records the
     parameters and the seconds taken), so parts computed from older maps are recomputed."""
     text = (run.path / "explanations" / method / "manifest.json").read_bytes()
     return hashlib.sha1(text).hexdigest()[:12]
 
 
-def _parts_done(run: Run) -> dict[str, str]:
+def parts_done(run: Run) -> dict[str, str]:
     return dict(run.manifest.get("compare_parts", {}))
 
 
-def _mark_done(run: Run, key: str, spec: str) -> None:
-    parts = _parts_done(run)
+def mark_done(run: Run, key: str, spec: str) -> None:
+    parts = parts_done(run)
     parts[key] = spec
     run.update_manifest("compare_parts", parts)
 
@@ -183,7 +183,7 @@ def compare_run(
     n = len(images)
     if n == 0:
         raise RunError(f"run {run.path} holds no images")
-    names = _image_names(run, n)
+    names = image_names(run, n)
     for m, res in expl.items():
         if len(res) != n:
             raise InputError(
@@ -191,7 +191,7 @@ def compare_run(
                 f"re-run `xailab explain` for {m}"
             )
     ref = _reference(reference, list(expl), log)
-    cols = {m: _column(res, cfg.target) for m, res in expl.items()}
+    cols = {m: column(res, cfg.target) for m, res in expl.items()}
     maps = {m: res.pixel_maps()[:, cols[m]].float() for m, res in expl.items()}
     device = model_device(model)
     x = images.to(device)
@@ -225,9 +225,9 @@ def compare_run(
     # -- faithfulness ---------------------------------------------------------------------------
     fspec = cfg.spec("steps", "deletion_fill", "insertion_fill", "faithfulness_runs", "faithfulness_subset",
                      "batch_size", "target", "seed")
-    done = _parts_done(run)
+    done = parts_done(run)
     for m, res in expl.items():
-        mspec = f"{fspec}:{_explanation_key(run, m)}"
+        mspec = f"{fspec}:{explanation_key(run, m)}"
         if run.has_part("faithfulness", m) and done.get(f"faithfulness/{m}") == mspec:
             log(f"{m}: faithfulness already in the run, skipped")
             continue
@@ -246,7 +246,7 @@ def compare_run(
             "fraction": np.concatenate([d.fractions.numpy(), i.fractions.numpy()]),
             "score": np.concatenate([d.mean_curve.numpy(), i.mean_curve.numpy()]),
         }), part=m)
-        _mark_done(run, f"faithfulness/{m}", mspec)
+        mark_done(run, f"faithfulness/{m}", mspec)
         log(f"{m}: deletion AUC {float(d.auc.mean()):.4f}, insertion AUC {float(i.auc.mean()):.4f}, "
             f"faithfulness correlation {float(nanmean(fc.numpy())):.3f}")
     faith = run.read_table("faithfulness")
@@ -280,7 +280,7 @@ def compare_run(
     return board
 
 
-def _image_names(run: Run, n: int) -> list[str]:
+def image_names(run: Run, n: int) -> list[str]:
     try:
         t = run.read_table("images")
     except RunError:
@@ -308,11 +308,11 @@ def _sanity(
     from xailab.core.registry import METHODS
 
     sspec = cfg.spec("sanity_images", "sanity_steps", "sanity_threshold", "target")
-    done = _parts_done(run)
+    done = parts_done(run)
     out: dict[str, dict[str, Any]] = {}
     k = min(len(x), cfg.sanity_images)
     for m, res in expl.items():
-        mspec = f"{sspec}:{_explanation_key(run, m)}"
+        mspec = f"{sspec}:{explanation_key(run, m)}"
         if run.has_part("sanity", m) and done.get(f"sanity/{m}") == mspec:
             t = run.read_table("sanity", filters=[("method", "==", m)])
             out[m] = {"sanity_spearman": float(t["spearman"].iloc[-1]), "sanity": str(t["verdict"].iloc[-1])}
@@ -333,7 +333,7 @@ def _sanity(
         t = r.table()
         t["verdict"] = r.verdict
         run.write_table("sanity", t, part=m)
-        _mark_done(run, f"sanity/{m}", mspec)
+        mark_done(run, f"sanity/{m}", mspec)
         out[m] = {"sanity_spearman": r.final_spearman, "sanity": r.verdict}
         log(f"{m}: sanity {r.verdict} (Spearman after randomising all layers {r.final_spearman:.3f})")
     return out
