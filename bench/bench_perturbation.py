@@ -28,6 +28,7 @@ ResNet-20 (a trained model's score is far less linear in the superpixels than a 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import warnings
@@ -104,7 +105,7 @@ def lime_package(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torc
     return out
 
 
-def shap_kernel(vectorised: bool) -> Ref:
+def shap_kernel(vectorised: bool, seed: int = 0) -> Ref:
     """shap's KernelExplainer on superpixels, ``f(z)`` masking as in shap's image example
     (a loop over samples and superpixels in numpy) or with one vectorised torch ``where``."""
 
@@ -137,7 +138,7 @@ def shap_kernel(vectorised: bool) -> Ref:
                         scores.append(m(masked(z[lo : lo + bs]))[:, int(t[i])])
                 return torch.cat(scores).numpy()
 
-            np.random.seed(0)
+            np.random.seed(seed)
             explainer = shap.KernelExplainer(f, np.zeros((1, s)))
             out.append(explainer.shap_values(np.ones((1, s)), nsamples=n - 2, l1_reg=False, silent=True))
         return out
@@ -147,12 +148,14 @@ def shap_kernel(vectorised: bool) -> Ref:
 
 # -- part 1: speed ------------------------------------------------------------------------------------
 def speed(case: str, model: nn.Module, x: torch.Tensor, samples: int, masks: int, bs: int, ref_images: int,
-          rounds: int, note: str = "", methods: tuple[str, ...] = ()) -> list[Row]:
+          rounds: int, note: str = "", methods: tuple[str, ...] = (), variant_samples: int = 0) -> list[Row]:
     """Seconds per image of xailab, the floor and the references: best of ``rounds`` interleaved runs.
 
     Interleaving (xailab, floor, references; again) and keeping each one's best makes the
     comparison robust to other jobs loading the machine for a while; the CPU seconds of this
     process (``extra["cpu_s"]``) are robust to it by construction (exact with ``--threads 1``).
+    LIME and KernelSHAP also run as ``xailab-nofold`` (the model's own BatchNorm layers, no
+    folded copy) and as ``xailab-N`` with ``variant_samples`` samples (the equal-stability budget).
     """
     rows: list[Row] = []
     with torch.no_grad():
@@ -185,9 +188,19 @@ def speed(case: str, model: nn.Module, x: torch.Tensor, samples: int, masks: int
 
         evals = 0.0
         res = None
+        variants: dict[str, Any] = {}
+        if name in ("lime", "kernel_shap") and variant_samples:
+            # the same method at the samples that give the reference's stability (paired sampling)
+            variants[f"xailab-{variant_samples}"] = xailab.create(name, model, batch_size=bs,
+                                                                   **{**params, "num_samples": variant_samples})
+        if name in ("lime", "kernel_shap"):
+            variants["xailab-nofold"] = xailab.create(name, model, batch_size=bs, fold_batchnorm=False, **params)
         for _ in range(rounds):
             seconds, res = measure(lambda e=explainer: e.explain(x, target=t))
             keep("xailab", seconds, len(x))
+            for impl, other in variants.items():
+                seconds, _ = measure(functools.partial(other.explain, x, target=t))
+                keep(impl, seconds, len(x))
             evals = res.evaluations / len(x)
             n_floor = round(evals * len(xr))
             seconds, _ = measure(lambda n=n_floor: floor_seconds(model, xr, n, backward=False, batch_size=bs))
@@ -200,7 +213,9 @@ def speed(case: str, model: nn.Module, x: torch.Tensor, samples: int, masks: int
         per_ref = float(positions if name == "occlusion" else samples)
         added: list[Row] = []
         for impl in wall:
-            ev = evals if impl in ("xailab", "floor") else per_ref
+            ev = evals if impl in ("xailab", "floor", "xailab-nofold") else per_ref
+            if impl.startswith("xailab-") and impl[7:].isdigit():
+                ev = float(impl[7:])
             extra: dict[str, Any] = {"cpu_s": cpu[impl]}
             if impl == "xailab":
                 extra["floor_ratio"] = wall["xailab"] / wall["floor"]
@@ -221,6 +236,19 @@ def measure(fn: Callable[[], Any]) -> tuple[tuple[float, float], Any]:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     out = fn()
     return (time.perf_counter() - wall0, time.process_time() - cpu0), out
+
+
+def variant_ratios(rows: list[Row]) -> list[str]:
+    """'reference / xailab-N' for the equal-stability rows (``xailab-N``, N samples)."""
+    out = []
+    for v in rows:
+        if not (v.impl.startswith("xailab-") and v.impl[7:].isdigit()):
+            continue
+        for r in rows:
+            if r.case == v.case and r.method == v.method and not r.impl.startswith("xailab"):
+                out.append(f"{v.method:24s} {v.case:18s} {r.impl:12s} ratio ({r.impl}/{v.impl}) = "
+                           f"{r.seconds_per_image / v.seconds_per_image:.2f}")
+    return out
 
 
 def cpu_rows(rows: list[Row]) -> list[Row]:
@@ -246,6 +274,20 @@ def stability(model: nn.Module, x: torch.Tensor, method: str, sampler: str, n: i
     return float(np.mean(rhos))
 
 
+def shap_stability(model: nn.Module, x: torch.Tensor, n: int) -> float:
+    """The same measure for shap's KernelExplainer (its own sampling; seeds 1 and 2; xailab's
+    superpixels and fill), the reference the KernelSHAP speed target names."""
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    params = segmentation_params("slic", *x.shape[-2:])
+    segs = [segment(img, "slic", params) for img in x]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runs = [shap_kernel(True, seed)(model, x, t, segs, n, 250) for seed in (1, 2)]
+    return float(np.mean([spearman(torch.as_tensor(np.asarray(a)).reshape(-1), torch.as_tensor(np.asarray(b)).reshape(-1))
+                          for a, b in zip(*runs, strict=True)]))
+
+
 def resnet20() -> tuple[nn.Module, torch.Tensor] | None:
     """The trained CIFAR ResNet-20 and CIFAR images in its normalisation, if the weights are here."""
     path = SHARED / "cifar10-resnet" / "resnet20.safetensors"
@@ -262,13 +304,14 @@ def resnet20() -> tuple[nn.Module, torch.Tensor] | None:
 
 def stability_table(models: list[tuple[str, nn.Module, torch.Tensor]], sizes: list[int], bs: int) -> list[dict[str, Any]]:
     print("\n## Stability: mean Spearman rho of superpixel weights between two seeds (top-1 target)")
-    print(f"{'model':12s} {'method':12s} {'samples':>8s} {'plain':>7s} {'paired':>7s}")
+    print(f"{'model':12s} {'method':12s} {'samples':>8s} {'plain':>7s} {'paired':>7s} {'shap':>7s}")
     out = []
     for label, model, x in models:
         for method in ("lime", "kernel_shap"):
             for n in sizes:
                 rho = {s: stability(model, x, method, s, n, bs) for s in ("plain", "paired")}
-                print(f"{label:12s} {method:12s} {n:8d} {rho['plain']:7.3f} {rho['paired']:7.3f}")
+                ref = f"{shap_stability(model, x, n):7.3f}" if method == "kernel_shap" else f"{'-':>7s}"
+                print(f"{label:12s} {method:12s} {n:8d} {rho['plain']:7.3f} {rho['paired']:7.3f} {ref}")
                 sys.stdout.flush()
                 out.append({"model": label, "method": method, "samples": n, **rho})
     for label, _, _ in models:
@@ -288,6 +331,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--ref-images", type=int, default=8, help="CIFAR images explained by each reference")
     p.add_argument("--samples", type=int, default=1000, help="LIME/KernelSHAP samples on the CIFAR CNN")
     p.add_argument("--resnet-samples", type=int, default=200, help="LIME/KernelSHAP samples on ResNet-18")
+    p.add_argument("--equal-stability-samples", type=int, default=500,
+                   help="also time LIME/KernelSHAP at this many samples (0: skip); ResNet-18 scaled")
     p.add_argument("--masks", type=int, default=1000, help="RISE masks on the CIFAR CNN")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best kept)")
@@ -303,7 +348,7 @@ def main(argv: list[str]) -> None:
     a = p.parse_args(argv)
     if a.quick:
         a.images, a.ref_images, a.samples, a.resnet_samples, a.masks, a.rounds = 4, 2, 100, 40, 100, 1
-        a.stability_images, a.stability_sizes = 2, "50,100"
+        a.stability_images, a.stability_sizes, a.equal_stability_samples = 2, "50,100", 50
     torch.manual_seed(0)
     torch.set_num_threads(a.threads)
     print(f"threads: {torch.get_num_threads()}, batch_size: {a.batch_size}")
@@ -312,11 +357,13 @@ def main(argv: list[str]) -> None:
     rows: list[Row] = []
     if not a.no_speed:
         rows = speed("small-cnn x32", cifar_cnn(), cifar_batch(a.images), a.samples, a.masks, a.batch_size,
-                     min(a.ref_images, a.images), a.rounds, methods=methods)
+                     min(a.ref_images, a.images), a.rounds, methods=methods,
+                     variant_samples=a.equal_stability_samples)
     if not a.no_speed and not a.no_resnet:
         scale = 1000 / a.resnet_samples
         rows += speed("resnet18 x1", resnet18(), imagenet_batch(1), a.resnet_samples, a.resnet_samples,
-                      a.batch_size, 1, a.rounds, note=f"{a.resnet_samples} samples", methods=methods)
+                      a.batch_size, 1, a.rounds, note=f"{a.resnet_samples} samples", methods=methods,
+                      variant_samples=round(a.equal_stability_samples * a.resnet_samples / a.samples))
         scaled = [Row(r.case, r.method, r.impl, r.seconds_per_image * scale,
                       (r.evaluations_per_image or 0) * scale, extra={"scaled_from": a.resnet_samples})
                   for r in rows if r.case == "resnet18 x1" and r.method in ("lime", "kernel_shap", "rise")]
@@ -329,6 +376,9 @@ def main(argv: list[str]) -> None:
         print_table(cpu_rows(rows), "CPU seconds per image of this process, best of rounds")
         print("\n## CPU-time ratios")
         for line in ratio_rows(cpu_rows(rows)):
+            print(line)
+        print("\n## CPU-time ratios at equal stability (xailab-N: N paired samples, see part 2)")
+        for line in variant_ratios(cpu_rows(rows)):
             print(line)
         save_json(rows, a.json)
 

@@ -16,7 +16,15 @@ Rules (nodes ``a_s`` and weights ``w_s`` on ``[0, 1]``, ``n`` steps):
   reaches a given completeness error with several times fewer steps than any Riemann rule. On
   ReLU or max-pool networks the gradient along the path is piecewise constant, every rule's
   error falls like ``1/n`` and no rule has a clear edge (the midpoint rule is marginally best):
-  check ``extras["delta"]`` and raise ``n_steps`` (see docs/methods/gradient.md for the curves).
+  check ``extras["delta"]`` and raise ``n_steps`` (see docs/methods/gradient.md for the curves),
+  or use the adaptive rule;
+* ``adaptive``: composite trapezoid nodes placed per image and target where the error is. Each
+  node's forward pass gives the score ``f(a_k)``, hence the exact integral over every interval;
+  the intervals whose trapezoid estimate misses it most are bisected until
+  ``|delta| <= tol * |f(x) - f(b)|`` (default 1 %) or ``n_steps`` nodes (default 256) are used;
+  the nodes used are in ``extras["steps"]`` (see :mod:`.adaptive_quadrature`). On ReLU networks
+  it reaches 1 % with several times fewer steps than any fixed rule; on smooth ones it needs a
+  few more than Gauss-Legendre (6-8 steps instead of 4 on the benchmark's SiLU CNN).
 
 All steps of all images and targets stream through the model in passes of ``batch_size``.
 
@@ -24,6 +32,8 @@ All steps of all images and targets stream through the model in passes of ``batc
                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     result = ig.explain(images, target="top1")
     result.extras["delta"]          # [N, 1] completeness error
+    ada = create("integrated_gradients", model, rule="adaptive", tol=0.01).explain(images)
+    ada.extras["steps"]             # [N, 1] gradient evaluations each image needed
 """
 
 from __future__ import annotations
@@ -37,10 +47,13 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError
 from xailab.core.registry import register
+from xailab.methods.gradient.adaptive_quadrature import AdaptiveRows
 from xailab.methods.gradient.base import GradientExplainer, flat_sum
 from xailab.methods.gradient.baselines import Baseline, PixelSpace, make_baselines
 
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+#: the rule that places its nodes by the completeness error it sees (not a fixed node set)
+ADAPTIVE = "adaptive"
 _RULE_ALIASES = {
     "gauss_legendre": "gausslegendre", "gl": "gausslegendre", "gauss": "gausslegendre",
     "left": "riemann_left", "right": "riemann_right", "middle": "riemann_middle",
@@ -52,14 +65,16 @@ _RULE_ALIASES = {
 def canonical_rule(rule: str) -> str:
     key = rule.strip().lower().replace("-", "_")
     key = _RULE_ALIASES.get(key, key)
-    if key not in RULES:
-        raise InputError(f"unknown integration rule '{rule}': use one of {', '.join(RULES)}")
+    if key not in (*RULES, ADAPTIVE):
+        raise InputError(f"unknown integration rule '{rule}': use one of {', '.join((*RULES, ADAPTIVE))}")
     return key
 
 
 def quadrature(rule: str, n: int) -> tuple[Tensor, Tensor]:
     """Nodes ``a [n]`` and weights ``w [n]`` (float64) of ``rule`` on ``[0, 1]``."""
     rule = canonical_rule(rule)
+    if rule == ADAPTIVE:
+        raise InputError("the adaptive rule has no fixed nodes: see adaptive_quadrature.AdaptiveRows")
     if n < (2 if rule == "riemann_trapezoid" else 1):
         raise InputError(f"{rule} needs n_steps >= {2 if rule == 'riemann_trapezoid' else 1}, got {n}")
     k = np.arange(n, dtype=np.float64)
@@ -88,9 +103,14 @@ class IntegratedGradients(GradientExplainer):
     """Integrated Gradients along the straight path from a baseline to the input.
 
     Args:
-        n_steps: quadrature nodes (gradient evaluations per image and target).
+        n_steps: quadrature nodes (gradient evaluations per image and target; default 32); with
+            ``rule="adaptive"`` the most nodes one image and target may use (default 256).
         rule: ``gausslegendre`` (default), ``riemann_left``, ``riemann_right``,
-            ``riemann_middle`` or ``riemann_trapezoid``.
+            ``riemann_middle``, ``riemann_trapezoid`` or ``adaptive`` (trapezoid nodes placed
+            where the known integral says the error is, until ``|delta| <= tol |f(x) - f(b)|``;
+            see :mod:`~xailab.methods.gradient.adaptive_quadrature`).
+        tol: the adaptive rule's target completeness error, relative to ``|f(x) - f(b)|``.
+        init_steps: the adaptive rule's first, equally spaced nodes (both ends included).
         baseline: ``black`` (default), ``white``, ``zeros``, ``uniform``, ``gaussian[:sigma]``,
             ``blur[:sigma]``, ``adversarial[:input|noise]``, a tensor or a
             :class:`~xailab.methods.gradient.baselines.Baseline`.
@@ -105,26 +125,38 @@ class IntegratedGradients(GradientExplainer):
         self,
         model: nn.Module,
         *,
-        n_steps: int = 32,
+        n_steps: int | None = None,
         rule: str = "gausslegendre",
         baseline: str | Tensor | Baseline = "black",
         mean: Any = None,
         std: Any = None,
         pixel_range: Any = None,
+        tol: float = 0.01,
+        init_steps: int = 5,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
         self.rule = canonical_rule(rule)
-        self.n_steps = int(n_steps)
-        self.alpha, self.weight = quadrature(self.rule, self.n_steps)
+        self.n_steps = int(n_steps if n_steps is not None else (256 if self.rule == ADAPTIVE else 32))
+        self.tol = float(tol)
+        self.init_steps = int(init_steps)
+        if self.rule == ADAPTIVE:
+            if self.n_steps < 2 or self.init_steps < 2:
+                raise InputError(f"the adaptive rule needs n_steps >= 2 and init_steps >= 2, got {n_steps}, {init_steps}")
+            if not self.tol >= 0:
+                raise InputError(f"tol must be >= 0, got {tol}")
+            self.alpha = self.weight = torch.zeros(0, dtype=torch.float64)
+        else:
+            self.alpha, self.weight = quadrature(self.rule, self.n_steps)
         self.baseline = Baseline.parse(baseline)
         self.space = PixelSpace.of(mean, std, pixel_range)
         self._parts: dict[str, list[Tensor]] = {}
         self._logits: Tensor | None = None
 
     def params(self) -> dict[str, Any]:
+        extra = {"tol": self.tol, "init_steps": self.init_steps} if self.rule == ADAPTIVE else {}
         return {
-            **super().params(), "n_steps": self.n_steps, "rule": self.rule,
+            **super().params(), "n_steps": self.n_steps, "rule": self.rule, **extra,
             "baseline": self.baseline.describe(), **self.space.describe(),
         }
 
@@ -132,7 +164,17 @@ class IntegratedGradients(GradientExplainer):
         return self.n_steps
 
     def samples_per_image(self, n_targets: int) -> int:
+        if self.rule == ADAPTIVE:  # the first round, the one every row runs
+            return n_targets * min(self.init_steps, self.n_steps)
         return n_targets * self.n_steps + 1  # + the baseline's score, for the delta
+
+    def images_per_chunk(self, n_targets: int) -> int:
+        full = super().images_per_chunk(n_targets)
+        if self.rule != ADAPTIVE:
+            return full
+        # the adaptive rule keeps each node's input gradient until its weight is final: at most
+        # 16 * batch_size of them in a chunk (16 passes' worth of inputs), whatever the budget
+        return max(1, min(full, 16 * self.batch_size // (n_targets * self.n_steps)))
 
     def _prepare(self, x: Tensor, logits: Tensor) -> None:
         super()._prepare(x, logits)
@@ -145,7 +187,19 @@ class IntegratedGradients(GradientExplainer):
             self._parts.setdefault(k, []).append(v.detach().cpu())
         return _State(base, self.alpha.to(x), self.weight.to(x))
 
+    def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
+        if self.rule != ADAPTIVE:
+            return super()._explain_batch(x, targets)
+        state = self._chunk_state(x)
+        maps, delta, steps = adaptive_integrated_gradients(self, x, state.base, targets)
+        self._parts.setdefault("delta", []).append(delta.cpu())
+        self._parts.setdefault("steps", []).append(steps.cpu())
+        return maps
+
     def _points(self, xs: Tensor, state: _State, img: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
+        if self.rule == ADAPTIVE:
+            raise InputError("rule='adaptive' places its nodes per image and cannot be streamed by a "
+                             "wrapper (smoothgrad): pass a fixed rule such as rule='gausslegendre'")
         b = state.base[img]
         d = xs - b
         a = state.alpha[step].reshape(-1, *([1] * (xs.dim() - 1)))
@@ -162,3 +216,41 @@ class IntegratedGradients(GradientExplainer):
 
     def _extras(self) -> dict[str, Tensor]:
         return {k: torch.cat(v) for k, v in self._parts.items()}
+
+
+def adaptive_integrated_gradients(
+    ig: IntegratedGradients, x: Tensor, base: Tensor, targets: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(maps [B, T, C, H, W], delta [B, T], steps [B, T])`` of the adaptive rule for a chunk.
+
+    Every round gathers the new nodes of all unfinished rows (image, target) and runs them in
+    passes of at most ``batch_size``; each row then decides its next nodes from its own data.
+    """
+    b, t = targets.shape
+    flat_targets = targets.reshape(-1)
+    img_of_row = torch.arange(b * t, device=x.device) // t
+    d = x - base
+    d64 = d.to(torch.float64)
+    rows = AdaptiveRows(b * t, ig.init_steps, ig.n_steps, ig.tol)
+    while (todo := rows.pending()) is not None:
+        row, alpha = todo
+        grads, proj, scores = [], [], []
+        for lo in range(0, len(row), ig.batch_size):
+            r = row[lo : lo + ig.batch_size].to(x.device)
+            img = img_of_row[r]
+            a = alpha[lo : lo + ig.batch_size].to(x).reshape(-1, *([1] * (x.dim() - 1)))
+            g, s = ig.target_gradients(base[img] + a * d[img], flat_targets[r])
+            grads.append(g)
+            proj.append((g.to(torch.float64) * d64[img]).flatten(1).sum(1))
+            scores.append(s)
+        rows.add(row, alpha, torch.cat(grads), torch.cat(proj), torch.cat(scores))
+    maps = torch.stack([d[r // t] * rows.weighted_gradient(r) for r in range(b * t)])
+    maps = maps.reshape(b, t, *x.shape[1:])
+    f0 = torch.tensor([rows.f_path(r)[0] for r in range(b * t)], dtype=torch.float64).reshape(b, t)
+    # the input's score from the first pass, as the fixed rules use (f(1) of the path equals it)
+    assert ig._logits is not None
+    logits = ig._logits[ig._offset : ig._offset + b]
+    fx = ig.score(logits.repeat_interleave(t, dim=0), flat_targets).reshape(b, t)
+    delta = flat_sum(maps).to(torch.float64) - (fx.to(torch.float64).cpu() - f0).to(maps.device)
+    steps = torch.tensor([rows.steps(r) for r in range(b * t)], dtype=torch.float64).reshape(b, t)
+    return maps, delta.to(maps.dtype), steps

@@ -1,0 +1,111 @@
+"""The BatchNorm-folded copy the perturbation methods run their copies through.
+
+Same function as the model (float64, 1e-12), the user's model untouched, no fold where it would
+be wrong (a module called twice, training mode) or impossible (untraceable), and the methods'
+maps equal with and without it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import xailab
+from xailab.methods.perturbation.fold import folded_copy
+
+from .conftest import TinyBNCNN, _randomise_bn
+
+
+@pytest.fixture
+def bn64() -> nn.Module:
+    torch.manual_seed(0)
+    return _randomise_bn(TinyBNCNN(), 1).eval().double()
+
+
+def test_folded_copy_is_the_same_function_and_leaves_the_model_alone(bn64: nn.Module, images: torch.Tensor) -> None:
+    x = images.double()
+    before = copy.deepcopy(bn64.state_dict())
+    fast = folded_copy(bn64)
+    assert fast is not None
+    assert isinstance(fast, torch.fx.GraphModule)
+    called = [fast.get_submodule(str(n.target)) for n in fast.graph.nodes if n.op == "call_module"]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in called)  # both BatchNorms folded
+    with torch.no_grad():
+        assert torch.allclose(fast(x), bn64(x), atol=1e-12)
+    assert all(torch.equal(v, bn64.state_dict()[k]) for k, v in before.items())
+    assert isinstance(bn64.bn1, nn.BatchNorm2d) and type(bn64) is TinyBNCNN
+
+
+class SharedConv(nn.Module):
+    """One convolution called twice, a BatchNorm after only one call: folding would be wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x)) + self.conv(x)
+        return self.fc(y.mean((2, 3)))
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 3, 3), nn.BatchNorm2d(3), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        if y.sum() > 0:
+            y = -y
+        return self.fc(y.mean((2, 3)))
+
+
+class Residual(nn.Module):
+    """``relu(conv(x)) + conv(x)``: the ReLU's input is read twice, so it must not run in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.relu, self.fc = nn.Conv2d(3, 3, 3), nn.ReLU(), nn.Linear(3, 2)
+        self.head_relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.head_relu(self.fc((self.relu(y) + y).mean((2, 3))))
+
+
+def test_relu_in_place_only_where_nothing_else_reads_its_input(images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = Residual().eval().double()
+    fast = folded_copy(model)
+    assert fast is not None and isinstance(fast, torch.fx.GraphModule)
+    assert not fast.get_submodule("relu").inplace and fast.get_submodule("head_relu").inplace
+    assert not model.head_relu.inplace  # the user's model is untouched
+    with torch.no_grad():
+        assert torch.allclose(fast(images.double()), model(images.double()), atol=1e-12)
+
+
+def test_no_fold_where_it_would_be_wrong_or_impossible(bn64: nn.Module) -> None:
+    torch.manual_seed(0)
+    assert folded_copy(_randomise_bn(SharedConv(), 2).eval()) is None
+    assert folded_copy(Branchy().eval()) is None
+    assert folded_copy(copy.deepcopy(bn64).train()) is None
+    assert folded_copy(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).eval()) is None  # nothing to fold
+
+
+@pytest.mark.parametrize(("name", "kw"), [("kernel_shap", {"num_samples": 60}), ("lime", {"num_samples": 60}),
+                                          ("occlusion", {}), ("rise", {"n_masks": 40})])
+def test_maps_equal_with_and_without_folding(name: str, kw: dict[str, int], bn64: nn.Module,
+                                             images: torch.Tensor) -> None:
+    x = images[:3].double()
+    on = xailab.create(name, bn64, batch_size=16, **kw).explain(x, target=[0, 1])
+    off = xailab.create(name, bn64, batch_size=16, fold_batchnorm=False, **kw).explain(x, target=[0, 1])
+    assert torch.allclose(on.maps, off.maps, atol=1e-9)
+    assert on.evaluations == off.evaluations
+    assert on.params["fold_batchnorm"] and not off.params["fold_batchnorm"]
