@@ -83,6 +83,8 @@ def floor_seconds(model: torch.nn.Module, x: torch.Tensor, samples: int, *, back
     model.eval()
     reps = (samples + len(x) - 1) // len(x)
     xb = x.repeat(max(1, min(reps, batch_size // max(1, len(x)))), 1, 1, 1)[:batch_size]
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        xb = xb.contiguous(memory_format=torch.channels_last)  # the layout the methods are given
     done = 0
 
     def run() -> None:
