@@ -1,0 +1,245 @@
+"""Check the maps a run holds against a reference library's implementation of the same method.
+
+``xailab crosscheck RUN`` reloads what ``xailab explain`` saved (the model from the run's config,
+the images, the targets and the Integrated Gradients parameters: steps, rule, baseline,
+normalisation, seed), rebuilds each image's baseline exactly as ours did (random baselines from
+the same per-image generators, the adversarial 50/50 baseline by the same optimisation), runs
+Captum's ``IntegratedGradients.attribute`` with the same baselines, targets, steps and rule,
+and writes table ``crosscheck`` into the run: one row per image, target and baseline with
+
+* ``max_abs_diff = max_i |ours_i - captum_i|`` and ``max_abs`` (``max_i |captum_i|``, the scale);
+* ``rel_error = ||ours - captum||_2 / ||captum||_2``;
+* ``pearson`` and ``spearman`` of the two maps' values (all channels and pixels);
+* ``delta_ours`` and ``delta_captum``: each one's completeness error
+  ``sum_i IG_i - (S(x) - S(b))`` (Sundararajan et al. 2017, arXiv:1703.01365).
+
+The computation runs in the dtype of the stored maps (float32 for a normal run). Both
+implementations share the rule's nodes and weights except ``riemann_trapezoid``, whose weights
+sum to 1 here and to ``1 - 1/n`` in Captum (see docs/methods/gradient.md): expect a difference
+there, noted in column ``note``.
+
+    model = load_model("resnet20", "resnet20.safetensors")
+    table = crosscheck_run("runs/ig-black", model)
+    table.groupby("baseline")["max_abs_diff"].max()
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from xailab.core.errors import InputError, XailabError
+from xailab.core.explanation import Explanation
+from xailab.core.hooks import model_device
+from xailab.runs.store import Run, RunError
+
+METHODS = ("integrated_gradients",)
+REFERENCES = ("captum",)
+TABLE = "crosscheck"
+# our rule name -> Captum's ``method`` argument
+_CAPTUM_RULES = {
+    "gausslegendre": "gausslegendre", "riemann_left": "riemann_left", "riemann_right": "riemann_right",
+    "riemann_middle": "riemann_middle", "riemann_trapezoid": "riemann_trapezoid",
+}
+_IG_KEYS = ("n_steps", "rule", "baseline", "mean", "std", "pixel_range", "output", "seed", "batch_size")
+
+
+class ReferenceMissing(XailabError):
+    """The reference library is not installed."""
+
+
+def _captum_ig() -> Any:
+    try:
+        from captum.attr import IntegratedGradients
+    except ImportError:
+        raise ReferenceMissing("crosscheck --against captum needs Captum: pip install captum") from None
+    return IntegratedGradients
+
+
+def load_method(run: Run, method: str) -> Explanation:
+    """The saved explanation of ``method`` in ``run``, or a RunError that says how to make it."""
+    path = run.path / "explanations" / method
+    if not (path / "manifest.json").is_file():
+        root = run.path / "explanations"
+        have = sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
+        raise RunError(
+            f"run {run.path} has no {method} explanation (it has: {', '.join(have) or 'none'}); "
+            f"create one with `xailab explain ... --methods {method} --out {run.path}`"
+        )
+    return Explanation.load(path)
+
+
+def _explainer(model: nn.Module, params: dict[str, Any]) -> Any:
+    from xailab.core.registry import METHODS as REGISTRY
+
+    kw = {k: params[k] for k in _IG_KEYS if k in params and params[k] is not None}
+    baseline = str(kw.get("baseline", "black"))
+    if baseline.startswith("tensor") or baseline == "adversarial:tensor":
+        raise InputError(
+            f"the run's baseline was a tensor ({baseline}), which the run does not store; "
+            "crosscheck can rebuild named baselines only (black, white, zeros, uniform, gaussian, blur, adversarial)"
+        )
+    return REGISTRY.create("integrated_gradients", model, **kw)
+
+
+def rebuild_baselines(explainer: Any, x: Tensor, chunk: int = 64) -> Tensor:
+    """Each image's baseline as ``explainer`` built it: random kinds from the same per-image
+    generators (``explainer.generator(i)`` depends on the image's index only), the adversarial
+    one by the same optimisation (images are independent of each other)."""
+    from xailab.core.hooks import model_session
+    from xailab.methods.gradient.baselines import make_baselines
+
+    out = []
+    with model_session(explainer.model, eval_mode=explainer.eval_mode):
+        for lo in range(0, len(x), max(1, chunk)):
+            explainer._offset = lo
+            base, _ = make_baselines(explainer.baseline, x[lo : lo + chunk], explainer.space, explainer)
+            out.append(base.detach())
+    explainer._offset = 0
+    return torch.cat(out)
+
+
+def _rank(v: Tensor) -> Tensor:
+    from xailab.metrics.maps import rankdata
+
+    return rankdata(v)
+
+
+def _corr(a: Tensor, b: Tensor) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = float(a.norm() * b.norm())
+    return float((a * b).sum()) / den if den > 0 else float("nan")
+
+
+def crosscheck_run(
+    path: str | os.PathLike[str] | Run,
+    model: nn.Module,
+    *,
+    method: str = "integrated_gradients",
+    against: str = "captum",
+    batch_size: int | None = None,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Recompute ``method``'s maps of ``path`` with the reference library; write and return the
+    table described in the module docstring (one row per image and target).
+
+    Args:
+        model: the model the run explained (in the run's config; the CLI loads it).
+        batch_size: most samples per forward pass of the reference (default: the run's).
+    """
+    if method not in METHODS:
+        raise InputError(f"crosscheck supports {', '.join(METHODS)}, not {method!r}")
+    if against not in REFERENCES:
+        raise InputError(f"crosscheck compares with {', '.join(REFERENCES)}, not {against!r}")
+    run = path if isinstance(path, Run) else Run.open(path)
+    res = load_method(run, method)
+    params = dict(res.params)
+    if str(params.get("rule", "gausslegendre")) not in _CAPTUM_RULES:
+        raise InputError(
+            f"the run's IG rule {params.get('rule')!r} has no Captum counterpart; crosscheck compares the "
+            f"fixed rules ({', '.join(_CAPTUM_RULES)}): check the completeness delta of this run instead"
+        )
+    IntegratedGradients = _captum_ig()
+    images = torch.from_numpy(np.array(run.read_array("images")))
+    if len(images) != len(res):
+        raise RunError(f"run {run.path} has {len(images)} images but {len(res)} {method} maps; re-run `xailab explain`")
+    dtype = res.maps.dtype if res.maps.is_floating_point() else torch.float32
+    work = model
+    if any(p.dtype != dtype for p in model.parameters()):
+        work = copy.deepcopy(model).to(dtype)
+    device = model_device(work)
+    x = images.to(device=device, dtype=dtype)
+    ours = _explainer(work, params)
+    bsize = int(batch_size or params.get("batch_size") or 64)
+    log(f"{method}: rebuilding {ours.baseline.describe()} baselines for {len(x)} images")
+    # the run's own chunks: the adversarial optimisation then sees the same batches
+    base = rebuild_baselines(ours, x, chunk=ours.images_per_chunk(res.targets.shape[1]))
+    forward = _forward(work, str(params.get("output", "logit")))
+    ig = IntegratedGradients(forward)
+    rule = ours.rule
+    names = _names(run, len(x))
+    rows: list[dict[str, Any]] = []
+    delta_ours = res.extras.get("delta")
+    was_training = work.training
+    work.eval()
+    try:
+        for j, tname in enumerate(res.target_names):
+            t = res.targets[:, j].to(device)
+            theirs_parts, delta_parts = [], []
+            for lo in range(0, len(x), max(1, bsize // ours.n_steps)):
+                hi = lo + max(1, bsize // ours.n_steps)
+                a, d = ig.attribute(x[lo:hi], baselines=base[lo:hi], target=t[lo:hi], n_steps=ours.n_steps,
+                                    method=_CAPTUM_RULES[rule], internal_batch_size=bsize,
+                                    return_convergence_delta=True)
+                theirs_parts.append(a.detach().cpu())
+                delta_parts.append(d.detach().cpu())
+            theirs = torch.cat(theirs_parts)
+            deltas = torch.cat(delta_parts)
+            mine = res.maps[:, j]
+            if mine.shape != theirs.shape:  # ours summed over channels: compare per pixel
+                theirs = theirs.sum(dim=1)
+            for i in range(len(x)):
+                a_i = mine[i].reshape(-1).double()
+                b_i = theirs[i].reshape(-1).double()
+                diff = a_i - b_i
+                rows.append({
+                    "image": i, "name": names[i], "target": tname, "class": int(res.targets[i, j]),
+                    "baseline": ours.baseline.describe(), "rule": rule, "n_steps": ours.n_steps,
+                    "dtype": str(dtype).removeprefix("torch."), "against": against,
+                    "max_abs_diff": float(diff.abs().max()), "max_abs": float(b_i.abs().max()),
+                    "rel_error": float(diff.norm() / b_i.norm()) if float(b_i.norm()) > 0 else float("nan"),
+                    "pearson": _corr(a_i, b_i), "spearman": _corr(_rank(a_i[None])[0], _rank(b_i[None])[0]),
+                    "delta_ours": float(delta_ours[i, j]) if delta_ours is not None else float("nan"),
+                    "delta_captum": float(deltas[i]),
+                    "note": "Captum's trapezoid weights sum to 1 - 1/n" if rule == "riemann_trapezoid" else "",
+                })
+    finally:
+        work.train(was_training)
+    table = pd.DataFrame(rows)
+    part = f"{method}-{against}"
+    run.write_table(TABLE, table, part=part)
+    done = dict(run.manifest.get(TABLE, {}))
+    done[part] = summary(table).to_dict(orient="records")
+    run.update_manifest(TABLE, done)
+    return table
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per baseline: the worst difference and correlation, the mean completeness errors."""
+    g = table.groupby("baseline", sort=False)
+    return pd.DataFrame({
+        "images": g["image"].nunique(),
+        "max_abs_diff": g["max_abs_diff"].max(),
+        "max_abs": g["max_abs"].max(),
+        "rel_error_max": g["rel_error"].max(),
+        "pearson_min": g["pearson"].min(),
+        "spearman_min": g["spearman"].min(),
+        "delta_ours_mean_abs": g["delta_ours"].apply(lambda v: float(np.nanmean(np.abs(v)))),
+        "delta_captum_mean_abs": g["delta_captum"].apply(lambda v: float(np.nanmean(np.abs(v)))),
+    }).reset_index()
+
+
+def _forward(model: nn.Module, output: str) -> Callable[[Tensor], Tensor]:
+    if output == "probability":
+        return lambda x: torch.softmax(model(x), dim=1)
+    if output == "log_probability":
+        return lambda x: torch.log_softmax(model(x), dim=1)
+    return model
+
+
+def _names(run: Run, n: int) -> list[str]:
+    try:
+        t = run.read_table("images")
+    except RunError:
+        return [f"{i:05d}" for i in range(n)]
+    if "name" not in t.columns or len(t) != n:
+        return [f"{i:05d}" for i in range(n)]
+    t = t.sort_values("index") if "index" in t.columns else t
+    return [str(v) for v in t["name"]]
