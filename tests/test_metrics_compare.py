@@ -140,3 +140,34 @@ def test_evaluate_on_an_explain_run_gives_the_scoreboard(tmp_path, capsys) -> No
     assert main(["evaluate", "--run", str(tmp_path / "run"), "--device", "cpu"]) == 0
     assert "scoring its methods" in capsys.readouterr().out
     assert set(Run.open(tmp_path / "run").read_table("scoreboard")["method"]) == {"saliency", "input_x_gradient"}
+
+
+def test_compare_loads_a_pretrained_run_with_its_published_weights(tmp_path, monkeypatch) -> None:
+    """An explain run made with ``--pretrained`` records it; compare then builds the model with
+    its published weights, not the bare (randomly initialised) architecture."""
+    import xailab.models
+    from xailab.cli import main
+    from xailab.runs import Run
+
+    Run.create(tmp_path / "r", kind="explain", config={"model": "efficientnet_lite0", "weights": None,
+                                                      "pretrained": True, "num_classes": None})
+    calls: list[tuple[str, bool]] = []
+
+    class Stop(Exception):
+        pass
+
+    def create_model(spec, pretrained=False, **kw):
+        calls.append((spec, pretrained))
+        raise Stop
+
+    def load_model(spec, weights=None, **kw):
+        calls.append((spec, False))
+        raise Stop
+
+    monkeypatch.setattr(xailab.models, "create_model", create_model)
+    monkeypatch.setattr(xailab.models, "load_model", load_model)
+    with pytest.raises(Stop):
+        main(["compare", str(tmp_path / "r")])
+    with pytest.raises(Stop):
+        main(["compare", str(tmp_path / "r"), "--model", "efficientnet_lite0"])
+    assert calls == [("efficientnet_lite0", True), ("efficientnet_lite0", False)]

@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory written by `xailab explain`")
     p.add_argument("--model", help="zoo name, TorchScript file, or package.module:factory (default: the run's)")
     p.add_argument("--weights", help="weights file (default: the run's)")
+    p.add_argument("--pretrained", action="store_true", help="a zoo model with its published weights (default: as the run was made)")
     p.add_argument("--num-classes", type=int, help="number of classes of a zoo model, if not its default")
     p.add_argument("--methods", help="comma-separated subset of the run's methods (default: all)")
     p.add_argument("--reference", help="method avg_iou compares with (default: gradcam if present)")
@@ -62,10 +63,14 @@ def run(args: argparse.Namespace) -> int:
         raise RunError(f"run {run_.path} does not record its model; pass --model (and --weights)")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        from xailab.models import load_model
+        from xailab.models import create_model, load_model
     except ImportError as e:  # the model zoo is a separate room of the package
         raise RunError(f"cannot load model {spec!r}: xailab.models is not available ({e})") from None
-    model = load_model(spec, weights, num_classes=args.num_classes or config.get("num_classes")).to(device)
+    num_classes = args.num_classes or config.get("num_classes")
+    if args.pretrained or (not args.model and not weights and config.get("pretrained")):
+        model = create_model(spec, pretrained=True, num_classes=num_classes).to(device)
+    else:
+        model = load_model(spec, weights, num_classes=num_classes).to(device)
     target: str | int = int(args.target) if args.target.lstrip("-").isdigit() else args.target
     settings = CompareSettings(
         top=args.top / 100.0, steps=args.steps, deletion_fill=args.fill, faithfulness_runs=args.runs,

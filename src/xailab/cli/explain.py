@@ -131,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
         class_names=class_names, display=display, method_params=params, layer=args.layer,
         mean=norm.mean if norm is not None else None, std=norm.std if norm is not None else None,
         batch_size=args.batch_size, seed=args.seed, quick=args.quick, png=not args.no_png,
-        config={"model": args.model, "weights": args.weights, "images": args.images,
-                "data_root": args.data_root, "device": device},
+        config={"model": args.model, "weights": args.weights, "pretrained": bool(args.pretrained),
+                "num_classes": args.num_classes, "images": args.images, "data_root": args.data_root,
+                "device": device},
         backend=backend,
     )
     print(f"run: {run_.path}")
