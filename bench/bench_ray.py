@@ -17,6 +17,7 @@ shared: CPU seconds are the fairer figure when other jobs compete for the two co
 
     python -m bench.bench_ray                  # 2,000 images, shards of 250
     python -m bench.bench_ray --quick          # 200 images, shards of 50
+    python -m bench.bench_ray --dissect        # dissection instead: local, local exact-range, Ray
 """
 
 from __future__ import annotations
@@ -104,8 +105,11 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--local-threads", default="1,2", help="torch threads of the one-process runs (1,2)")
     ap.add_argument("--json", help="write the rows as JSON here")
+    ap.add_argument("--dissect", action="store_true", help="time colour dissection of layer1-3 instead")
     args = ap.parse_args(argv)
     n, shard = (200, 50) if args.quick else (args.images, args.shard_size)
+    if args.dissect:
+        return _dissect(n, shard, args.workers, args.json)
 
     import xailab.methods  # noqa: F401  (registration outside the timings)
 
@@ -203,6 +207,66 @@ def main(argv: list[str]) -> None:
                   + ", ".join(f"{w} workers ~{50_000 * len(METHODS) * per / w / 60:.1f} min" for w in (2, 8, 32))
                   + " (+ start-up)")
         save_json(rows, args.json)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _dissect(n: int, shard: int, workers: int, json_path: str | None) -> None:
+    """Colour dissection of layer1-3 (quantile 0.005, batch 50): one process (default sketch,
+    then exact range) against Ray; thresholds compared in bins of the exact range."""
+    import ray
+
+    from xailab.concepts.dissection import dissect
+    from xailab.concepts.dissection_concepts import ColourConcepts
+    from xailab.distributed import RayBackend
+    from xailab.distributed.dissection import dissect_on_ray
+    from xailab.models import get_preprocessing
+
+    model, images, _, name = _model_and_images(n)
+    prep = get_preprocessing(model)
+    concepts = ColourConcepts(prep.denormalize if prep is not None else None)
+    layers = "layer1,layer2,layer3" if name == "resnet20" else "features.2,features.9"
+    torch.set_num_threads(1)
+    rows: list[Row] = []
+    res: dict[str, Any] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ray_dissect_"))
+    try:
+        for label, kw in (("local", {}), ("local exact-range", {"exact_range": True})):
+            cpu0, t0 = _cpu(), time.perf_counter()
+            res[label] = dissect(model, images, layers, concepts, batch_size=50, **kw)
+            wall = time.perf_counter() - t0
+            rows.append(Row(f"{name} x{n}", "dissect colours", label, wall / n,
+                            extra={"wall_s": wall, "cpu_s": _cpu() - cpu0}))
+        cpu0, child0, t0 = _cpu(), _children_cpu(), time.perf_counter()
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        init_s = time.perf_counter() - t0
+        backend = RayBackend(workers=workers, shard_size=shard, progress=False, log=lambda _: None)
+        res["ray"] = dissect_on_ray(model, images, layers, concepts, backend=backend, run=tmp / "ray",
+                                    log=lambda _: None, batch_size=50)
+        ray.shutdown()
+        wall = time.perf_counter() - t0
+        from xailab.runs import Run
+
+        shards = Run.open(tmp / "ray").read_table("shards")
+        phases = {str(m): (float(g["seconds"].sum()), _loop_wall(g)) for m, g in shards.groupby("method", sort=False)}
+        rows.append(Row(f"{name} x{n}", "dissect colours", f"ray x{workers}", wall / n, extra={
+            "wall_s": wall, "ray_init_s": init_s, "driver_cpu_s": _cpu() - cpu0,
+            "ray_processes_cpu_s": _children_cpu() - child0, "shard_task_s": sum(t for t, _ in phases.values())}))
+        print_table(rows, f"colour dissection of {n} CIFAR images, {layers}: one process vs Ray")
+        exact, ray_res = res["local exact-range"], res["ray"]
+        same = exact.table.drop(columns=["score", "threshold"]).equals(ray_res.table.drop(columns=["score", "threshold"]))
+        print("ray phases (sum of shard seconds / wall from first start to last end): " + ", ".join(
+            f"{m} {t:.1f} / {w:.1f} s" for m, (t, w) in phases.items()) + f"; ray.init {init_s:.1f} s")
+        print(f"ray = local exact-range: tables {same}, thresholds "
+              f"{all(torch.equal(exact.thresholds[k], ray_res.thresholds[k]) for k in exact.thresholds)}")
+        for k in exact.thresholds:
+            width = (exact.top_values[k].max(1).values.double() - 0).clamp_min(1e-12) / 2048
+            diff = (res["local"].thresholds[k].double() - ray_res.thresholds[k].double()).abs() / width
+            print(f"  {k}: |default - ray| threshold {float(diff.max()):.2f} bins (max), {float(diff.mean()):.2f} "
+                  "(mean), a bin = the unit's max activation / 2048 (post-ReLU: min 0); labelled units "
+                  f"{int(res['local'].table.query('layer == @k')['labelled'].sum())} vs "
+                  f"{int(ray_res.table.query('layer == @k')['labelled'].sum())}")
+        save_json(rows, json_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -14,12 +14,14 @@ Examples:
       --max-images 200 --layers _blocks.4,_blocks.10,_relu1 --concepts colour --out runs/dissect-lite0
   xailab dissect --model resnet18 --pretrained --images broden1_224/images \\
       --layers layer3,layer4 --concepts broden:broden1_224 --out runs/dissect-broden
+  xailab dissect ... --backend ray --workers 8 --shard-size 256   # passes over shards on Ray, resumable
   xailab dissect --compare runs/dissect-a runs/dissect-b
 """
 
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from typing import Any
 
 HELP = "network dissection: label units with colours, Broden concepts or classes (IoU of top activations)"
@@ -45,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-png", action="store_true", help="skip the figures")
     p.add_argument("--out", help="run directory (created)")
     p.add_argument("--compare", nargs=2, metavar="RUN", help="compare the dissection tables of two runs and exit")
+    p.add_argument("--exact-range", action="store_true",
+                   help="one more pass for each unit's min and max, binned exactly (what --backend ray gives)")
+    from xailab.distributed.options import add_backend_arguments
+
+    add_backend_arguments(p)  # with --backend ray: the passes run over shards of the images on Ray
 
 
 def _model(args: argparse.Namespace) -> tuple[Any, str]:
@@ -84,20 +91,37 @@ def run(args: argparse.Namespace) -> int:
     from xailab.concepts.dissection_concepts import BrodenDataset, ColourConcepts
     from xailab.concepts.dissection_report import dissection_to_run
     from xailab.data import load_images
+    from xailab.distributed.options import backend_from_args
     from xailab.models import get_preprocessing
 
+    backend = backend_from_args(args)
+    config = {"model": args.model, "weights": args.weights, "pretrained": args.pretrained,
+              "images": args.images, "data_root": args.data_root, "concepts": args.concepts.strip()}
     model, device = _model(args)
+    config["device"] = device
+    out: Any = args.out
+    run_dissect: Any = dissect
+    run_classes: Any = dissect_classes
+    if backend is not None:  # the passes on Ray, their shards in the run (rerun = resume)
+        from xailab.distributed.dissection import dissect_classes_on_ray, dissect_on_ray
+        from xailab.runs.store import Run
+
+        out = Run.create(args.out, kind="dissection", config=config)
+        run_dissect = partial(dissect_on_ray, backend=backend, run=out)
+        run_classes = partial(dissect_classes_on_ray, backend=backend, run=out)
     prep = get_preprocessing(model)
     kind = args.concepts.strip()
     names: list[str] | None = None
-    common = {"quantile": args.quantile, "batch_size": args.batch_size}
+    common: dict[str, Any] = {"quantile": args.quantile, "batch_size": args.batch_size}
+    if args.exact_range and backend is None:
+        common["exact_range"] = True
     if kind.lower().startswith("broden:"):
         broden = BrodenDataset(kind.split(":", 1)[1], prep, max_images=args.max_images)
         images: Any = broden
         display = prep.denormalize if prep is not None else None
         print(f"dissecting {len(broden)} Broden images against {len(broden.names)} concepts")
         thr = DEFAULT_IOU_THRESHOLD if args.threshold is None else args.threshold
-        res = dissect(model, broden, args.layers, broden, threshold=thr, **common)
+        res = run_dissect(model, broden, args.layers, broden, threshold=thr, **common)
     else:
         if not args.images:
             raise InputError("give --images (dataset:split[:N], a folder or archive)")
@@ -112,19 +136,17 @@ def run(args: argparse.Namespace) -> int:
         if kind.lower() in ("colour", "color", "colours", "colors"):
             print(f"dissecting {len(x)} images against 11 colour concepts")
             thr = DEFAULT_IOU_THRESHOLD if args.threshold is None else args.threshold
-            res = dissect(model, x, args.layers, ColourConcepts(display), threshold=thr, **common)
+            res = run_dissect(model, x, args.layers, ColourConcepts(display), threshold=thr, **common)
         elif kind.lower() == "classes":
             class_names = list(ds.classes) if ds is not None else None
             if y is None:
                 raise InputError("--concepts classes needs labelled images (a dataset spec or a folder of class folders)")
             print(f"class-level dissection of {len(x)} labelled images")
-            res = dissect_classes(model, x, args.layers, labels=y, class_names=class_names,
-                                  threshold=0.0 if args.threshold is None else args.threshold, **common)
+            res = run_classes(model, x, args.layers, labels=y, class_names=class_names,
+                              threshold=0.0 if args.threshold is None else args.threshold, **common)
         else:
             raise InputError(f"unknown --concepts {kind!r}: give colour, classes or broden:<path>")
-    config = {"model": args.model, "weights": args.weights, "pretrained": args.pretrained,
-              "images": args.images, "data_root": args.data_root, "concepts": kind, "device": device}
-    run_ = dissection_to_run(res, args.out, model=model, images=images, display=display, names=names,
+    run_ = dissection_to_run(res, out, model=model, images=images, display=display, names=names,
                              gallery_units=args.gallery_units, png=not args.no_png, config=config)
     print(f"done in {res.seconds:.1f} s")
     for _, r in res.summary().iterrows():

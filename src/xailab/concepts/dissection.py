@@ -82,16 +82,26 @@ class QuantileSketch:
     where the count from the top reaches ``q * total``: the error is at most one bin width,
     ``(hi - lo) / bins <= 2 (max - lo) / bins`` (0.1 % of the range with 2048 bins).
 
+    A fixed range (``lo``/``hi``, both ``[units]``, e.g. :meth:`spanning` the global min and max
+    from a pre-pass) makes the bins independent of the order of the values: sketches of parts
+    of a set then :meth:`merge` (``a + b``) into exactly the sketch of the whole set (counts add),
+    and the error bound becomes one bin of the true range, ``(max - min) / bins``.
+
         sk = QuantileSketch(64); sk.update(acts.transpose(0, 1).flatten(1)); sk.upper(0.005)
+        whole = QuantileSketch.spanning(vmin, vmax); part_a + part_b   # a mergeable pair
     """
 
-    def __init__(self, units: int, bins: int = 2048, device: torch.device | str = "cpu") -> None:
+    def __init__(self, units: int, bins: int = 2048, device: torch.device | str = "cpu", *,
+                 lo: Tensor | None = None, hi: Tensor | None = None) -> None:
         if bins < 2 or bins % 2:
             raise InputError(f"bins must be an even number >= 2, got {bins}")
+        if (lo is None) != (hi is None) or (lo is not None and hi is not None and (
+                lo.shape != (units,) or hi.shape != (units,) or not bool((hi > lo).all()))):
+            raise InputError(f"a fixed range needs lo and hi of shape [{units}] with hi > lo")
         self.units, self.bins = units, bins
         self.counts = torch.zeros(units, bins, dtype=torch.float64, device=device)
-        self.lo: Tensor | None = None
-        self.hi: Tensor | None = None
+        self.lo = None if lo is None else lo.to(device, torch.float64)
+        self.hi = None if hi is None else hi.to(device, torch.float64)
         self.total = 0
         self.max = torch.full((units,), -float("inf"), dtype=torch.float64, device=device)
 
@@ -104,9 +114,7 @@ class QuantileSketch:
             return
         vmax = v.max(1).values
         if self.lo is None or self.hi is None:
-            lo = v.min(1).values
-            span = (vmax - lo).clamp_min(1e-6 * lo.abs().clamp_min(1.0))
-            self.lo, self.hi = lo, lo + span * (1 + 1e-9)
+            self.lo, self.hi = _span(v.min(1).values, vmax)
         while True:
             grow = vmax >= self.hi
             if not bool(grow.any()):
@@ -121,6 +129,40 @@ class QuantileSketch:
         self.counts.scatter_add_(1, idx, torch.ones_like(v))
         self.total += v.shape[1]
         self.max = torch.maximum(self.max, vmax)
+
+    @classmethod
+    def spanning(cls, vmin: Tensor, vmax: Tensor, bins: int = 2048) -> QuantileSketch:
+        """A sketch whose fixed range just covers ``[vmin, vmax]`` per unit (the range the
+        default sketch takes from a first batch holding every value: the same bins)."""
+        lo, hi = _span(vmin.double(), vmax.double())
+        return cls(len(lo), bins, lo.device, lo=lo, hi=hi)
+
+    def merge(self, other: QuantileSketch) -> QuantileSketch:
+        """The sketch of both value sets: counts and totals add, maxima take the larger. Exact,
+        and refused unless both have the same bins over the same range (e.g. one :meth:`spanning`)."""
+        if self.total == 0 and self.lo is None:
+            return other.copy()
+        if other.total == 0 and other.lo is None:
+            return self.copy()
+        if (self.units, self.bins) != (other.units, other.bins) or self.lo is None or other.lo is None \
+                or self.hi is None or other.hi is None or not (torch.equal(self.lo, other.lo.to(self.lo.device))
+                                                           and torch.equal(self.hi, other.hi.to(self.hi.device))):
+            raise InputError("only sketches with the same units, bins and range merge: give both the "
+                             "same fixed range (QuantileSketch.spanning of the global min and max)")
+        out = self.copy()
+        out.counts += other.counts.to(out.counts.device)
+        out.total += other.total
+        out.max = torch.maximum(out.max, other.max.to(out.max.device))
+        return out
+
+    __add__ = merge
+
+    def copy(self) -> QuantileSketch:
+        out = QuantileSketch(self.units, self.bins, self.counts.device)
+        out.counts, out.total, out.max = self.counts.clone(), self.total, self.max.clone()
+        out.lo = None if self.lo is None else self.lo.clone()
+        out.hi = None if self.hi is None else self.hi.clone()
+        return out
 
     def upper(self, q: float) -> Tensor:
         """Per unit the value exceeded by a fraction ``q`` of the values seen (``[units]``)."""
@@ -139,6 +181,12 @@ class QuantileSketch:
         upper_edge = self.hi[:, None] - j * width[:, None]
         value = upper_edge - ((rank - before) / inbin).clamp(0, 1) * width[:, None]
         return torch.minimum(value.squeeze(1), self.max)
+
+
+def _span(vmin: Tensor, vmax: Tensor) -> tuple[Tensor, Tensor]:
+    """Bin range ``[lo, hi)`` over values from ``vmin`` to ``vmax`` (``vmax`` falls inside)."""
+    span = (vmax - vmin).clamp_min(1e-6 * vmin.abs().clamp_min(1.0))
+    return vmin, vmin + span * (1 + 1e-9)
 
 
 # -- streaming several layers at once -------------------------------------------------------------
@@ -254,30 +302,55 @@ def _table(
 
 
 class _Pass1:
-    """Per layer: quantile sketch, running top images by spatial max, class sums (optional)."""
+    """Per layer: quantile sketch, running top images by spatial max, class sums (optional).
 
-    def __init__(self, units: int, k: int, bins: int, n_classes: int, device: torch.device) -> None:
+    With ``sketch=False`` (the exact-range pre-pass) it keeps each unit's min and max instead
+    of a sketch; :meth:`merge` joins the states of two parts of the image set."""
+
+    def __init__(self, units: int, k: int, bins: int, n_classes: int, device: torch.device,
+                 sketch: bool = True) -> None:
         self.sketch = QuantileSketch(units, bins, device)
+        self.track = not sketch
+        self.vmin = torch.full((units,), float("inf"), dtype=torch.float64, device=device)
+        self.vmax = -self.vmin
         self.k = k
         self.top_v = torch.empty(units, 0, device=device)
         self.top_i = torch.empty(units, 0, dtype=torch.long, device=device)
         self.class_sum = torch.zeros(units, n_classes, dtype=torch.float64, device=device)
 
     def update(self, idx: Tensor, acts: Tensor, labels: Tensor | None) -> None:
-        self.sketch.update(acts.transpose(0, 1).flatten(1))
+        flat = acts.transpose(0, 1).flatten(1)
+        if self.track:
+            self.vmin = torch.minimum(self.vmin, flat.amin(1).double())
+            self.vmax = torch.maximum(self.vmax, flat.amax(1).double())
+        else:
+            self.sketch.update(flat)
         peak = acts.flatten(2).amax(2).T  # [C, B]
-        v = torch.cat([self.top_v, peak], 1)
-        i = torch.cat([self.top_i, idx.to(v.device)[None].expand_as(peak)], 1)
-        keep = v.topk(min(self.k, v.shape[1]), 1)
-        self.top_v, self.top_i = keep.values, i.gather(1, keep.indices)
+        self._top(peak, idx.to(peak.device)[None].expand_as(peak))
         if labels is not None and self.class_sum.shape[1]:
             self.class_sum.index_add_(1, labels.to(peak.device), peak.double())
+
+    def _top(self, values: Tensor, index: Tensor) -> None:
+        v = torch.cat([self.top_v, values], 1)
+        i = torch.cat([self.top_i, index], 1)
+        keep = v.topk(min(self.k, v.shape[1]), 1)
+        self.top_v, self.top_i = keep.values, i.gather(1, keep.indices)
+
+    def merge(self, other: _Pass1) -> None:
+        """Add the state of another part of the image set (exact but for class-sum rounding)."""
+        self.vmin = torch.minimum(self.vmin, other.vmin.to(self.vmin.device))
+        self.vmax = torch.maximum(self.vmax, other.vmax.to(self.vmax.device))
+        self._top(other.top_v.to(self.top_v.device), other.top_i.to(self.top_i.device))
+        self.class_sum += other.class_sum.to(self.class_sum.device)
 
 
 def _first_pass(
     model: nn.Module, modules: list[tuple[str, nn.Module]], images: ImageSource, batch_size: int,
-    top_images: int, bins: int, labels: Tensor | None = None, n_classes: int = 0,
+    top_images: int, bins: int, labels: Tensor | None = None, n_classes: int = 0, *,
+    exact_range: bool = False, sketch: bool = True, index_base: int = 0,
 ) -> dict[str, _Pass1]:
+    """One streaming pass (two with ``exact_range``: min/max, then sketches over that range).
+    ``sketch=False``: the min/max pass only; ``index_base``: global index of ``images[0]``."""
     state: dict[str, _Pass1] = {}
     for idx, _, y, acts in stream_layers(model, modules, images, batch_size):
         lab = labels[idx] if labels is not None else y
@@ -285,9 +358,30 @@ def _first_pass(
             raise InputError("class-level dissection needs labels: give labels= or a labelled dataset")
         for name, a in acts.items():
             if name not in state:
-                state[name] = _Pass1(a.shape[1], top_images, bins, n_classes, a.device)
-            state[name].update(idx, a, lab)
+                state[name] = _Pass1(a.shape[1], top_images, bins, n_classes, a.device,
+                                     sketch=sketch and not exact_range)
+            state[name].update(idx + index_base, a, lab)
+    if exact_range and sketch:
+        ranges = {name: (s.vmin, s.vmax) for name, s in state.items()}
+        for name, sk in _sketch_pass(model, modules, images, batch_size, ranges, bins).items():
+            state[name].sketch = sk
     return state
+
+
+def _sketch_pass(
+    model: nn.Module, modules: list[tuple[str, nn.Module]], images: ImageSource, batch_size: int,
+    ranges: dict[str, tuple[Tensor, Tensor]], bins: int,
+) -> dict[str, QuantileSketch]:
+    """Per layer a sketch over the fixed range ``ranges[layer] = (min, max)`` of every unit
+    (values above ``max``, which a nondeterministic device might give, count as ``max``)."""
+    sketches: dict[str, QuantileSketch] = {}
+    for _, _, _, acts in stream_layers(model, modules, images, batch_size):
+        for name, a in acts.items():
+            lo, hi = (r.to(a.device, torch.float64) for r in ranges[name])
+            if name not in sketches:
+                sketches[name] = QuantileSketch.spanning(lo, hi, bins)
+            sketches[name].update(torch.minimum(a.transpose(0, 1).flatten(1).double(), hi[:, None]))
+    return sketches
 
 
 # -- concept dissection ---------------------------------------------------------------------------
@@ -304,6 +398,8 @@ def dissect(
     bins: int = 2048,
     runner_ups: int = 2,
     max_elements: int = 2**24,
+    exact_range: bool = False,
+    passes: Any = None,
 ) -> Dissection:
     """Network dissection of ``layers`` against pixel-level ``concepts`` (Bau et al. 2017).
 
@@ -318,21 +414,63 @@ def dissect(
         top_images: images kept per unit (by spatial max activation) for galleries.
         bins: bins of the per-unit quantile histogram (memory ``units x bins``).
         max_elements: upsampled activations held at once in the IoU pass (memory bound).
+        exact_range: one more pass first, for each unit's min and max: the sketch bins that
+            range (error <= one bin of it), and the result is the one the Ray backend gives.
+        passes: where the passes run (None: here; :mod:`xailab.distributed.dissection` gives
+            Ray's, an object with ``first_pass`` and ``iou_pass`` like :func:`_first_pass`).
 
         res = dissect(model, x, "layer3", ColourConcepts(prep.denormalize))
     """
     t0 = time.perf_counter()
     modules = resolve_layers(model, layers)
-    state = _first_pass(model, modules, images, batch_size, top_images, bins)
-    thresholds = {name: s.sketch.upper(quantile).float() for name, s in state.items()}
     K = len(concepts.names)
     if K == 0:
         raise InputError("the concept set has no concepts")
+    if passes is None:
+        state = _first_pass(model, modules, images, batch_size, top_images, bins, exact_range=exact_range)
+    else:
+        state = passes.first_pass(model, modules, images, batch_size, top_images, bins)
+    thresholds = {name: s.sketch.upper(quantile).float() for name, s in state.items()}
+    run_iou = _iou_pass if passes is None else passes.iou_pass
+    inter, area_a, area_c = run_iou(model, modules, images, concepts, thresholds, batch_size, max_elements)
+    frames, scores = [], {}
+    for name, _ in modules:
+        i = inter[name][:, :K]
+        union = area_a[name] + area_c[None] - i
+        iou = torch.where(union > 0, i / union.clamp_min(1e-12), torch.zeros_like(i)).float().cpu()
+        scores[name] = iou
+        frames.append(_table(name, iou, iou.max(1).values, concepts.names, concepts.categories,
+                             threshold, thresholds[name].cpu(), runner_ups))
+    return Dissection(
+        kind="concepts", table=pd.concat(frames, ignore_index=True), concepts=list(concepts.names),
+        scores=scores, thresholds={k: v.cpu() for k, v in thresholds.items()},
+        top_images={k: s.top_i.cpu() for k, s in state.items()},
+        top_values={k: s.top_v.cpu() for k, s in state.items()},
+        params={"quantile": quantile, "threshold": threshold, "bins": bins, "images": num_images(images),
+                "layers": [n for n, _ in modules], "concept_source": type(concepts).__name__,
+                **_range_param(exact_range, passes)},
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _range_param(exact_range: bool, passes: Any) -> dict[str, Any]:
+    if passes is not None:
+        return {"exact_range": True, "backend": getattr(passes, "name", type(passes).__name__)}
+    return {"exact_range": True} if exact_range else {}
+
+
+def _iou_pass(
+    model: nn.Module, modules: list[tuple[str, nn.Module]], images: ImageSource, concepts: ConceptSource,
+    thresholds: dict[str, Tensor], batch_size: int, max_elements: int, index_base: int = 0,
+) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
+    """The IoU pass: per layer intersections ``[units, K + 1]`` and unit areas ``[units, K]``
+    (pixels, float64), and concept areas ``[K]``; they add over parts of the image set."""
+    K = len(concepts.names)
     inter: dict[str, Tensor] = {}
     area_a: dict[str, Tensor] = {}
     area_c: Tensor | None = None
     for idx, x, _, acts in stream_layers(model, modules, images, batch_size):
-        cm = concepts.masks(idx, x)
+        cm = concepts.masks(idx + index_base, x)
         lab = cm.layers.to(next(iter(acts.values())).device).long()
         B, _, H, W = lab.shape
         valid = (cm.valid if cm.valid is not None else torch.ones(B, K, dtype=torch.bool)).to(lab.device)
@@ -360,23 +498,7 @@ def dissect(
                 inter[name][lo : lo + step] += part.double()
                 area_a[name][lo : lo + step] += (m.sum((2, 3)).T @ valid.float()).double()
     assert area_c is not None
-    frames, scores = [], {}
-    for name, _ in modules:
-        i = inter[name][:, :K]
-        union = area_a[name] + area_c[None] - i
-        iou = torch.where(union > 0, i / union.clamp_min(1e-12), torch.zeros_like(i)).float().cpu()
-        scores[name] = iou
-        frames.append(_table(name, iou, iou.max(1).values, concepts.names, concepts.categories,
-                             threshold, thresholds[name].cpu(), runner_ups))
-    return Dissection(
-        kind="concepts", table=pd.concat(frames, ignore_index=True), concepts=list(concepts.names),
-        scores=scores, thresholds={k: v.cpu() for k, v in thresholds.items()},
-        top_images={k: s.top_i.cpu() for k, s in state.items()},
-        top_values={k: s.top_v.cpu() for k, s in state.items()},
-        params={"quantile": quantile, "threshold": threshold, "bins": bins, "images": num_images(images),
-                "layers": [n for n, _ in modules], "concept_source": type(concepts).__name__},
-        seconds=time.perf_counter() - t0,
-    )
+    return inter, area_a, area_c
 
 
 # -- class-level dissection -----------------------------------------------------------------------
@@ -411,6 +533,8 @@ def dissect_classes(
     top_images: int = 8,
     bins: int = 2048,
     runner_ups: int = 2,
+    exact_range: bool = False,
+    passes: Any = None,
 ) -> Dissection:
     """Class-level dissection: the class whose images activate each unit most.
 
@@ -418,7 +542,7 @@ def dissect_classes(
     unit's spatial max activation; label = ``argmax_c mu_kc``; score = the class-selectivity
     index (:func:`class_selectivity`); ``labelled`` = score >= ``threshold`` (default 0: every
     unit gets its class). One streaming pass; ``T_k`` (``quantile``) is computed too, for the
-    galleries.
+    galleries. ``exact_range`` and ``passes`` as for :func:`dissect`.
 
         res = dissect_classes(model, x, "layer1,layer2,layer3", labels=y, class_names=names)
     """
@@ -444,7 +568,11 @@ def dissect_classes(
     if len(names) < n_classes:
         raise InputError(f"{len(names)} class names for labels up to {n_classes - 1}")
     counts = torch.bincount(labels, minlength=n_classes).double()
-    state = _first_pass(model, modules, images, batch_size, top_images, bins, labels, n_classes)
+    if passes is None:
+        state = _first_pass(model, modules, images, batch_size, top_images, bins, labels, n_classes,
+                            exact_range=exact_range)
+    else:
+        state = passes.first_pass(model, modules, images, batch_size, top_images, bins, labels, n_classes)
     present = counts > 0
     frames, scores = [], {}
     for name, _ in modules:
@@ -462,6 +590,7 @@ def dissect_classes(
         top_images={k: s.top_i.cpu() for k, s in state.items()},
         top_values={k: s.top_v.cpu() for k, s in state.items()},
         params={"quantile": quantile, "threshold": threshold, "bins": bins, "images": n,
-                "layers": [nm for nm, _ in modules], "score": "class selectivity index"},
+                "layers": [nm for nm, _ in modules], "score": "class selectivity index",
+                **_range_param(exact_range, passes)},
         seconds=time.perf_counter() - t0,
     )

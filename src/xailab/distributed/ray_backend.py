@@ -103,6 +103,23 @@ class ShardWorker:
                        "seconds": time.time() - started}
         return out
 
+    def dissect(self, stage: str, lo: int, hi: int, data: tuple[Tensor | None, Tensor | None], source: Any,
+                concepts: Any, cfg: dict[str, Any], spec: str) -> dict[str, Any]:
+        """One shard of a dissection phase (:mod:`xailab.distributed.dissection`): a tensor
+        shard in ``data``, or images ``lo..hi-1`` of the Dataset ``source``."""
+        from xailab.distributed.dissection import ShardSource, shard_state, write_state
+
+        images, labels = data
+        started, cpu0 = time.time(), time.process_time()
+        part = images if images is not None else ShardSource(source, lo, hi)
+        state = shard_state(self.model, stage, part, labels, lo, cfg, concepts)
+        meta = {"host": socket.gethostname(), "pid": os.getpid(), "worker": self.index, "started": started,
+                "ended": time.time(), "cpu_seconds": time.process_time() - cpu0, "seconds": time.time() - started}
+        if self.shared:
+            write_state(self.run_path, stage, Shard(lo, hi), state, spec, meta)
+            return {"meta": meta, "state": None}
+        return {"meta": meta, "state": state}
+
 
 def _alive(pid: int) -> bool:
     try:
