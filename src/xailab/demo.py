@@ -6,8 +6,10 @@
    top-1, top-2 and least likely classes, and writes PNG overlays;
 3. draws the instance flow of the training run and compares the methods (agreement,
    faithfulness, sanity, time);
-4. explains photos shipped inside scikit-image with the pretrained EfficientNet-Lite0 (PyPI);
-5. publishes it all as a static report and prints its path.
+4. finds what the model learned (ICE concepts, network dissection of two layers), attacks it
+   with adversarial patches and audits it for a backdoor from its explanations;
+5. explains photos shipped inside scikit-image with the pretrained EfficientNet-Lite0 (PyPI);
+6. publishes it all as a static report and prints its path.
 
 It is a recipe of CLI commands (each printed before it runs), so every step can be rerun or
 changed by hand; a rerun resumes and skips what is finished.
@@ -21,7 +23,7 @@ from pathlib import Path
 from xailab.core.errors import DataError
 from xailab.recipe import Step, run_steps
 
-GRADIENT_AND_CAM = "saliency,input_x_gradient,integrated_gradients,smoothgrad,deeplift,gradcam,gradcam_pp,score_cam"
+GRADIENT_AND_CAM = "saliency,input_x_gradient,integrated_gradients,smoothgrad,deeplift,lrp_epsilon_plus,gradcam,gradcam_pp,score_cam"
 PERTURBATION = "occlusion,lime,kernel_shap"
 PHOTO_METHODS = "integrated_gradients,gradcam,ablation_cam"
 
@@ -56,6 +58,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, log: Callabl
         )
     epochs, limit = ("2", "6000") if quick else ("3", "30000")
     n_images = "4" if quick else "8"
+    weights = str(out / "train" / "checkpoints" / "best.safetensors")
     steps: list[Step] = [
         ("train the 28x28 CNN on Fashion-MNIST, recording every test prediction each epoch",
          ["train", "--model", "small_cnn", "--data", "fashion_mnist", "--epochs", epochs,
@@ -63,19 +66,34 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, log: Callabl
         ("evaluate it on the test set",
          ["evaluate", "--run", str(out / "train")]),
         ("explain test images: gradient, CAM and perturbation methods, four targets each",
-         ["explain", "--model", "small_cnn", "--weights", str(out / "train" / "checkpoints" / "best.safetensors"),
+         ["explain", "--model", "small_cnn", "--weights", weights,
           "--images", f"fashion_mnist:test:{n_images}", "--methods", _available(GRADIENT_AND_CAM + "," + PERTURBATION),
           "--targets", "true,top1,top2,least", "--out", str(out / "explain")] + (["--quick"] if quick else [])),
         ("draw how predictions moved between classes over the epochs",
          ["flow", str(out / "train"), "--out", str(out / "train" / "files" / "flow.html")]),
         ("compare the methods: agreement, deletion/insertion, sanity check, time",
          ["compare", str(out / "explain"), "--reference", "gradcam"] + (["--no-sanity"] if quick else [])),
+        ("ICE: concepts the CNN's last ReLU layer learned (NMF), and how much each class relies on them",
+         ["concepts", "ice", "--model", "small_cnn", "--weights", weights, "--images", "fashion_mnist:test:500",
+          "--concepts", "6", "--curve", "2,6", "--curve-images", "200", "--out", str(out / "ice")]),
+        ("network dissection: label every unit of two layers with the class that activates it most",
+         ["dissect", "--model", "small_cnn", "--weights", weights, "--images", "fashion_mnist:test",
+          "--max-images", "500", "--layers", "features.2,features.9", "--concepts", "classes",
+          "--out", str(out / "dissect")]),
+        ("attack: a 5x5 adversarial patch per image, and how the explanations move",
+         ["audit", "adversarial", "--model", "small_cnn", "--weights", weights, "--images", "fashion_mnist:test:4",
+          "--patch", "5", "--methods", _available("integrated_gradients,deeplift"), "--targets", "top1,true",
+          "--png", "4", "--out", str(out / "patch")]),
+        ("audit: look for a backdoor from the explanations of 50 images a class (SpRAy, activation clustering)",
+         ["audit", "backdoor", "--model", "small_cnn", "--weights", weights, "--data", "fashion_mnist",
+          "--max-per-class", "50", "--out", str(out / "backdoor-audit")]),
         ("explain photos with the pretrained EfficientNet-Lite0",
          ["explain", "--model", "efficientnet_lite0", "--pretrained", "--images", str(write_photos(out / "photos")),
           "--methods", _available(PHOTO_METHODS), "--targets", "top1,top2", "--quick", "--batch-size", "32",
           "--out", str(out / "photos-explain")]),
         ("publish everything as a static report",
-         ["report", str(out / "train"), str(out / "explain"), str(out / "photos-explain"),
+         ["report", str(out / "train"), str(out / "explain"), str(out / "ice"), str(out / "dissect"),
+          str(out / "patch"), str(out / "backdoor-audit"), str(out / "photos-explain"),
           "--out", str(out / "report"), "--title", "xailab demo"]),
     ]
     seconds = run_steps(steps, log=log)
