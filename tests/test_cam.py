@@ -210,6 +210,12 @@ def test_default_layer_is_the_last_conv_block() -> None:
     import torchvision
 
     assert find_cam_layer(torchvision.models.resnet18().eval(), torch.rand(1, 3, 32, 32))[0] == "layer4"
+    # the zoo's hook-friendly rebuilds: residual sums are Add modules and shortcuts Identity
+    # modules inside the block; neither may stop the search before the block's own output
+    from xailab.models import create_model
+
+    assert find_cam_layer(create_model("resnet18").eval(), torch.rand(1, 3, 32, 32))[0] == "layer4"
+    assert find_cam_layer(create_model("resnet20").eval(), torch.rand(1, 3, 32, 32))[0] == "layer3"
     assert find_cam_layer(CifarCNN().eval(), torch.rand(1, 3, 32, 32))[0] == "features.21"  # conv 19, BN 20, ReLU 21
     assert find_cam_layer(TinyBNCNN().eval(), torch.rand(1, 3, 16, 16))[0] == "relu2"
     assert find_cam_layer(TinyCNN().eval(), torch.rand(1, 3, 16, 16))[0] == "features"

@@ -3,7 +3,8 @@
 * :func:`find_cam_layer`: the layer chosen when the user names none. A dry run on one image
   finds the last ``Conv2d`` that runs, then follows the modules that run after it while they
   keep its output shape and are per-position (normalisation, activation, dropout) or enclose
-  the conv (its block and stage), and takes the last of them that runs once. On torchvision's ResNet-18 that is ``layer4`` (the output of the
+  the conv (its block and stage), and takes the last of them that runs once; other same-shape
+  steps inside a block still running (a residual ``Add`` module, a shortcut) are passed over. On torchvision's ResNet-18 that is ``layer4`` (the output of the
   last residual block, after its ReLU); on a conv-BN-ReLU-pool stack it is the ReLU, not the raw
   convolution.
 * :func:`resolve_cam_layer`: a name, a module or ``None`` -> ``(name, module)``; a wrong name
@@ -56,13 +57,29 @@ def find_cam_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module]:
         )
     name, shape = events[last_conv]
     chosen = name
+    open_blocks = set(_ancestors(name))  # blocks holding the conv that have not ended yet
     for later, later_shape in events[last_conv + 1 :]:
-        encloses = name.startswith(later + ".")  # the block or stage that holds the conv
-        if later_shape != shape or not (encloses or isinstance(modules[later], _PER_POSITION)):
+        if later_shape != shape:
             break
-        if calls[later] == 1:
-            chosen = later
+        if later in open_blocks:  # the block or stage that holds the conv ends: its output
+            open_blocks.discard(later)
+            if calls[later] == 1:
+                chosen = later
+            continue
+        inside = any(later.startswith(b + ".") for b in open_blocks)
+        if isinstance(modules[later], _PER_POSITION):
+            if calls[later] == 1:
+                chosen = later
+        elif not inside:  # pooling, a head, anything else after the conv's blocks: stop
+            break
+        # else: a same-shape step inside a block still running (a residual Add module, a
+        # shortcut): not a candidate, but the block's own output comes later
     return chosen, modules[chosen]
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 #: modules that keep a map's positions (normalisation, activation, dropout): the search walks
