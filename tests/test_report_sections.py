@@ -30,7 +30,7 @@ from xailab.report.site import build_site
 from xailab.runs.store import Run
 
 from .conftest import TinyCNN
-from .test_report import CLASSES, EVIL, LINK, make_train, pages
+from .test_report import CLASSES, EVIL, LINK, make_explain, make_train, pages
 
 HOSTILE_RUN = "<img src=x onerror=alert(1)>"  # a folder name may hold this (no slash)
 
@@ -274,3 +274,25 @@ def test_new_pages_draw_in_chromium_with_every_image(site: Path) -> None:
         m = re.search(r'data-images="(\d+)" data-broken="([^"]*)"', dom)
         assert m is not None, (name, dom[:500])
         assert m.group(2) == "" and int(m.group(1)) == page.read_text().count("<img ") > 0, (name, m.groups())
+
+
+def test_kfold_and_crosscheck_tables_are_shown(tmp_path: Path) -> None:
+    """A k-fold run's folds with mean +- std (computed from the table, not copied), and an
+    explain run's crosscheck summary, both escaped."""
+    cv = Run.create(tmp_path / "cv", kind="kfold")
+    acc = [0.60, 0.70, 0.80]
+    for fold, a in enumerate(acc, 1):
+        cv.write_table("kfold", pd.DataFrame([{"fold": fold, "n_train": 20, "n_val": 10, "accuracy": a,
+                                               "loss": 1 - a}]), part=fold)
+    cv.update_manifest("kfold", {"k": 3, "mean": {"accuracy": float(np.mean(acc))},
+                                 "std": {"accuracy": float(np.std(acc, ddof=1))}})
+    make_train(tmp_path / "train")
+    ig = make_explain(tmp_path / "ig")
+    ig.update_manifest("crosscheck", {"integrated_gradients-captum": [
+        {"baseline": EVIL, "images": 2, "max_abs_diff": 3.5e-9, "max_abs": 0.2, "rel_error_max": 1e-7,
+         "pearson_min": 1.0, "spearman_min": 1.0}]})
+    site = build_site([tmp_path / "train", tmp_path / "cv", tmp_path / "ig"], tmp_path / "site")
+    index = pages(site)["index.html"]
+    assert "Cross-validation: cv" in index and "accuracy 0.7000 ± 0.1000" in index
+    assert "Checked against captum: integrated_gradients" in index and "3.5e-09" in index
+    assert EVIL not in index and html.escape(EVIL) in index

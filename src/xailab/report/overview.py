@@ -82,7 +82,43 @@ def explain_section(r: ReportRun, links: dict[str, str]) -> str:
         ("seed", ex.get("seed")),
     ]
     nav = " · ".join(f'<a href="{esc(href)}">{esc(label)}</a>' for label, href in links.items())
-    return kv(items) + (f"<p>{nav}</p>" if nav else "")
+    return kv(items) + (f"<p>{nav}</p>" if nav else "") + crosscheck_section(r)
+
+
+def crosscheck_section(r: ReportRun) -> str:
+    """What ``xailab crosscheck`` found: our maps against a reference library's, per baseline."""
+    summary = r.manifest.get("crosscheck") or {}
+    parts = []
+    for key, rows in summary.items():
+        if not isinstance(rows, list) or not rows:
+            continue
+        df = pd.DataFrame(rows)
+        cols = [c for c in ("baseline", "images", "max_abs_diff", "max_abs", "rel_error_max", "pearson_min",
+                            "spearman_min", "delta_ours_mean_abs", "delta_captum_mean_abs") if c in df]
+        method, _, against = str(key).rpartition("-")
+        parts.append(f"<h3>Checked against {esc(against)}: {esc(method)}</h3>"
+                     "<p class=note>The same model, images, targets and baselines recomputed with the reference "
+                     "library: largest absolute difference of any pixel beside the largest attribution, the worst "
+                     "relative error and correlations, and each side's completeness error (table "
+                     "<code>crosscheck</code> of the run has every image).</p>"
+                     + table(df[cols], {c: "{:.3g}" for c in cols if c not in ("baseline", "images")}))
+    return "".join(parts)
+
+
+def kfold_section(r: ReportRun) -> str:
+    """Stratified k-fold: one row per fold and the mean +- standard deviation."""
+    folds = r.table("kfold")
+    if folds is None or folds.empty:
+        return ""
+    folds = folds.sort_values("fold") if "fold" in folds else folds
+    metrics = [c for c in ("accuracy", "loss", "f1_macro", "precision_macro", "recall_macro") if c in folds]
+    cols = [c for c in ("fold", "n_train", "n_val", "best_epoch") if c in folds] + metrics
+    summary = r.manifest.get("kfold") or {}
+    mean, std = summary.get("mean") or {}, summary.get("std") or {}
+    line = ", ".join(f"{m} {mean[m]:.4f} ± {std.get(m, float('nan')):.4f}" for m in metrics if m in mean)
+    fmt = {m: "{:.4f}" for m in metrics}
+    return (f"<p>{len(folds)} folds, each model validated on its held-out fold (stratified by class)"
+            + (f": {esc(line)}" if line else "") + ".</p>" + table(folds[cols], fmt))
 
 
 def flow_section(site: Site, r: ReportRun) -> str:

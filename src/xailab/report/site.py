@@ -41,7 +41,13 @@ from xailab.report.dissection_page import dissection_page, has_dissection
 from xailab.report.html import esc, table
 from xailab.report.images import image_pages
 from xailab.report.methods import cards_section
-from xailab.report.overview import explain_section, flow_section, summary_rows, train_section
+from xailab.report.overview import (
+    explain_section,
+    flow_section,
+    kfold_section,
+    summary_rows,
+    train_section,
+)
 from xailab.report.questions import questions_section
 from xailab.report.writer import Site
 from xailab.runs.store import RunError, atomic_write_text
@@ -137,7 +143,9 @@ def _build(runs: list[ReportRun], site: Site, max_images: int) -> None:
     for r in runs:
         if r in train or r in explain:
             continue
-        if id(r) in shown_elsewhere:
+        if r.has_table("kfold"):
+            body.append(f"<h2>Cross-validation: {esc(r.name)}</h2>" + kfold_section(r))
+        elif id(r) in shown_elsewhere:
             href = shown_elsewhere[id(r)]
             body.append(f"<h2>{esc(r.kind)}: {esc(r.name)}</h2><p>Shown on the "
                         f'<a href="{esc(href)}#{esc(r.slug)}">{esc(pages[href])} page</a>.</p>')
