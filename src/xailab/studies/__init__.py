@@ -42,3 +42,11 @@ def gradient_shap_background(data: str, n: int) -> list[str]:
     """``explain`` flags that draw GradientSHAP's baselines from ``n`` training images of
     ``data`` (SHAP's GradientExplainer with a background set) instead of uniform noise."""
     return ["--set", f"gradient_shap.background={data}:train:{n}"]
+
+
+def sized(args: argparse.Namespace, key: str, full: dict[str, object], quick: dict[str, object]) -> object:
+    """The option ``key`` as given, else the study's full or ``--quick`` default."""
+    given = getattr(args, key, None)
+    if given is not None:
+        return given
+    return (quick if args.quick else full)[key]

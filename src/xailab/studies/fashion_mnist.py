@@ -29,7 +29,7 @@ import argparse
 from pathlib import Path
 
 from xailab.recipe import Step
-from xailab.studies import Study, gradient_shap_background, register_study
+from xailab.studies import Study, gradient_shap_background, register_study, sized
 
 EXPLAIN_METHODS = "gradient_shap,kernel_shap,deeplift,integrated_gradients"
 BACKGROUND = 100  # training images GradientSHAP draws its baselines from (SHAP's background set)
@@ -78,10 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _size(args: argparse.Namespace, key: str) -> object:
-    given = getattr(args, key, None)
-    if given is not None:
-        return given
-    return (QUICK if args.quick else FULL)[key]
+    return sized(args, key, FULL, QUICK)
 
 
 def steps(args: argparse.Namespace) -> list[Step]:
