@@ -12,7 +12,7 @@ it runs, as data. ``xailab study NAME --dry-run`` prints the commands without ru
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from xailab.core.registry import Registry
@@ -44,7 +44,7 @@ def gradient_shap_background(data: str, n: int) -> list[str]:
     return ["--set", f"gradient_shap.background={data}:train:{n}"]
 
 
-def sized(args: argparse.Namespace, key: str, full: dict[str, object], quick: dict[str, object]) -> object:
+def sized(args: argparse.Namespace, key: str, full: Mapping[str, object], quick: Mapping[str, object]) -> object:
     """The option ``key`` as given, else the study's full or ``--quick`` default."""
     given = getattr(args, key, None)
     if given is not None:
