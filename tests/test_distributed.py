@@ -319,6 +319,22 @@ print("ray" in sys.modules)
     assert done.stdout.strip().splitlines()[-1] == "False"
 
 
+def test_named_settings_of_one_method_run_on_ray(pool: Any, tmp_path: Path) -> None:
+    """``NAME=METHOD`` entries reach the workers as their method and are stored under NAME."""
+    methods = ["rise_a=rise", "rise_b=rise", "saliency"]
+    params = {"rise_a": {"n_masks": 8}, "rise_b": {"n_masks": 16}}
+    x, y = _data()
+    local = explain_to_run(_model(), x, out=tmp_path / "local", methods=methods, method_params=params,
+                           targets=TARGETS, labels=y, png=False, batch_size=8, log=lambda _: None)
+    ray_run = explain_to_run(_model(), x, out=tmp_path / "ray", methods=methods, method_params=params,
+                             targets=TARGETS, labels=y, png=False, batch_size=8, log=lambda _: None, backend=pool)
+    for m in ("rise_a", "rise_b", "saliency"):
+        a = Explanation.load(local.path / "explanations" / m)
+        b = Explanation.load(ray_run.path / "explanations" / m)
+        torch.testing.assert_close(a.maps, b.maps, rtol=0, atol=0)
+    assert Explanation.load(ray_run.path / "explanations" / "rise_b").params["n_masks"] == 16
+
+
 def test_the_cli_runs_explain_and_compare_on_ray(pool_: Any, tmp_path: Path) -> None:
     """``xailab explain --backend ray`` = the local command's run; ``evaluate RUN --backend ray``
     (= compare) computes faithfulness on Ray. Runs last: it frees the kept workers' CPUs."""
@@ -370,3 +386,4 @@ def test_a_shard_with_its_index_base_draws_what_the_whole_call_draws(name: str) 
     torch.testing.assert_close(part.maps, whole.maps[3:], rtol=1e-6, atol=1e-9)
     unshifted = xailab.create(name, model, seed=5, batch_size=64, **xailab.create(name, model).quick_params)
     assert not torch.allclose(unshifted.explain(x[3:]).maps, whole.maps[3:])
+

@@ -107,3 +107,43 @@ def test_cli_background_images_reach_gradient_shap(tmp_path: Path) -> None:
     torch.testing.assert_close(got.maps, want.maps)
     noise = xailab.create("gradient_shap", model, n_samples=4, batch_size=64, seed=0, **space).explain(x)
     assert not torch.allclose(got.maps, noise.maps)
+
+
+def test_named_settings_of_one_method_sit_side_by_side(tiny_cnn, images, labels, tmp_path: Path) -> None:
+    """``NAME=METHOD``: two IG baselines in one run, each equal to its own explainer; parameters
+    under the method's name apply to both; compare, the sanity check and the report follow."""
+    import xailab
+    from xailab.metrics.scoreboard import CompareSettings, compare_run
+    from xailab.report.site import build_site
+
+    x = images[:3]
+    run = explain_to_run(
+        tiny_cnn, x, out=tmp_path / "r", methods=["ig_black=integrated_gradients", "ig_noise=integrated_gradients",
+                                                  "saliency"],
+        method_params={"integrated_gradients": {"n_steps": 8}, "ig_black": {"baseline": "black"},
+                       "ig_noise": {"baseline": "uniform"}},
+        targets="top1", labels=labels[:3], png=False, log=lambda _: None)
+    for name, baseline in (("ig_black", "black"), ("ig_noise", "uniform")):
+        got = Explanation.load(run.path / "explanations" / name)
+        assert got.method == "integrated_gradients" and got.params["n_steps"] == 8
+        want = xailab.create("integrated_gradients", tiny_cnn, n_steps=8, baseline=baseline).explain(x, target="top1")
+        torch.testing.assert_close(got.maps, want.maps)
+    assert run.manifest["explain"]["kinds"] == {"ig_black": "integrated_gradients",
+                                                "ig_noise": "integrated_gradients", "saliency": "saliency"}
+    table = run.read_table("explanations")
+    assert set(table["method"]) == {"ig_black", "ig_noise", "saliency"}
+    board = compare_run(run.path, tiny_cnn, settings=CompareSettings(sanity_images=2, sanity_steps=2, steps=4),
+                        log=lambda _: None)
+    assert {"ig_black", "ig_noise"} <= set(board["method"])
+    sanity = run.read_table("sanity")
+    assert {"ig_black", "ig_noise"} <= set(sanity["method"])  # run as integrated_gradients, stored by name
+    site = build_site([run.path], tmp_path / "site")
+    cards = (site / "methods.html").read_text()
+    assert "ig_black = integrated_gradients" in cards and "No card is written" not in cards
+
+    with pytest.raises(InputError, match="given twice"):
+        explain_to_run(tiny_cnn, x, out=tmp_path / "bad", methods=["a=saliency", "a=gradcam"], targets="top1",
+                       png=False, log=lambda _: None)
+    with pytest.raises(InputError, match="registered method"):
+        explain_to_run(tiny_cnn, x, out=tmp_path / "bad", methods=["gradcam=saliency"], targets="top1",
+                       png=False, log=lambda _: None)

@@ -134,11 +134,12 @@ def crosscheck_run(
         model: the model the run explained (in the run's config; the CLI loads it).
         batch_size: most samples per forward pass of the reference (default: the run's).
     """
-    if method not in METHODS:
-        raise InputError(f"crosscheck supports {', '.join(METHODS)}, not {method!r}")
     if against not in REFERENCES:
         raise InputError(f"crosscheck compares with {', '.join(REFERENCES)}, not {against!r}")
     run = path if isinstance(path, Run) else Run.open(path)
+    kinds = (run.manifest.get("explain") or {}).get("kinds") or {}
+    if str(kinds.get(method, method)) not in METHODS:  # a run may name a method NAME=METHOD
+        raise InputError(f"crosscheck supports {', '.join(METHODS)}, not {method!r}")
     res = load_method(run, method)
     params = dict(res.params)
     if str(params.get("rule", "gausslegendre")) not in _CAPTUM_RULES:

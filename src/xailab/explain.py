@@ -1,18 +1,24 @@
 """Explain a set of images with several methods into a run directory.
 
-The job behind ``xailab explain``: one scoring pass per method (the base class), maps saved as
-``RUN/explanations/<method>/``, a table ``explanations`` (one row per image, target and method),
+The job behind ``xailab explain``: maps saved as ``RUN/explanations/<name>/``, a table
+``explanations`` (one row per image, target and method),
 the images themselves (``arrays/images``, table ``images``) and PNG overlays under
 ``RUN/files/overlays/``. A rerun of the same job skips the methods already saved (resume).
 
     run = explain_to_run(model, images, labels, names, class_names,
                          methods=["saliency", "gradcam"], targets=["true", "top1"], out="runs/x")
+
+A method may be given a name of its own, ``NAME=METHOD``, so one run holds several settings of
+one method side by side (``ig_black=integrated_gradients,ig_noise=integrated_gradients`` with
+``method_params={"ig_black": {"baseline": "black"}, "ig_noise": {"baseline": "uniform"}}``);
+parameters given under the method's own name apply to every name that runs it.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +30,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError
 from xailab.core.explanation import Explanation
-from xailab.core.registry import METHODS
+from xailab.core.registry import METHODS, RegistryError
 from xailab.core.targets import TargetSpec
 from xailab.runs.store import Run, atomic_write_text
 
@@ -104,17 +110,19 @@ def explain_to_run(
             (e.g. :class:`xailab.distributed.RayBackend`); what it returns is stored as here.
     """
     names = list(names) if names is not None else [f"{i:05d}" for i in range(len(images))]
-    canon = [METHODS.canonical(m) for m in methods]
-    params = {METHODS.canonical(k): v for k, v in (method_params or {}).items()}
-    stray = set(params) - set(canon)
+    kinds = method_names(methods)  # name in the run -> registered method
+    canon = list(kinds)
+    params = {_param_key(k, kinds): v for k, v in (method_params or {}).items()}
+    stray = set(params) - set(canon) - set(kinds.values())
     if stray:
         raise InputError(f"parameters given for methods not run: {', '.join(sorted(stray))}")
     space = {"mean": tuple(mean) if mean is not None else None, "std": tuple(std) if std is not None else None}
-    kwargs = {m: method_kwargs(m, params.get(m, {}), layer, quick, space) for m in canon}
+    kwargs = {m: method_kwargs(kinds[m], {**params.get(kinds[m], {}), **(params.get(m, {}) if m != kinds[m] else {})},
+                               layer, quick, space) for m in canon}
 
     run = Run.create(out, kind="explain", config=config or {})
     run.update_manifest("explain", {
-        "methods": canon, "targets": targets if isinstance(targets, (str, int)) else list(map(str, targets)),
+        "methods": canon, "kinds": kinds, "targets": targets if isinstance(targets, (str, int)) else list(map(str, targets)),
         "batch_size": batch_size, "seed": seed, "layer": layer,
         "class_names": list(class_names) if class_names is not None else None,
         "n_images": len(images),
@@ -128,13 +136,15 @@ def explain_to_run(
         "label": (labels.cpu().numpy() if labels is not None else np.full(len(images), -1)),
     }))
 
-    specs = {m: method_spec(kwargs[m], batch_size, seed) for m in canon}
+    specs = {m: method_spec(kwargs[m], batch_size, seed) + ("" if kinds[m] == m else f":{kinds[m]}") for m in canon}
     done = {m for m in canon if _is_saved(run, m, specs[m])}
     computed: dict[str, Explanation] = {}
     if backend is not None and len(done) < len(canon):
         todo = {m: kwargs[m] for m in canon if m not in done}
+        renamed = {m: kinds[m] for m in todo if kinds[m] != m}
         computed = backend(model, images, run=run, methods=todo, specs={m: specs[m] for m in todo},
-                           targets=targets, labels=labels, batch_size=batch_size, seed=seed)
+                           targets=targets, labels=labels, batch_size=batch_size, seed=seed,
+                           **({"kinds": renamed} if renamed else {}))
     results: dict[str, Explanation] = {}
     for m in canon:
         dest = run.path / "explanations" / m
@@ -147,11 +157,11 @@ def explain_to_run(
         if m in computed:
             res = computed[m]
         else:
-            explainer = METHODS.create(m, model, batch_size=batch_size, seed=seed, **kwargs[m])
+            explainer = METHODS.create(kinds[m], model, batch_size=batch_size, seed=seed, **kwargs[m])
             res = explainer.explain(images, target=targets, labels=labels, progress=True)
         res.save(dest)
         atomic_write_text(spec_file, spec)
-        run.write_table("explanations", _rows(res, names, class_names), part=m)
+        run.write_table("explanations", _rows(res, names, class_names, m), part=m)
         results[m] = res
         log(f"{m}: {res.seconds / len(images):.3f} s/image, {res.evaluations / len(images):.0f} model evaluations/image")
 
@@ -167,10 +177,43 @@ class Backend(Protocol):
 
     def __call__(self, model: nn.Module, images: Tensor, *, run: Run, methods: dict[str, dict[str, Any]],
                  specs: dict[str, str], targets: TargetSpec, labels: Tensor | None, batch_size: int,
-                 seed: int) -> dict[str, Explanation]: ...
+                 seed: int, kinds: dict[str, str] | None = None) -> dict[str, Explanation]:
+        """``methods`` maps each name in the run to its keyword arguments; ``kinds`` maps the
+        names that are not a registered method's own to the method they run."""
 
     def finish(self, run: Run) -> None:
         """Called once what it returned is saved in the run (e.g. to remove its partial files)."""
+
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def method_names(methods: Sequence[str]) -> dict[str, str]:
+    """``{name in the run: registered method}`` of entries ``METHOD`` or ``NAME=METHOD``."""
+    out: dict[str, str] = {}
+    for entry in methods:
+        label, sep, method = str(entry).strip().partition("=")
+        kind = METHODS.canonical(method if sep else label)
+        name = label.strip().lower().replace("-", "_") if sep else kind
+        if not _NAME.match(name):
+            raise InputError(f"method name {label!r} must be lower-case letters, digits and _ (starting with a letter)")
+        if name in out:
+            raise InputError(f"method name {name!r} is given twice; give each setting its own NAME=METHOD")
+        if sep and name != kind and name in METHODS.available():
+            raise InputError(f"{name!r} is a registered method; choose another name for {entry!r}")
+        out[name] = kind
+    return out
+
+
+def _param_key(key: str, kinds: dict[str, str]) -> str:
+    """A ``method_params`` key: a name of the run as given, else a method name, canonical."""
+    k = key.strip().lower().replace("-", "_")
+    if k in kinds:
+        return k
+    try:
+        return METHODS.canonical(key)
+    except RegistryError:
+        return k
 
 
 def method_spec(kwargs: dict[str, Any], batch_size: int, seed: int) -> str:
@@ -204,7 +247,7 @@ def _class_name(class_names: Sequence[str] | None, k: int) -> str:
     return str(class_names[k]) if class_names is not None and 0 <= k < len(class_names) else str(k)
 
 
-def _rows(res: Explanation, names: Sequence[str], class_names: Sequence[str] | None) -> pd.DataFrame:
+def _rows(res: Explanation, names: Sequence[str], class_names: Sequence[str] | None, label: str) -> pd.DataFrame:
     probs = res.probabilities
     n, t = res.targets.shape
     rows = []
@@ -212,7 +255,7 @@ def _rows(res: Explanation, names: Sequence[str], class_names: Sequence[str] | N
         for j in range(t):
             k = int(res.targets[i, j])
             rows.append({
-                "image": i, "name": names[i], "method": res.method, "target": res.target_names[j],
+                "image": i, "name": names[i], "method": label, "algorithm": res.method, "target": res.target_names[j],
                 "class": k, "class_name": _class_name(class_names, k), "probability": float(probs[i, k]),
                 "seconds_per_image": res.seconds / n, "evaluations_per_image": res.evaluations / n,
             })

@@ -29,7 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True,
                    help="image files (comma-separated), a folder, or dataset:split[:N], e.g. cifar10:test:16")
     p.add_argument("--data-root", help="where the dataset of --images lies (folder or archive)")
-    p.add_argument("--methods", required=True, help="comma-separated method names (see `xailab methods`)")
+    p.add_argument("--methods", required=True,
+                   help="comma-separated method names (see `xailab methods`); NAME=METHOD runs METHOD under "
+                        "its own NAME, so several settings of one method sit side by side "
+                        "(ig_black=integrated_gradients,ig_noise=integrated_gradients --set ig_black.baseline=black ...)")
     p.add_argument("--targets", default="top1", help="comma-separated: true, top1, top2, ..., least, all, or class indices")
     p.add_argument("--layer", help="layer for CAM methods (default: the last conv block)")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
@@ -92,14 +95,14 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from xailab.core.registry import METHODS
     from xailab.core.targets import parse_target_list
     from xailab.data import load_images
     from xailab.distributed.options import backend_from_args
-    from xailab.explain import explain_to_run
+    from xailab.explain import explain_to_run, method_names
     from xailab.models import get_preprocessing, load_model
 
-    methods = [METHODS.canonical(m) for m in args.methods.split(",") if m.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    labels_ = method_names(methods)  # checked before anything loads
     targets = parse_target_list(args.targets)
     params = parse_sets(args.set)
     backend = backend_from_args(args)
@@ -124,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         bg = kw.get("background")
         if isinstance(bg, str) and (":" in bg or Path(bg).exists()):
             kw["background"] = load_images(bg, prep, root=args.data_root)[0].to(device)
-    print(f"explaining {len(images)} images with {', '.join(methods)} for targets {', '.join(map(str, targets))}")
+    print(f"explaining {len(images)} images with {', '.join(labels_)} for targets {', '.join(map(str, targets))}")
     run_ = explain_to_run(
         model, images.to(device), out=args.out, methods=methods,
         targets=targets if len(targets) > 1 else targets[0], labels=labels, names=names,

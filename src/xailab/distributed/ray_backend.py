@@ -78,7 +78,9 @@ class ShardWorker:
         return {"host": socket.gethostname(), "pid": os.getpid(), "shared": self.shared, "device": str(self.device)}
 
     def explain(self, method: str, kwargs: dict[str, Any], lo: int, hi: int, data: tuple[Tensor, Tensor | None],
-                targets: TargetSpec, batch_size: int, seed: int, spec: str) -> dict[str, Any]:
+                targets: TargetSpec, batch_size: int, seed: int, spec: str, label: str | None = None) -> dict[str, Any]:
+        """Explain images ``lo:hi`` with ``method``; shards are stored under ``label`` (the
+        method's name in the run, e.g. ``ig_black`` for integrated_gradients with a black baseline)."""
         images, labels = data
         explainer = METHODS.create(method, self.model, batch_size=batch_size, seed=seed, **kwargs)
         explainer.set_index_base(lo)  # draws keyed by dataset index: shards = one call
@@ -88,7 +90,7 @@ class ShardWorker:
         meta = {"host": socket.gethostname(), "pid": os.getpid(), "worker": self.index, "started": started,
                 "ended": time.time(), "cpu_seconds": time.process_time() - cpu0}
         if self.shared:
-            write_shard(self.run_path, method, Shard(lo, hi), res, spec, meta)
+            write_shard(self.run_path, label or method, Shard(lo, hi), res, spec, meta)
             return {"meta": meta, "result": None}
         return {"meta": meta, "result": res}
 
@@ -185,8 +187,9 @@ class RayBackend:
     # -- the Backend protocol of xailab.explain ---------------------------------------------------
     def __call__(self, model: nn.Module, images: Tensor, *, run: Run, methods: dict[str, dict[str, Any]],
                  specs: dict[str, str], targets: TargetSpec, labels: Tensor | None, batch_size: int,
-                 seed: int) -> dict[str, Explanation]:
+                 seed: int, kinds: dict[str, str] | None = None) -> dict[str, Explanation]:
         remove_saved(run.path)
+        self._kinds = dict(kinds or {})
         plan = shard_plan(len(images), self.shard_size)
         tasks = [(m, s) for m in methods for s in plan if not is_complete(run.path, m, s, specs[m])]
         skipped = len(methods) * len(plan) - len(tasks)
@@ -215,7 +218,8 @@ class RayBackend:
                     for s in {s for _, s in tasks}}
 
         def submit(actor: Any, data: dict[str, Any], m: str, s: Shard) -> Any:
-            return actor.explain.remote(m, methods[m], s.lo, s.hi, data[s.key], targets, batch_size, seed, specs[m])
+            return actor.explain.remote(self._kinds.get(m, m), methods[m], s.lo, s.hi, data[s.key], targets,
+                                        batch_size, seed, specs[m], m)
 
         def done(out: dict[str, Any], m: str, s: Shard) -> None:
             if out["result"] is not None:  # the worker does not see the run: the driver writes it

@@ -318,19 +318,21 @@ def _sanity(
             out[m] = {"sanity_spearman": float(t["spearman"].iloc[-1]), "sanity": str(t["verdict"].iloc[-1])}
             log(f"{m}: sanity check already in the run, skipped")
             continue
-        if m not in METHODS.available():
+        kind = res.method if res.method in METHODS.available() else m  # a run may name a method NAME=METHOD
+        if kind not in METHODS.available():
             log(f"{m}: not a registered method, sanity check skipped")
             out[m] = {"sanity_spearman": float("nan"), "sanity": "n/a"}
             continue
-        params = _accepted_params(m, dict(res.params))
+        params = _accepted_params(kind, dict(res.params))
         try:
-            r = randomisation_test(model, x[:k], m, res.targets[:k, cols[m]], max_steps=cfg.sanity_steps,
+            r = randomisation_test(model, x[:k], kind, res.targets[:k, cols[m]], max_steps=cfg.sanity_steps,
                                    threshold=cfg.sanity_threshold, method_params=params)
         except Exception as e:  # one method's failure must not lose the others' scores
             log(f"{m}: sanity check failed ({type(e).__name__}: {e}); marked n/a")
             out[m] = {"sanity_spearman": float("nan"), "sanity": "n/a"}
             continue
         t = r.table()
+        t["method"] = m
         t["verdict"] = r.verdict
         run.write_table("sanity", t, part=m)
         mark_done(run, f"sanity/{m}", mspec)

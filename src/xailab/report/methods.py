@@ -29,9 +29,11 @@ def _cost(r: ReportRun, method: str) -> list[tuple[str, object]]:
 
 
 def card_html(method: str, used: list[ReportRun]) -> str:
-    c = card(method)
+    kind = str(used[0].explanation_manifest(method).get("method") or method) if used else method
+    c = card(kind)
+    shown = method if kind == method else f"{method} = {kind}"
     head = f'<h3 id="{esc(method)}">{esc(c.title if c else method)} <span class="family">' \
-           f'{esc(method)}{esc(" · " + c.family) if c else ""}</span></h3>'
+           f'{esc(shown)}{esc(" · " + c.family) if c else ""}</span></h3>'
     parts = [head]
     if c is None:
         parts.append("<p class=note>No card is written for this method yet.</p>")
