@@ -21,7 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from xailab.crosscheck import METHODS, REFERENCES
 
     p.add_argument("run", help="run directory written by `xailab explain` (with integrated_gradients)")
-    p.add_argument("--method", default="integrated_gradients", choices=METHODS, help="the method to check")
+    p.add_argument("--method", default="integrated_gradients",
+                   help=f"the run's name of the method to check ({', '.join(METHODS)}, or a NAME given as "
+                        "NAME=integrated_gradients to `xailab explain`)")
     p.add_argument("--against", default="captum", choices=REFERENCES, help="the reference library")
     p.add_argument("--model", help="zoo name, TorchScript file, or package.module:factory (default: the run's)")
     p.add_argument("--weights", help="weights file (default: the run's)")

@@ -6,7 +6,9 @@ explain held-out images of one fold's model with
 
 * Integrated Gradients (Sundararajan et al. 2017) under four baselines: black, uniform noise,
   Gaussian noise around the image, and the adversarial "50/50" baseline (an input moved onto
-  the decision boundary, both classes at p = 0.5), one run each;
+  the decision boundary, both classes at p = 0.5), side by side in one run (``ig_black``,
+  ``ig_uniform``, ... each ``NAME=integrated_gradients``), so the histograms, scatter plots and
+  agreement matrices put the four baselines on one axis;
 * each checked against Captum's IntegratedGradients on the same model, images, baselines, steps
   and rule (``xailab crosscheck``: max |difference|, relative error, Pearson, Spearman and both
   completeness errors per image, table ``crosscheck``);
@@ -27,6 +29,7 @@ training is skipped and the given model is explained.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from xailab.recipe import Step
@@ -66,9 +69,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda or auto (default: each command's own, auto)")
 
 
-def run_name(baseline: str) -> str:
-    """The explain run of one baseline: ``ig-black``, ``ig-adversarial``, ``ig-gaussian-0.1``."""
-    return "ig-" + baseline.replace(":", "-")
+def label_name(baseline: str) -> str:
+    """IG's name in the run for one baseline: ``ig_black``, ``ig_adversarial``, ``ig_gaussian_0_1``."""
+    return "ig_" + re.sub(r"[^a-z0-9]+", "_", baseline.lower()).strip("_")
 
 
 def steps(args: argparse.Namespace) -> list[Step]:
@@ -99,22 +102,24 @@ def steps(args: argparse.Namespace) -> list[Step]:
     model = ["--model", args.model, "--weights", weights, "--num-classes", "2"]
     images = f"folder:{data}:test:{n_explain}"
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    runs = []
     whose = "" if args.weights else f" with fold {args.fold}'s model"
-    for b in baselines:
-        run = str(out / run_name(b))
-        runs.append(run)
-        result.append((f"explain {n_explain} test images{whose}: IG ({b} baseline, {ig_steps} steps) and LIME",
-                       ["explain", *model, "--images", images, "--methods", "integrated_gradients,lime",
-                        "--targets", "top1", "--set", f"integrated_gradients.baseline={b}",
-                        "--set", f"integrated_gradients.n_steps={ig_steps}",
-                        "--set", f"lime.num_samples={lime_samples}", *device, "--out", run]))
-        if not args.no_crosscheck:
-            result.append((f"check our IG ({b}) against Captum's on the same baselines",
-                           ["crosscheck", run, "--method", "integrated_gradients", "--against", "captum", *device]))
-        result.append((f"compare IG ({b}) with LIME: histograms, scatter, IoU, deletion/insertion",
-                       ["compare", run, "--reference", "lime", *device]
-                       + (["--steps", "16", "--runs", "8", "--no-sanity"] if args.quick else [])))
+    run = str(out / "explain")
+    labels = [label_name(b) for b in baselines]
+    sets = [x for b, lab in zip(baselines, labels, strict=True) for x in ("--set", f"{lab}.baseline={b}")]
+    result.append((f"explain {n_explain} test images{whose}: IG under {len(baselines)} baselines "
+                   f"({', '.join(baselines)}; {ig_steps} steps) side by side, and LIME",
+                   ["explain", *model, "--images", images,
+                    "--methods", ",".join([f"{lab}=integrated_gradients" for lab in labels] + ["lime"]),
+                    "--targets", "top1", *sets, "--set", f"integrated_gradients.n_steps={ig_steps}",
+                    "--set", f"lime.num_samples={lime_samples}", *device, "--out", run]))
+    if not args.no_crosscheck:
+        for b, lab in zip(baselines, labels, strict=True):
+            result.append((f"check our IG ({b} baseline) against Captum's on the same baselines",
+                           ["crosscheck", run, "--method", lab, "--against", "captum", *device]))
+    result.append(("compare IG under every baseline with LIME: histograms, scatter, IoU, deletion/insertion",
+                   ["compare", run, "--reference", "lime", *device]
+                   + (["--steps", "16", "--runs", "8", "--no-sanity"] if args.quick else [])))
+    runs = [run]
     result.append(("publish the runs as a static report",
                    ["report", *([] if args.weights else [str(cv)]), *runs, "--out", str(out / "report"),
                     "--title", "Binary CNN: k-fold, IG baselines vs Captum, LIME"]))
