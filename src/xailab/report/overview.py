@@ -86,23 +86,25 @@ def explain_section(r: ReportRun, links: dict[str, str]) -> str:
 
 
 def crosscheck_section(r: ReportRun) -> str:
-    """What ``xailab crosscheck`` found: our maps against a reference library's, per baseline."""
+    """What ``xailab crosscheck`` found: our maps against a reference library's, one row per
+    method of the run and baseline."""
     summary = r.manifest.get("crosscheck") or {}
-    parts = []
+    frames = []
     for key, rows in summary.items():
-        if not isinstance(rows, list) or not rows:
-            continue
-        df = pd.DataFrame(rows)
-        cols = [c for c in ("baseline", "images", "max_abs_diff", "max_abs", "rel_error_max", "pearson_min",
-                            "spearman_min", "delta_ours_mean_abs", "delta_captum_mean_abs") if c in df]
-        method, _, against = str(key).rpartition("-")
-        parts.append(f"<h3>Checked against {esc(against)}: {esc(method)}</h3>"
-                     "<p class=note>The same model, images, targets and baselines recomputed with the reference "
-                     "library: largest absolute difference of any pixel beside the largest attribution, the worst "
-                     "relative error and correlations, and each side's completeness error (table "
-                     "<code>crosscheck</code> of the run has every image).</p>"
-                     + table(df[cols], {c: "{:.3g}" for c in cols if c not in ("baseline", "images")}))
-    return "".join(parts)
+        if isinstance(rows, list) and rows:
+            method, _, against = str(key).rpartition("-")
+            frames.append(pd.DataFrame(rows).assign(method=method, against=against))
+    if not frames:
+        return ""
+    df = pd.concat(frames, ignore_index=True)
+    cols = [c for c in ("method", "against", "baseline", "images", "max_abs_diff", "max_abs", "rel_error_max",
+                        "pearson_min", "spearman_min", "delta_ours_mean_abs", "delta_captum_mean_abs") if c in df]
+    numeric = {c: "{:.3g}" for c in cols if c not in ("method", "against", "baseline", "images")}
+    return ("<h3>Checked against the reference library</h3>"
+            "<p class=note>The same model, images, targets and baselines recomputed with the reference library: "
+            "the largest absolute difference of any pixel beside the largest attribution, the worst relative "
+            "error and correlations, and each side's completeness error (table <code>crosscheck</code> of the "
+            "run has every image).</p>" + table(df[cols], numeric))
 
 
 def kfold_section(r: ReportRun) -> str:
