@@ -184,7 +184,7 @@ def test_fashion_study_runs_end_to_end_at_tiny_size(tmp_path: Path, capsys: pyte
     assert f"report: {out / 'report' / 'index.html'}" in text
     explain = Run.open(out / "explain")
     assert set(explain.read_table("scoreboard")["method"]) == {
-        "gradient_shap", "kernel_shap", "deeplift", "integrated_gradients"}
+        "gradient_shap", "deeplift_shap", "kernel_shap", "deeplift", "integrated_gradients"}
     assert len(Run.open(out / "patch").read_table("attack")) == 2
     poison = Run.open(out / "backdoor-train").manifest
     assert {"clean_accuracy", "attack_success_rate"} <= set(poison["backdoor"])

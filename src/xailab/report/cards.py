@@ -163,6 +163,18 @@ CARDS: dict[str, Card] = {
         "The reference (baseline) input decides the answer, as for IG.",
         "The rescale rule ignores interactions; the reveal-cancel rule is not implemented.",
     ),
+    "deeplift_shap": _grad(
+        "DeepLIFT-SHAP (DeepSHAP)",
+        "DeepLIFT averaged over baselines drawn from a background set (ideally training images): "
+        "A(x) = mean_k DeepLIFT(x; b_k), whose sum is exactly S_c(x) − mean_k S_c(b_k), an "
+        "approximation of SHAP values.",
+        "Lundberg, Lee (2017), \"A Unified Approach to Interpreting Model Predictions\", NeurIPS "
+        "(section 4.2, Deep SHAP).",
+        "NeurIPS 2017; ReLU networks built from standard modules, with a background set.",
+        "Same model requirements as DeepLIFT; costs two passes per image and background baseline.",
+        "The background decides the answer: uniform noise by default, training images recommended.",
+        "Averaging the rescale rule over baselines is Deep SHAP's approximation, not exact Shapley values.",
+    ),
     "gradcam": _cam(
         "Grad-CAM",
         "Channels of a convolutional layer weighted by their spatially averaged gradient, summed and "

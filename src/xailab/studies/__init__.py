@@ -12,7 +12,7 @@ it runs, as data. ``xailab study NAME --dry-run`` prints the commands without ru
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from xailab.core.registry import Registry
@@ -38,10 +38,10 @@ def register_study(study: Study) -> Study:
     return study
 
 
-def gradient_shap_background(data: str, n: int) -> list[str]:
-    """``explain`` flags that draw GradientSHAP's baselines from ``n`` training images of
-    ``data`` (SHAP's GradientExplainer with a background set) instead of uniform noise."""
-    return ["--set", f"gradient_shap.background={data}:train:{n}"]
+def gradient_shap_background(data: str, n: int, methods: Sequence[str] = ("gradient_shap",)) -> list[str]:
+    """``explain`` flags that draw the SHAP methods' baselines (GradientSHAP, DeepLIFT-SHAP) from
+    ``n`` training images of ``data`` (SHAP's background set) instead of uniform noise."""
+    return [x for m in methods for x in ("--set", f"{m}.background={data}:train:{n}")]
 
 
 def sized(args: argparse.Namespace, key: str, full: Mapping[str, object], quick: Mapping[str, object]) -> object:

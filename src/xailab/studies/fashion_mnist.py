@@ -31,7 +31,7 @@ from pathlib import Path
 from xailab.recipe import Step
 from xailab.studies import Study, gradient_shap_background, register_study, sized
 
-EXPLAIN_METHODS = "gradient_shap,kernel_shap,deeplift,integrated_gradients"
+EXPLAIN_METHODS = "gradient_shap,deeplift_shap,kernel_shap,deeplift,integrated_gradients"
 BACKGROUND = 100  # training images GradientSHAP draws its baselines from (SHAP's background set)
 ATTACK_METHODS = "gradient_shap,deeplift,integrated_gradients"  # the gradient ones: cheap enough per image
 TARGETS = "true,top1,top2,least"
@@ -115,7 +115,8 @@ def steps(args: argparse.Namespace) -> list[Step]:
     out_steps += [
         ("explain test images with SHAP, DeepLIFT and IG for the true, top, second and least likely class",
          ["explain", *trained, *root, "--images", f"{args.data}:test:{_size(args, 'images')}",
-          "--methods", EXPLAIN_METHODS, "--targets", TARGETS, *gradient_shap_background(args.data, BACKGROUND // 4 if args.quick else BACKGROUND), *quick, *device,
+          "--methods", EXPLAIN_METHODS, "--targets", TARGETS, *gradient_shap_background(args.data, BACKGROUND // 4 if args.quick else BACKGROUND,
+                                                     ("gradient_shap", "deeplift_shap")), *quick, *device,
           "--out", explain]),
         ("compare the methods: agreement, deletion/insertion, sanity check, time",
          ["compare", explain, "--reference", "integrated_gradients", *device]

@@ -239,8 +239,11 @@ class DeepLift(Explainer):
     def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
         return self._explain_rows(x, RowTargets.known(targets))
 
-    def _explain_rows(self, x: Tensor, rows: RowTargets) -> Tensor:
-        base, info = make_baselines(self.baseline, x, self.space, self)
+    def _explain_rows(self, x: Tensor, rows: RowTargets, base: Tensor | None = None) -> Tensor:
+        """Maps of ``x`` against ``base`` (default: this explainer's baseline of each image)."""
+        info: dict[str, Tensor] = {}
+        if base is None:
+            base, info = make_baselines(self.baseline, x, self.space, self)
         # the baselines in the images' memory format: paired activations then share it (mixed
         # channels-last / NCHW differences are several times slower)
         base = keep_format(base, x)
