@@ -84,6 +84,9 @@ def _methods(steps: int, samples: int, space: dict[str, Any]) -> list[tuple[str,
     def dl(m: nn.Module, x: torch.Tensor, b: torch.Tensor, t: torch.Tensor, bs: int) -> Any:
         return ca.DeepLift(m).attribute(x, b, target=t)
 
+    def dls(m: nn.Module, x: torch.Tensor, b: torch.Tensor, t: torch.Tensor, bs: int) -> Any:
+        return ca.DeepLiftShap(m).attribute(x, _bg(x), target=t)
+
     return [
         ("saliency", {}, sal, 1, 0),
         ("input_x_gradient", {}, ixg, 1, 0),
@@ -91,7 +94,12 @@ def _methods(steps: int, samples: int, space: dict[str, Any]) -> list[tuple[str,
         ("smoothgrad", {"n_samples": samples, "noise_level": noise, **space}, sg, samples, 0),
         ("gradient_shap", {"n_samples": samples}, gs, samples, 0),
         ("deeplift", dict(space), dl, 1, 1),
+        ("deeplift_shap", {"n_samples": None, **space}, dls, len(_bg_shape()), len(_bg_shape())),
     ]
+
+
+def _bg_shape() -> range:
+    return range(8)  # the background's size: DeepLIFT-SHAP makes one (baseline, image) pair per image
 
 
 def _bg(x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +175,7 @@ def bench_case(case: str, model: nn.Module, x: torch.Tensor, space: dict[str, An
     for name, params, captum_fn, grad_passes, fwd_passes in _methods(steps, samples, space):
         if only and name not in only:
             continue
-        if name == "gradient_shap":
+        if name in ("gradient_shap", "deeplift_shap"):
             params = {**params, "background": _bg(x)}
         explainer = xailab.create(name, model, batch_size=batch_size, **params)
         one_pass = METHODS.get(name).one_pass
@@ -175,7 +183,7 @@ def bench_case(case: str, model: nn.Module, x: torch.Tensor, space: dict[str, An
             "xailab": lambda e=explainer: e.explain(x, target=t),
             "captum": lambda f=captum_fn: f(model, x, b, t, batch_size),
         }
-        if grad_passes == 1 and name != "deeplift":  # one-pass methods: + the pass for scores/top-1
+        if grad_passes == 1 and name not in ("deeplift", "deeplift_shap"):  # one-pass: + the scoring pass
             def with_scores(f: Any = captum_fn) -> Any:
                 with torch.no_grad():
                     tt = model(x).argmax(1)
@@ -192,7 +200,7 @@ def bench_case(case: str, model: nn.Module, x: torch.Tensor, space: dict[str, An
                         extra={"clock": clock}))
         err = res["captum"] if isinstance(res["captum"], Exception) else None
         rows.append(Row(case, name, "captum", secs["captum"] / n,
-                        None if err else grad_passes + (name == "deeplift"),
+                        None if err else grad_passes + fwd_passes * name.startswith("deeplift"),
                         extra={"error": type(err).__name__} if err else {}))  # DeepLift: ResNet's reused ReLU
         if "captum+scores" in fns:
             rows.append(Row(case, name, "captum+scores", secs["captum+scores"] / n, 2))
