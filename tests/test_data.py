@@ -455,3 +455,28 @@ def test_datasets_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     assert "cifar10" in out and "fashion_mnist" in out and "Ankle boot" in out and "folder:<path>" in out
     assert main(["datasets", "mnist", "--root", str(tmp_path)]) == 0
     assert "not usable" in capsys.readouterr().out
+
+
+def test_datasets_download_fetches_train_and_test(monkeypatch, capsys) -> None:
+    """``xailab datasets NAME --download`` asks for both splits with download=True (no network
+    here: the loader is replaced); an unknown name is a clear error."""
+    import xailab.data
+    from xailab.cli import main
+
+    calls = []
+
+    class Stub:
+        source = "/somewhere"
+
+        def __len__(self) -> int:
+            return 3
+
+    def fake(name, split, root=None, *, normalize=True, download=False, **kw):
+        calls.append((name, split, download))
+        return Stub()
+
+    monkeypatch.setattr(xailab.data, "load_dataset", fake)
+    assert main(["datasets", "mnist", "--download"]) == 0
+    assert calls[:2] == [("mnist", "train", True), ("mnist", "test", True)]
+    assert "mnist train: 3 images at /somewhere" in capsys.readouterr().out
+    assert main(["datasets", "nothing_like_this*", "--download"]) == 2

@@ -1,5 +1,8 @@
 """List the registered datasets and where a local copy was found (``--root`` to check one).
 
+With ``--download``, fetch a dataset's files (torchvision's URLs) unless a copy is found:
+``xailab datasets cifar10 --download [--root DIR]``.
+
 With ``--export DIR``, write some classes of one dataset as an image folder
 (``DIR/<split>/<class>/<name>.png``, lossless), e.g. a two-class folder for a binary study:
 
@@ -24,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select", metavar="A,B", help="with --export: only these classes (names or indices)")
     p.add_argument("--per-class", type=int, metavar="N", help="with --export: at most N images a class and split")
     p.add_argument("--splits", default="train,test", help="with --export: the splits to write (default train,test)")
-    p.add_argument("--download", action="store_true", help="with --export: download the dataset if not found")
+    p.add_argument("--download", action="store_true", help="download the dataset(s) if not found (alone, or with --export)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +38,13 @@ def run(args: argparse.Namespace) -> int:
     if args.export:
         return _export(args)
     names = DATASETS.available(args.pattern)
+    if args.download:  # fetch each named dataset's train and test files (torchvision's URLs)
+        if not names:
+            raise DataError(f"no dataset matches {args.pattern!r}; see `xailab datasets`")
+        for n in names:
+            for split in ("train", "test"):
+                ds = load_dataset(n, split, args.root, normalize=False, download=True)
+                print(f"{n} {split}: {len(ds)} images at {ds.source}")
     print(f"{'name':15s} {'image':8s} {'classes':>7s} {'train':>6s} {'test':>6s}  found at")
     for n in names:
         info = dataset_info(n)
