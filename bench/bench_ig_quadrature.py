@@ -40,6 +40,7 @@ from PIL import Image
 from torch import nn
 
 import xailab
+from bench import bench_gradient
 from bench.common import SHARED, cifar_batch, cifar_cnn
 
 CIFAR = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.247, 0.243, 0.261)}
@@ -56,14 +57,7 @@ def _space_change(x: torch.Tensor, src: dict[str, Any], dst: dict[str, Any]) -> 
 
 def smooth_twin(model: nn.Module) -> nn.Module:
     """A copy with SiLU for every ReLU and average for max pooling: a smooth path integrand."""
-    model = copy.deepcopy(model)
-    for mod in list(model.modules()):
-        for name, child in list(mod.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(mod, name, nn.SiLU())
-            elif isinstance(child, nn.MaxPool2d):
-                setattr(mod, name, nn.AvgPool2d(child.kernel_size, child.stride))
-    return model.eval()
+    return bench_gradient.smooth_twin(copy.deepcopy(model))
 
 
 def trained_cnn(steps: int, seed: int = 0) -> nn.Module:

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from xailab.core.errors import InputError, XailabError
 from xailab.core.explanation import Explanation
 from xailab.core.hooks import model_device
+from xailab.metrics.scoreboard import image_names
 from xailab.runs.store import Run, RunError
 
 METHODS = ("integrated_gradients",)
@@ -165,7 +166,7 @@ def crosscheck_run(
     forward = _forward(work, str(params.get("output", "logit")))
     ig = IntegratedGradients(forward)
     rule = ours.rule
-    names = _names(run, len(x))
+    names = image_names(run, len(x))
     rows: list[dict[str, Any]] = []
     delta_ours = res.extras.get("delta")
     was_training = work.training
@@ -234,13 +235,3 @@ def _forward(model: nn.Module, output: str) -> Callable[[Tensor], Tensor]:
         return lambda x: torch.log_softmax(model(x), dim=1)
     return model
 
-
-def _names(run: Run, n: int) -> list[str]:
-    try:
-        t = run.read_table("images")
-    except RunError:
-        return [f"{i:05d}" for i in range(n)]
-    if "name" not in t.columns or len(t) != n:
-        return [f"{i:05d}" for i in range(n)]
-    t = t.sort_values("index") if "index" in t.columns else t
-    return [str(v) for v in t["name"]]

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from xailab.audit.pixel import PixelModel, check_pixels, resolve_preprocessing
 from xailab.audit.result import AttackResult
 from xailab.core.errors import InputError, TargetError
-from xailab.core.hooks import model_session
+from xailab.core.hooks import model_device, model_session
 from xailab.data.transforms import Preprocessing
 
 Norm = Literal["linf", "l2"]
@@ -48,14 +48,6 @@ ClassSpec = int | Sequence[int] | Tensor | None
 
 
 # -- shared plumbing ------------------------------------------------------------------------------
-def device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def predict_logits(px: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     return torch.cat([px(x[lo : lo + batch_size]) for lo in range(0, len(x), batch_size)])
@@ -84,7 +76,7 @@ class Setup:
                  preprocessing: Preprocessing | str | None, batch_size: int) -> None:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = device_of(model)
+        self.device = model_device(model)
         self.px = PixelModel(model, resolve_preprocessing(model, preprocessing))
         self.x = check_pixels(images).to(self.device)
         self.batch_size = batch_size

@@ -162,10 +162,9 @@ class BackdoorEvaluation:
 @torch.no_grad()
 def predict_uint8(model: nn.Module, ds: ImageDataset, images: Tensor, batch_size: int = 512) -> Tensor:
     """Predicted classes for ``uint8`` images, normalised as ``ds`` normalises its items."""
-    from xailab.audit.adversarial import device_of
-    from xailab.core.hooks import model_session
+    from xailab.core.hooks import model_device, model_session
 
-    dev = device_of(model)
+    dev = model_device(model)
     out = []
     with model_session(model):
         for lo in range(0, len(images), batch_size):

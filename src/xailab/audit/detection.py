@@ -156,8 +156,7 @@ def penultimate_layer(model: nn.Module) -> str | None:
 def penultimate(model: nn.Module, x: Tensor, *, layer: str | None = "auto", batch_size: int = 256) -> Tensor:
     """``[n, d]`` activations, flattened: the output of ``layer``; ``"auto"``: of
     :func:`penultimate_layer`; None (or no such layer): the input of the last ``nn.Linear``."""
-    from xailab.audit.adversarial import device_of
-    from xailab.core.hooks import resolve_layer
+    from xailab.core.hooks import model_device, resolve_layer
 
     if layer == "auto":
         layer = penultimate_layer(model)
@@ -171,7 +170,7 @@ def penultimate(model: nn.Module, x: Tensor, *, layer: str | None = "auto", batc
         out = output[0] if isinstance(output, (tuple, list)) else output
         seen.append(out.detach().flatten(1).cpu())
 
-    dev = device_of(model)
+    dev = model_device(model)
     with model_session(model), HookScope() as hooks:
         hooks.add(module.register_forward_hook(post) if layer else module.register_forward_pre_hook(pre))
         for lo in range(0, len(x), batch_size):

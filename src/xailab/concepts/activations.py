@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError, LayerError
-from xailab.core.hooks import HookScope, model_session, resolve_layer
+from xailab.core.hooks import HookScope, model_device, model_session, resolve_layer
 
 ImageSource: TypeAlias = "Tensor | torch.utils.data.Dataset[Any]"
 Index: TypeAlias = "Tensor | Sequence[int] | np.ndarray | slice"
@@ -97,14 +97,6 @@ def batch_indices(n: int, batch_size: int, order: Tensor | None = None) -> Itera
     seq = torch.arange(n) if order is None else order.reshape(-1).long()
     for lo in range(0, len(seq), batch_size):
         yield seq[lo : lo + batch_size]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
 
 
 # -- one pass ---------------------------------------------------------------------------------

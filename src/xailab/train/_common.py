@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from xailab.core.errors import DataError, ModelError
+from xailab.core.hooks import model_device
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -21,14 +22,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError("device 'cuda' was asked for, but no CUDA GPU is available (use --device cpu)")
     return dev
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
 
 
 def labels_of(ds: Dataset[Any]) -> np.ndarray:
