@@ -34,9 +34,18 @@ from torch import Tensor, nn
 from xailab.core.errors import InputError, ModelError
 from xailab.core.explanation import Explanation
 from xailab.core.hooks import model_device, model_session
+from xailab.core.params import Limit, checked_init
 from xailab.core.targets import TargetPlan, TargetSpec, resolve_targets
 
 Output = Literal["logit", "probability", "log_probability"]
+
+
+def all_limits(cls: type) -> dict[str, Limit]:
+    """The ``limits`` of ``cls`` and its bases, the most derived winning."""
+    out: dict[str, Limit] = {}
+    for klass in reversed(cls.__mro__):
+        out.update(klass.__dict__.get("limits", {}))
+    return out
 
 
 class Explainer:
@@ -63,6 +72,14 @@ class Explainer:
     #: ``explain`` skips the scoring pass and resolves targets from those passes (see the module
     #: docstring); the method implements ``_explain_rows`` and ``_prepare_one_pass``
     one_pass: ClassVar[bool] = False
+    #: valid ranges of numeric parameters, checked with the types the signatures declare before
+    #: any ``__init__`` runs (``n_steps=2.5`` is refused, not made 2); merged along the class tree
+    limits: ClassVar[dict[str, Limit]] = {"batch_size": (1, None)}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            setattr(cls, "__init__", checked_init(cls.__dict__["__init__"], all_limits))  # noqa: B010
 
     def __init__(
         self,
@@ -373,6 +390,9 @@ class RowTargets:
         if self._logits is None:
             raise RuntimeError("known targets carry no logits")
         return self._logits
+
+
+setattr(Explainer, "__init__", checked_init(Explainer.__dict__["__init__"], all_limits))  # noqa: B010
 
 
 def row_targets(targets: Tensor | RowTargets, lo: int, hi: int, logits: Tensor, first_row: int = 0) -> Tensor:

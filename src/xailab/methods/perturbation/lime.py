@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.core.params import Limit
 from xailab.core.registry import register
 from xailab.methods.perturbation.regression import weighted_ridge
 from xailab.methods.perturbation.sampling import lime_coalitions
@@ -68,6 +69,7 @@ class Lime(SuperpixelExplainer):
     """
 
     quick_params: ClassVar[dict[str, Any]] = {"num_samples": 48}
+    limits: ClassVar[dict[str, Limit]] = {"alpha": (0, None)}
 
     def __init__(
         self,
