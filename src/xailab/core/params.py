@@ -1,7 +1,8 @@
 """Checking a method's parameters against what its signature declares, before anything runs.
 
 A parameter annotated ``int`` takes an integer, not ``2.5`` (which ``int()`` would silently make
-2) nor ``True``; one annotated ``float`` takes a finite number; ``bool`` takes ``True``/``False``;
+2) nor ``True``; one annotated ``float`` takes a number, not NaN (infinity where
+the range allows it, e.g. IG's ``tol=inf``: never refine); ``bool`` takes ``True``/``False``;
 ``str`` takes a string. Unions are read name by name (``int | None``); a value of a simple type
 (number, string, bool) that no member of the union accepts is refused. Annotations this module
 does not understand (``Any``, a ``Literal`` alias) accept anything. Ranges are data on the class,
@@ -86,11 +87,11 @@ def check_value(name: str, value: object, annotation: object, limit: Limit | Non
         return
     accepted = kind in names or (kind == "int" and "float" in names)
     wanted = next((n for n in names if n != "None"), "None")
-    noun = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
+    noun = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
             "None": "none"}.get(wanted, "a " + wanted.split("[")[0])
     if not accepted:
         raise InputError(f"{name} must be {noun}{_range_text(limit)}, got {value!r}")
-    if kind == "float" and not math.isfinite(value):  # type: ignore[arg-type]
+    if kind == "float" and math.isnan(value):  # type: ignore[arg-type]
         raise InputError(f"{name} must be {noun}{_range_text(limit)}, got {value!r}")
     if limit is not None and kind in ("int", "float"):
         lo, hi = limit
