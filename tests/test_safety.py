@@ -10,7 +10,7 @@ import torch
 import xailab
 from tests.conftest import TinyBNCNN, TinyCNN
 from xailab.core.errors import InputError
-from xailab.core.explainer import all_limits
+from xailab.core.explainer import all_ranges
 from xailab.core.registry import METHODS
 
 
@@ -58,7 +58,7 @@ def test_f11_every_numeric_parameter_refuses_bad_values_with_its_range(name: str
     """n_steps=2.5 must not become 2: every int/float parameter of every method refuses
     non-integers, NaN, strings and values outside its declared range, naming the parameter."""
     cls = METHODS.get(name)
-    limits = all_limits(cls)
+    limits = all_ranges(cls)
     model = TinyCNN()
     checked = 0
     for pname, (annotation, _default) in _declared(cls).items():

@@ -6,7 +6,7 @@ the range allows it, e.g. IG's ``tol=inf``: never refine); ``bool`` takes ``True
 ``str`` takes a string. Unions are read name by name (``int | None``); a value of a simple type
 (number, string, bool) that no member of the union accepts is refused. Annotations this module
 does not understand (``Any``, a ``Literal`` alias) accept anything. Ranges are data on the class,
-``limits = {"n_steps": (1, None)}``, and the refusal names the valid range:
+``ranges = {"n_steps": (1, None)}`` (``Explainer.ranges``), and the refusal names the valid range:
 
     check_arguments(IntegratedGradients.__init__, (model,), {"n_steps": 2.5}, limits)
     # InputError: n_steps must be an integer in [1, inf), got 2.5
@@ -104,7 +104,7 @@ def check_arguments(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any], limits: Mapping[str, Limit]
 ) -> None:
     """Check the arguments of one call of ``fn`` (bound as it would bind them) against its
-    annotations and ``limits``. Arguments that do not bind are left to Python's own error."""
+    annotations and ``limits`` (the class's ``ranges``). Arguments that do not bind are left to Python's own error."""
     sig = _signature(fn)
     try:
         bound = sig.bind(*args, **kwargs)

@@ -59,7 +59,7 @@ class SuperpixelExplainer(PerturbationExplainer):
             see :mod:`~xailab.methods.perturbation.sampling`.
     """
 
-    limits: ClassVar[dict[str, Limit]] = {"num_samples": (2, None)}
+    ranges: ClassVar[dict[str, Limit]] = {"num_samples": (2, None)}
 
     #: the extras key of the surrogate's constant term
     intercept_name: ClassVar[str] = "intercept"
