@@ -24,10 +24,10 @@ from torch import Tensor, nn
 
 from xailab.core.errors import CheckpointError, ModelError
 from xailab.core.registry import RegistryError
-from xailab.data.transforms import Preprocessing
 from xailab.models.checkpoint import is_torchscript, load_weights
 from xailab.models.external import is_external, load_external
-from xailab.models.registry import MODELS, ModelEntry, get_preprocessing, set_preprocessing
+from xailab.models.preprocessing import get_preprocessing, set_preprocessing
+from xailab.models.registry import MODELS, ModelEntry
 
 _FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -38,15 +38,6 @@ def _entry(name: str) -> ModelEntry:
     except RegistryError as e:
         raise ModelError(str(e)) from e
     return entry
-
-
-def _prep_for(prep: Preprocessing, in_channels: int) -> Preprocessing:
-    if in_channels == prep.channels:
-        return prep
-    mean = sum(prep.mean) / len(prep.mean)
-    std = sum(prep.std) / len(prep.std)
-    return Preprocessing(mean=(mean,) * in_channels, std=(std,) * in_channels,
-                         input_size=prep.input_size, resize=prep.resize, channels=in_channels)
 
 
 def create_model(
@@ -75,16 +66,7 @@ def create_model(
         if weights is not None:
             load_weights(model, weights)
         return model.eval()
-    entry = _entry(name)
-    if pretrained and not entry.weights:
-        raise ModelError(f"{entry.name} has no published weights; train it and pass weights=<file>")
-    nc = int(num_classes or entry.num_classes)
-    ic = int(in_channels or entry.in_channels)
-    model = entry.factory(num_classes=nc, in_channels=ic, pretrained=pretrained)
-    set_preprocessing(model, _prep_for(entry.preprocessing, ic))
-    if weights is not None:
-        load_weights(model, weights)
-    return model.eval()
+    return _entry(name)(num_classes=num_classes, in_channels=in_channels, pretrained=pretrained, weights=weights)
 
 
 def model_info(name: str) -> dict[str, Any]:
