@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from xailab.core.card import MethodCard
 from xailab.core.errors import InputError, ModelError
 from xailab.core.explanation import Explanation
 from xailab.core.hooks import model_device, model_session
@@ -63,6 +64,9 @@ class Explainer:
     #: ``explain`` skips the scoring pass and resolves targets from those passes (see the module
     #: docstring); the method implements ``_explain_rows`` and ``_prepare_one_pass``
     one_pass: ClassVar[bool] = False
+    #: what the method is, its paper, limits and cost (:mod:`xailab.core.card`); each registered
+    #: class declares its own, which the explain job writes into the run for the report
+    card: ClassVar[MethodCard | None] = None
 
     def __init__(
         self,

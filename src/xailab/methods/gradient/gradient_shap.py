@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError
 from xailab.core.registry import register
-from xailab.methods.gradient.base import GradientExplainer, flat_sum
+from xailab.methods.gradient.base import GradientExplainer, flat_sum, gradient_card
 from xailab.methods.gradient.baselines import Baseline, PixelSpace, make_baselines
 
 
@@ -52,6 +52,23 @@ class GradientShap(GradientExplainer):
         delta: also estimate the completeness error (``n_samples`` more forwards per image).
         mean, std, pixel_range: how inputs relate to pixels; see ``PixelSpace``.
     """
+
+    card = gradient_card(
+        "GradientSHAP (expected gradients)",
+        summary="Integrated gradients with random baselines from a background set and random "
+                "points on the path, averaged: an estimate of SHAP values under an independence "
+                "assumption.",
+        paper="Lundberg, Lee (2017), \"A Unified Approach to Interpreting Model Predictions\", "
+              "NeurIPS; Erion et al. (2021), \"Improving performance of deep learning models with "
+              "axiomatic attribution priors and expected gradients\", Nature Machine Intelligence.",
+        where="NeurIPS 2017; any differentiable classifier.",
+        cost="n_samples (default 32) forward and backward passes per image and target.",
+        limits=(
+            "Depends on the background set: few or unrepresentative baselines give biased maps.",
+            "Random and noisy with few samples.",
+            "Treats pixels as independent features, which images are not.",
+        ),
+    )
 
     uses_pixel_space = True
     quick_params: ClassVar[dict[str, Any]] = {"n_samples": 4}

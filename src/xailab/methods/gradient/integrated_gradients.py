@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from xailab.core.errors import InputError
 from xailab.core.registry import register
 from xailab.methods.gradient.adaptive_quadrature import AdaptiveRows
-from xailab.methods.gradient.base import GradientExplainer, flat_sum
+from xailab.methods.gradient.base import GradientExplainer, flat_sum, gradient_card
 from xailab.methods.gradient.baselines import Baseline, PixelSpace, make_baselines
 
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
@@ -117,6 +117,26 @@ class IntegratedGradients(GradientExplainer):
         mean, std, pixel_range: how inputs relate to pixels (what "black" is); see
             :class:`~xailab.methods.gradient.baselines.PixelSpace`.
     """
+
+    card = gradient_card(
+        "Integrated Gradients",
+        summary="Gradients averaged along the straight path from a baseline x' to the input, "
+                "times (x − x'): IG_i = (x_i − x'_i) ∫₀¹ ∂S_c(x' + α(x − x'))/∂x_i dα, "
+                "approximated by a quadrature rule (Gauss-Legendre by default). Satisfies "
+                "completeness: the map sums to S_c(x) − S_c(x').",
+        paper="Sundararajan, Taly, Yan (2017), \"Axiomatic Attribution for Deep Networks\", ICML.",
+        where="ICML 2017; any differentiable classifier.",
+        cost="One forward and one backward pass per image, target and step: adaptive by default "
+             "(steps are added until the completeness gap is under tol, 1 %), n_steps fixes the "
+             "number.",
+        limits=(
+            "The baseline choice decides the answer: a black baseline cannot credit black pixels;"
+            " blurred, uniform or noise baselines give different maps.",
+            "Needs enough steps: the completeness gap (delta) shows when the quadrature is too "
+            "coarse.",
+            "Cost grows with the number of steps (one gradient per step).",
+        ),
+    )
 
     uses_pixel_space = True
     quick_params: ClassVar[dict[str, Any]] = {"n_steps": 4}

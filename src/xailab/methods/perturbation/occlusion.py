@@ -29,7 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.registry import register
-from xailab.methods.perturbation._base import PerturbationExplainer, as_fill, pair, plain_value
+from xailab.methods.perturbation._base import (
+    PerturbationExplainer,
+    as_fill,
+    pair,
+    perturbation_card,
+    plain_value,
+)
 
 
 def window_positions(size: int, window: int, stride: int) -> list[tuple[int, int]]:
@@ -58,6 +64,22 @@ class Occlusion(PerturbationExplainer):
             ``baselines``); in the model's input space, so 0 is the dataset mean for
             normalised inputs.
     """
+
+    card = perturbation_card(
+        "Occlusion",
+        summary="A window slides over the image; each pixel gets the mean drop of the class score"
+                " over the windows that cover it when they are filled with a baseline value.",
+        paper="Zeiler, Fergus (2014), \"Visualizing and Understanding Convolutional Networks\", "
+              "ECCV.",
+        where="ECCV 2014; any classifier.",
+        cost="One forward pass per window position and image, shared by every target.",
+        limits=(
+            "Window size and stride set the resolution; objects smaller than the window are "
+            "missed, larger ones are only partly hidden.",
+            "The fill value matters and creates off-distribution images.",
+            "One forward pass per window position: slow on large images.",
+        ),
+    )
 
     quick_params: ClassVar[dict[str, Any]] = {"window": 6, "stride": 5}
 

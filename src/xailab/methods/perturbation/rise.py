@@ -28,7 +28,12 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError
 from xailab.core.registry import register
-from xailab.methods.perturbation._base import PerturbationExplainer, as_fill, plain_value
+from xailab.methods.perturbation._base import (
+    PerturbationExplainer,
+    as_fill,
+    perturbation_card,
+    plain_value,
+)
 
 
 def rise_masks(grid: Tensor, shifts: Tensor, cell: tuple[int, int], size: tuple[int, int]) -> Tensor:
@@ -54,6 +59,20 @@ class Rise(PerturbationExplainer):
         p: probability that a cell is kept (paper: 0.5).
         fill: what masked pixels show (one number or one per channel), default 0.
     """
+
+    card = perturbation_card(
+        "RISE",
+        summary="Random smooth binary masks (low-resolution, upsampled with random shifts); the "
+                "map is the sum of the masks weighted by the class score of the masked image.",
+        paper="Petsiuk, Das, Saenko (2018), \"RISE: Randomized Input Sampling for Explanation of "
+              "Black-box Models\", BMVC.",
+        where="BMVC 2018; any classifier.",
+        cost="n_masks (default 2000) forward passes per image, shared by every target.",
+        limits=(
+            "Needs thousands of masks for a stable map; random.",
+            "Mask cell size and keep probability set the resolution and change the result.",
+        ),
+    )
 
     quick_params: ClassVar[dict[str, Any]] = {"n_masks": 32}
 
