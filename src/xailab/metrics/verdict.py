@@ -32,15 +32,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from xailab.metrics.info import MetricInfo
 from xailab.metrics.stats import CI, bootstrap_ci, significance_ranks
 
-#: which way is better for each scoreboard and verdict column (the report highlights the best)
-DIRECTIONS: dict[str, str] = {
-    "avg_time": "lower", "seconds": "lower", "evaluations_per_image": "lower",
-    "deletion_auc": "lower", "insertion_auc": "higher", "faithfulness_corr": "higher",
-    "faithfulness": "higher", "sanity_spearman": "lower", "agreement_iou": "higher",
-    "agreement_spearman": "higher", "avg_iou": "higher",
-}
+#: the verdict's per-image score, declared as the other metrics are
+FAITHFULNESS = MetricInfo("faithfulness", "higher", "faithfulness",
+                          "w_insertion * insertion AUC - w_deletion * deletion AUC, per image")
 
 
 @dataclass(frozen=True)

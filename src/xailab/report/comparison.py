@@ -43,6 +43,21 @@ def agreement_matrix(agreement: pd.DataFrame, column: str = "iou") -> pd.DataFra
     return m
 
 
+def directions(r: ReportRun, columns: list[str]) -> str:
+    """Which way is better for each of ``columns``, from the run's ``metrics`` section (what each
+    metric declares about itself): `` Lower is better: a (faithfulness); higher is better: b.``,
+    or ``""`` for a run compared before the section existed."""
+    declared = r.manifest.get("metrics") or {}
+    parts = []
+    for direction in ("lower", "higher"):
+        names = [f"{c} ({declared[c].get('category', '?')})" for c in columns
+                 if isinstance(declared.get(c), dict) and declared[c].get("direction") == direction]
+        if names:
+            parts.append(f"{direction} is better: {', '.join(names)}")
+    text = "; ".join(parts)
+    return f" {text[:1].upper()}{text[1:]}." if parts else ""
+
+
 def comparison_section(site: Site, r: ReportRun) -> str:
     if not has_comparison(r):
         return ""
@@ -59,9 +74,10 @@ def comparison_section(site: Site, r: ReportRun) -> str:
     board = r.table("scoreboard")
     if board is not None:
         parts.append("<h3>Scoreboard</h3><p class=note>IoU with reference: IoU of the top region with the "
-                     "reference method; ↓ lower is better, ↑ higher is better; sanity: whether the maps change "
-                     "when the model's weights are randomised; [low, high]: bootstrap interval over images "
-                     "(time is measured once per run: no interval).</p>" + scoreboard_table(r, board))
+                     "reference method; sanity: whether the maps change when the model's weights are randomised; "
+                     "[low, high]: bootstrap interval over images (time is measured once per run: no interval); "
+                     f"highlighted: the best value of a column.{esc(directions(r, list(board.columns)))}</p>"
+                     + scoreboard_table(r, board))
     agreement = r.table("agreement")
     if agreement is not None and {"method_a", "method_b"} <= set(agreement.columns):
         for col, what in (("iou", "IoU of the top regions"), ("spearman", "Spearman rank correlation")):

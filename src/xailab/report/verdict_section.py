@@ -2,8 +2,8 @@
 
 Reads what ``xailab compare`` wrote: table ``verdict`` (methods ranked, intervals, ties, sanity
 reason, caveats), the rule and the recommendation in the manifest's ``compare.verdict``, and
-which way each score is better in ``compare.directions``; the best value of every column is
-highlighted. Nothing here is computed again: a run compared before the verdict existed shows
+which way each score is better from the metrics' own data (manifest section ``metrics``); the
+best value of every column with a better side is highlighted and its header carries ↑ or ↓. Nothing here is computed again: a run compared before the verdict existed shows
 its scoreboard only.
 """
 
@@ -19,10 +19,17 @@ from xailab.report.data import ReportRun
 from xailab.report.html import esc, fmt, table
 
 INTERVAL_COLUMNS = {
-    "faithfulness": "faithfulness = insertion − deletion (higher is better)",
-    "deletion_auc": "deletion AUC (lower is better)",
-    "insertion_auc": "insertion AUC (higher is better)",
+    "faithfulness": "faithfulness = insertion − deletion",
+    "deletion_auc": "deletion AUC",
+    "insertion_auc": "insertion AUC",
 }
+ARROWS = {"higher": " ↑", "lower": " ↓"}
+
+
+def directions(r: ReportRun) -> dict[str, str]:
+    """Column -> ``"higher"`` / ``"lower"`` / ``"neither"``, as the run's metrics declare."""
+    declared = r.manifest.get("metrics") or {}
+    return {str(k): str(v.get("direction")) for k, v in declared.items() if isinstance(v, dict)}
 
 
 def _finite(v: Any) -> bool:
@@ -57,7 +64,7 @@ def interval_table(df: pd.DataFrame, columns: Mapping[str, str], formats: Mappin
     """``df`` with ``columns`` (name -> header) shown as ``mean [low, high]`` when the table has
     ``<col>_low`` / ``<col>_high``, the best value of each column (by ``directions``) highlighted."""
     bests = {c: _best(df, c, directions) for c in columns}
-    head = "".join(f"<th>{esc(h)}</th>" for h in columns.values())
+    head = "".join(f"<th>{esc(h + ARROWS.get(directions.get(c, ''), ''))}</th>" for c, h in columns.items())
     rows = []
     for rec in df.to_dict("records"):
         cells = []
@@ -77,7 +84,6 @@ def verdict_section(r: ReportRun) -> str:
     info = (r.manifest.get("compare") or {}).get("verdict") or {}
     if ranked is None or not len(ranked):
         return ""
-    directions = (r.manifest.get("compare") or {}).get("directions") or {}
     n = int(ranked["images"].max()) if "images" in ranked else None
     level = next((x.get("value") for x in info.get("rule", []) if x.get("name") == "level"), 0.95)
     ranked = ranked.assign(sanity=[f"{v}: {why}" if v != "n/a" else f"n/a ({why})"
@@ -94,7 +100,7 @@ def verdict_section(r: ReportRun) -> str:
         "is one plus the number of methods significantly better (paired sign-flip tests over the same images, "
         "Holm-corrected), so methods that cannot be told apart share a rank. Highlighted: the best value of "
         "each column.</p>",
-        interval_table(ranked, columns, formats, directions),
+        interval_table(ranked, columns, formats, directions(r)),
     ]
     rule = pd.DataFrame(info.get("rule") or [])
     if len(rule):
@@ -106,8 +112,8 @@ def verdict_section(r: ReportRun) -> str:
 
 SCOREBOARD_COLUMNS = {
     "method": "method", "avg_time": "s / image", "avg_iou": "IoU with reference",
-    "deletion_auc": "deletion AUC ↓", "insertion_auc": "insertion AUC ↑", "faithfulness_corr": "faithfulness corr. ↑",
-    "sanity": "sanity", "sanity_spearman": "Spearman after randomisation ↓",
+    "deletion_auc": "deletion AUC", "insertion_auc": "insertion AUC", "faithfulness_corr": "faithfulness corr.",
+    "sanity": "sanity", "sanity_spearman": "Spearman after randomisation",
     "agreement_iou": "mean IoU with others", "agreement_spearman": "mean Spearman with others",
     "evaluations_per_image": "model evaluations / image",
 }
@@ -115,8 +121,7 @@ SCOREBOARD_COLUMNS = {
 
 def scoreboard_table(r: ReportRun, board: pd.DataFrame) -> str:
     """The scoreboard with intervals beside every score that has per-image values."""
-    directions = (r.manifest.get("compare") or {}).get("directions") or {}
     columns = {c: h for c, h in SCOREBOARD_COLUMNS.items() if c in board}
     formats = {c: ("{:.3g}" if c in ("avg_time",) else "{:.0f}" if c == "evaluations_per_image" else "{:.3f}")
                for c in columns if c not in ("method", "sanity")}
-    return interval_table(board, columns, formats, directions)
+    return interval_table(board, columns, formats, directions(r))

@@ -34,7 +34,7 @@ squeeze-excitation block).
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from xailab.core.errors import InputError, ModelError, UnsupportedModelError
 from xailab.core.explainer import Explainer, RowTargets, keep_format
 from xailab.core.hooks import HookScope
+from xailab.core.params import Limit
 from xailab.core.registry import register
 from xailab.core.structure import ACTIVATIONS, require_supported
 from xailab.methods.gradient.base import flat_sum, gradient_card
@@ -186,6 +187,8 @@ class DeepLift(Explainer):
         mean, std, pixel_range: how inputs relate to pixels; see ``PixelSpace``.
     """
 
+    ranges: ClassVar[dict[str, Limit]] = {"eps": (0, None)}
+
     card = gradient_card(
         "DeepLIFT (rescale rule)",
         summary="Contributions of each input to the difference between the score and the score of"
@@ -220,7 +223,7 @@ class DeepLift(Explainer):
     ) -> None:
         super().__init__(model, **kwargs)
         self.baseline = Baseline.parse(baseline)
-        self.space = PixelSpace.of(mean, std, pixel_range)
+        self.space = PixelSpace.for_model(model, mean, std, pixel_range)
         self.eps = float(eps)
         self._tracked: list[nn.Module] = []
         self._parts: dict[str, list[Tensor]] = {}

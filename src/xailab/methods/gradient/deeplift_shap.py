@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError
 from xailab.core.explainer import RowTargets
+from xailab.core.params import Limit
 from xailab.core.registry import register
 from xailab.methods.gradient.base import gradient_card
 from xailab.methods.gradient.deeplift import DeepLift
@@ -64,6 +65,7 @@ class DeepLiftShap(DeepLift):
 
     one_pass = False  # each image is expanded over its baselines: targets are resolved first
     quick_params: ClassVar[dict[str, Any]] = {"n_samples": 2}
+    ranges: ClassVar[dict[str, Limit]] = {"n_samples": (1, None)}
 
     def __init__(
         self,

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.core.params import Limit
 from xailab.core.registry import register
 from xailab.methods.gradient.base import GradientExplainer, flat_sum, gradient_card
 from xailab.methods.gradient.baselines import Baseline, PixelSpace, make_baselines
@@ -72,6 +73,7 @@ class GradientShap(GradientExplainer):
 
     uses_pixel_space = True
     quick_params: ClassVar[dict[str, Any]] = {"n_samples": 4}
+    ranges: ClassVar[dict[str, Limit]] = {"n_samples": (1, None), "noise_level": (0, None)}
 
     def __init__(
         self,
@@ -105,7 +107,7 @@ class GradientShap(GradientExplainer):
         self.n_samples = int(n_samples)
         self.noise_level = float(noise_level)
         self.delta = bool(delta)
-        self.space = PixelSpace.of(mean, std, pixel_range)
+        self.space = PixelSpace.for_model(model, mean, std, pixel_range)
         self._deltas: list[Tensor] = []
         self._logits: Tensor | None = None
 

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.core.params import Limit
 from xailab.core.registry import register
 from xailab.methods.gradient.adaptive_quadrature import AdaptiveRows
 from xailab.methods.gradient.base import GradientExplainer, flat_sum, gradient_card
@@ -140,6 +141,7 @@ class IntegratedGradients(GradientExplainer):
 
     uses_pixel_space = True
     quick_params: ClassVar[dict[str, Any]] = {"n_steps": 4}
+    ranges: ClassVar[dict[str, Limit]] = {"n_steps": (1, None), "tol": (0, None), "init_steps": (2, None)}
 
     def __init__(
         self,
@@ -169,7 +171,7 @@ class IntegratedGradients(GradientExplainer):
         else:
             self.alpha, self.weight = quadrature(self.rule, self.n_steps)
         self.baseline = Baseline.parse(baseline)
-        self.space = PixelSpace.of(mean, std, pixel_range)
+        self.space = PixelSpace.for_model(model, mean, std, pixel_range)
         self._parts: dict[str, list[Tensor]] = {}
         self._logits: Tensor | None = None
 

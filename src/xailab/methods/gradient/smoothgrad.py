@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.core.params import Limit
 from xailab.core.registry import METHODS, register
 from xailab.methods.gradient.base import GradientExplainer, gradient_card
 from xailab.methods.gradient.baselines import PixelSpace
@@ -70,6 +71,7 @@ class SmoothGrad(GradientExplainer):
 
     uses_pixel_space = True
     quick_params: ClassVar[dict[str, Any]] = {"n_samples": 3}
+    ranges: ClassVar[dict[str, Limit]] = {"n_samples": (1, None), "noise_level": (0, None)}
 
     def __init__(
         self,
@@ -112,7 +114,7 @@ class SmoothGrad(GradientExplainer):
         self.variant = variant
         self.n_samples = int(n_samples)
         self.noise_level = float(noise_level)
-        self.space = PixelSpace.of(mean, std, pixel_range)
+        self.space = PixelSpace.for_model(model, mean, std, pixel_range)
 
     def params(self) -> dict[str, Any]:
         inner = {k: v for k, v in self.inner.params().items() if k not in ("batch_size", "output", "seed")}

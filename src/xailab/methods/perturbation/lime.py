@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.core.params import Limit
 from xailab.core.registry import register
 from xailab.methods.perturbation._base import perturbation_card
 from xailab.methods.perturbation.regression import weighted_ridge
@@ -86,6 +87,7 @@ class Lime(SuperpixelExplainer):
     )
 
     quick_params: ClassVar[dict[str, Any]] = {"num_samples": 48}
+    ranges: ClassVar[dict[str, Limit]] = {"alpha": (0, None)}
 
     def __init__(
         self,

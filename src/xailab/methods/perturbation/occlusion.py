@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from xailab.core.errors import InputError
 from xailab.core.registry import register
 from xailab.methods.perturbation._base import (
     PerturbationExplainer,
@@ -102,7 +103,10 @@ class Occlusion(PerturbationExplainer):
         """``(window, stride, number of positions)`` for an ``height x width`` image."""
         side = max(1, round(min(height, width) / 8))
         window = self.window or (side, side)
-        window = (min(window[0], height), min(window[1], width))
+        if window[0] > height or window[1] > width:
+            raise InputError(
+                f"occlusion window {window[0]}x{window[1]} does not fit the {height}x{width} images "
+                f"(every window would cover the whole image): give window in 1..{min(height, width)}")
         stride = self.stride or (max(1, window[0] // 2), max(1, window[1] // 2))
         n = len(window_positions(height, window[0], stride[0])) * len(window_positions(width, window[1], stride[1]))
         return window, stride, n

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.core.params import Limit
 from xailab.core.registry import register
 from xailab.methods.perturbation._base import (
     PerturbationExplainer,
@@ -75,6 +76,7 @@ class Rise(PerturbationExplainer):
     )
 
     quick_params: ClassVar[dict[str, Any]] = {"n_masks": 32}
+    ranges: ClassVar[dict[str, Limit]] = {"n_masks": (1, None), "p": (0, 1)}
 
     def __init__(
         self,
@@ -106,7 +108,12 @@ class Rise(PerturbationExplainer):
         if self.cell_size is None:
             return math.ceil(height / 7), math.ceil(width / 7)
         cs = self.cell_size
-        return (cs, cs) if isinstance(cs, int) else (int(cs[0]), int(cs[1]))
+        cell = (cs, cs) if isinstance(cs, int) else (int(cs[0]), int(cs[1]))
+        if cell[0] > height or cell[1] > width:
+            raise InputError(
+                f"RISE cell_size {cell[0]}x{cell[1]} does not fit the {height}x{width} images "
+                f"(every mask would be nearly constant): give cell_size in 1..{min(height, width)}")
+        return cell
 
     def _prepare(self, x: Tensor, logits: Tensor) -> None:
         super()._prepare(x, logits)

@@ -38,6 +38,8 @@ from torch import Tensor, nn
 from xailab.core.card import MethodCard
 from xailab.core.errors import InputError
 from xailab.core.explainer import Explainer, RowTargets, cat, repeat_rows, row_targets
+from xailab.core.params import Limit
+from xailab.core.pixels import recorded_pixel_space
 from xailab.core.registry import register
 
 from .canonizers import ResidualSumCanonizer, model_canonizers
@@ -90,7 +92,8 @@ class LRP(Explainer):
         low, high: bounds of the model's input for the z^B first-layer rule (a float or one per
             channel, in the normalised space the model sees).
         mean, std: the normalisation applied to [0, 1] images; gives ``low = -mean / std``,
-            ``high = (1 - mean) / std`` when ``low``/``high`` are not given. With neither, each
+            ``high = (1 - mean) / std`` when ``low``/``high`` are not given. With neither, the
+            preprocessing the model carries (:mod:`xailab.core.pixels`); without that, each
             image's own per-channel minimum and maximum are the box.
         check: check the canonized model before explaining (refuse unsupported structures).
             A successful check is remembered for the model (three one-image passes saved on
@@ -100,6 +103,8 @@ class LRP(Explainer):
             With ``output="probability"`` (or log) the relevance that starts at the target logit
             is that score; the softmax itself is not decomposed.
     """
+
+    ranges: ClassVar[dict[str, Limit]] = {"epsilon": (0, None), "gamma": (0, None), "stabilizer": (0, None)}
 
     card = lrp_card("Layer-wise relevance propagation (composite)",
                     "a named zennit composite picks a rule per layer type (see the parameters below).")
@@ -138,6 +143,9 @@ class LRP(Explainer):
             raise InputError(f"gamma must be a finite number >= 0, got {gamma}")
         self.epsilon, self.gamma, self.stabilizer = float(epsilon), float(gamma), float(stabilizer)
         self.zero_bias = bool(zero_bias)
+        if low is None and high is None and mean is None and std is None:
+            recorded = recorded_pixel_space(model) or {}  # the model's preprocessing, as the CLI uses
+            mean, std = recorded.get("mean"), recorded.get("std")
         self.low, self.high, self.mean, self.std = low, high, mean, std
         self.check = check
         self._plan: dict[str, int] = {}
