@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from xailab.core.card import method_cards
 from xailab.core.errors import InputError
 from xailab.core.explanation import Explanation
 from xailab.core.registry import METHODS, RegistryError
@@ -127,6 +128,7 @@ def explain_to_run(
         "class_names": list(class_names) if class_names is not None else None,
         "n_images": len(images),
     })
+    run.update_manifest("cards", method_cards(kinds.values()))  # the report reads them from here
     run.write_array("images", images.detach().cpu().float())
     shown = display if display is not None else _minmax(images)
     run.write_array("display", (shown.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8))

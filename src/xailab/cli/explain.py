@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, seed=args.seed, quick=args.quick, png=not args.no_png,
         config={"model": args.model, "weights": args.weights, "pretrained": bool(args.pretrained),
                 "num_classes": args.num_classes, "images": args.images, "data_root": args.data_root,
-                "device": device},
+                "device": device, "preprocessing": prep.to_dict() if prep is not None else None},
         backend=backend,
     )
     print(f"run: {run_.path}")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import CheckpointError
 from xailab.data.transforms import Preprocessing
-from xailab.models.registry import get_preprocessing, set_preprocessing
+from xailab.models.preprocessing import get_preprocessing, set_preprocessing
 
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "weights")
 _OPTIONAL = ("num_batches_tracked",)  # BatchNorm counters, absent from many published files

@@ -18,9 +18,11 @@ and multiplies the gradient by the multiplier. Pairing *calls*, not modules, kee
 applied several times (torchvision ResNet's ``self.relu``) exact; Captum stores one input per
 module and raises on such models. In-place activations are fed a copy of their input.
 
-Refused with :class:`~xailab.core.errors.UnsupportedModelError`: activations applied as
-functions (``F.relu(x)``: no module, no hook, so the plain gradient would be used silently;
-found by :func:`xailab.core.structure.require_supported`), and modules with a nonlinearity
+Activations and max-pools applied as functions (``F.relu(x)``, ``x.relu()``, ``F.max_pool2d``:
+no module, so no hook) are handled by running a hook-friendly copy of the model, traced with
+torch.fx (:func:`xailab.core.rewrite.hook_friendly`; the user's model is not modified); where the
+model cannot be traced, the refusal names the line. Refused with
+:class:`~xailab.core.errors.UnsupportedModelError`: modules with a nonlinearity
 the rule does not cover (LayerNorm, GroupNorm, softmax, attention, ...). The summation error
 is in ``extras["delta"]``; a warning is raised when it exceeds 1 % of ``|S_t(x) - S_t(b)|``,
 the sign of a nonlinearity not seen (e.g. the product of two activations in a
@@ -34,7 +36,7 @@ squeeze-excitation block).
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -42,9 +44,11 @@ from torch import Tensor, nn
 from xailab.core.errors import InputError, ModelError, UnsupportedModelError
 from xailab.core.explainer import Explainer, RowTargets, keep_format
 from xailab.core.hooks import HookScope
+from xailab.core.params import Limit
 from xailab.core.registry import register
+from xailab.core.rewrite import hook_ready
 from xailab.core.structure import ACTIVATIONS, require_supported
-from xailab.methods.gradient.base import flat_sum
+from xailab.methods.gradient.base import flat_sum, gradient_card
 from xailab.methods.gradient.baselines import Baseline, PixelSpace, make_baselines
 
 ELEMENTWISE: tuple[type[nn.Module], ...] = (
@@ -186,6 +190,27 @@ class DeepLift(Explainer):
         mean, std, pixel_range: how inputs relate to pixels; see ``PixelSpace``.
     """
 
+    ranges: ClassVar[dict[str, Limit]] = {"eps": (0, None)}
+
+    card = gradient_card(
+        "DeepLIFT (rescale rule)",
+        summary="Contributions of each input to the difference between the score and the score of"
+                " a reference input, propagated with the rescale rule (Δy/Δx instead of the "
+                "gradient), so the map sums exactly to S_c(x) − S_c(x').",
+        paper="Shrikumar, Greenside, Kundaje (2017), \"Learning Important Features Through "
+              "Propagating Activation Differences\", ICML.",
+        where="ICML 2017; ReLU networks built from standard modules.",
+        cost="Two forward passes (input and reference) and one backward pass per image and "
+             "target.",
+        limits=(
+            "Functional activations (F.relu) are rewritten into modules with torch.fx; a model that "
+            "cannot be traced, or has LayerNorm, attention or softmax, is refused rather than "
+            "explained wrongly.",
+            "The reference (baseline) input decides the answer, as for IG.",
+            "The rescale rule ignores interactions; the reveal-cancel rule is not implemented.",
+        ),
+    )
+
     per_channel = True
     one_pass = True  # the targets come from the images' own (rescaled) forward pass
 
@@ -202,11 +227,12 @@ class DeepLift(Explainer):
     ) -> None:
         super().__init__(model, **kwargs)
         self.baseline = Baseline.parse(baseline)
-        self.space = PixelSpace.of(mean, std, pixel_range)
+        self.space = PixelSpace.for_model(model, mean, std, pixel_range)
         self.eps = float(eps)
         self._tracked: list[nn.Module] = []
         self._parts: dict[str, list[Tensor]] = {}
         self._checked: tuple[Any, ...] | None = None
+        self._user_model = model  # self.model becomes its hook-friendly copy (core.rewrite) when needed
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "baseline": self.baseline.describe(), "eps": self.eps,
@@ -225,15 +251,14 @@ class DeepLift(Explainer):
         if self.output != "logit":
             raise InputError("DeepLIFT explains logits (summation-to-delta holds for the model's "
                              f"output, not its softmax); use output='logit', not {self.output!r}")
-        for p in self.model.parameters():
+        for p in self._user_model.parameters():
             p.requires_grad_(False)
-        modules = list(self.model.modules())
-        key = (tuple(x.shape[1:]), tuple(id(m) for m in modules))
-        if key != self._checked:  # one forward pass; again only if the model or input shape changed
-            check_model(self.model, x[:1])
+        key = (tuple(x.shape[1:]), tuple(id(m) for m in self._user_model.modules()))
+        if key != self._checked:  # trace + one forward pass; again only if the model or input shape changed
+            self.model = check_model(self._user_model, x[:1])
             self._checked = key
         check_batchnorm(self.model)
-        self._tracked = [m for m in modules if isinstance(m, (*ELEMENTWISE, *POOLS))]
+        self._tracked = [m for m in self.model.modules() if isinstance(m, (*ELEMENTWISE, *POOLS))]
         self._parts = {}
 
     def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
@@ -299,9 +324,10 @@ class DeepLift(Explainer):
         return out
 
 
-def check_model(model: nn.Module, example: Tensor) -> None:
-    """Raise UnsupportedModelError when DeepLIFT's rules do not cover the model."""
-    require_supported(model, example, "deeplift", {"functional_activation"})
+def check_model(model: nn.Module, example: Tensor) -> nn.Module:
+    """The model DeepLIFT hooks: ``model``, or its hook-friendly copy where activations or max-pools
+    are functions (:func:`xailab.core.rewrite.hook_friendly`); raises UnsupportedModelError when
+    DeepLIFT's rules do not cover the model."""
     bad = [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
            if isinstance(m, UNSUPPORTED)]
     if bad:
@@ -313,6 +339,9 @@ def check_model(model: nn.Module, example: Tensor) -> None:
     pools = [name for name, m in model.named_modules() if isinstance(m, POOLS) and getattr(m, "return_indices", False)]
     if pools:
         raise UnsupportedModelError(f"deeplift cannot rescale max-pools that return indices: {', '.join(pools)}")
+    run = hook_ready(model, example, "deeplift", frozenset({"functional_activation"})).model
+    require_supported(run, example, "deeplift", {"functional_activation"})
+    return run
 
 
 def check_batchnorm(model: nn.Module) -> None:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.core.params import Limit
 from xailab.methods.perturbation._base import PerturbationExplainer, plain_value
 from xailab.methods.perturbation.adaptive import ImageSamples, Schedule, sample_in_rounds
 from xailab.methods.perturbation.sampling import SAMPLERS, Sampler
@@ -67,6 +68,8 @@ class SuperpixelExplainer(PerturbationExplainer):
         sampler: ``"paired"`` (default, variance-reduced) or ``"plain"`` (the reference scheme);
             see :mod:`~xailab.methods.perturbation.sampling`.
     """
+
+    ranges: ClassVar[dict[str, Limit]] = {"num_samples": (2, None)}
 
     #: the extras key of the surrogate's constant term
     intercept_name: ClassVar[str] = "intercept"
