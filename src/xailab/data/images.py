@@ -65,9 +65,7 @@ def _dataset_spec(spec: str) -> tuple[str, str, int | None] | None:
             split = parts.pop()
         return "folder:" + ":".join(parts), split, n
     parts = spec.split(":")
-    if len(parts) < 2 or len(parts) > 3 or parts[0].strip().lower().replace("-", "_") not in (
-        DATASETS.available() + list(DATASETS._aliases)
-    ):
+    if len(parts) < 2 or len(parts) > 3 or parts[0] not in DATASETS:
         return None
     if len(parts) == 3 and not parts[2].isdigit():
         raise DataError(f"in {spec!r}, N must be a number of images")

@@ -131,7 +131,7 @@ class SuperpixelExplainer(PerturbationExplainer):
         """Superpixel labels ``[H, W]`` of the chunk's image ``index``."""
         seg = self.segmentation
         if isinstance(seg, Tensor):
-            return user_mask(seg, self._offset + index, self._n_images, img.shape[-2:])
+            return user_mask(seg, self.chunk_start + index, self._n_images, img.shape[-2:])
         if isinstance(seg, str):
             seed = int(torch.randint(2**31 - 1, (1,), generator=g)) if seg == "quickshift" else 0
             return segment(img, seg, self._seg_params, seed)
