@@ -39,12 +39,15 @@ def logits_of(out: object, n: int) -> Tensor:
 
 
 def class_scores(logits: Tensor, targets: Tensor, output: Output) -> Tensor:
-    """``logits[i, targets[i]]``, or its softmax probability."""
+    """``logits[i, targets[i]]``, or its softmax probability; ``targets [B, K]`` gives ``[B, K]``
+    (several classes scored from one forward)."""
     if output == "probability":
         logits = torch.softmax(logits.double(), dim=1)
     elif output != "logit":
         raise InputError(f"output must be 'probability' or 'logit', not {output!r}")
-    return logits.gather(1, targets.reshape(-1, 1).to(logits.device)).squeeze(1).double()
+    idx = targets.reshape(len(logits), -1).to(logits.device)
+    scores = logits.gather(1, idx).double()
+    return scores if targets.dim() == 2 else scores.squeeze(1)
 
 
 def scores_of_rows(
@@ -58,12 +61,13 @@ def scores_of_rows(
     """Scores ``[n_rows]`` of perturbed images built by ``make(rows) -> (images, targets)``.
 
     ``make`` receives the row indices of one batch (at most ``batch_size`` of them) and returns
-    their images ``[B, C, H, W]`` and target classes ``[B]``.
+    their images ``[B, C, H, W]`` and target classes ``[B]`` (scores ``[n_rows]``) or ``[B, K]``
+    (scores ``[n_rows, K]``: K classes scored from each forward).
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     device = model_device(model)
-    out = torch.empty(n_rows, dtype=torch.float64)
+    out: Tensor | None = None
     with model_session(model), torch.no_grad():
         for lo in range(0, n_rows, batch_size):
             rows = torch.arange(lo, min(n_rows, lo + batch_size))
@@ -71,8 +75,11 @@ def scores_of_rows(
             logits = logits_of(model(x.to(device)), len(x))
             if not torch.isfinite(logits).all():
                 raise ModelError("the model returned NaN or infinite logits on a perturbed image")
-            out[lo : lo + len(rows)] = class_scores(logits, t, output).cpu()
-    return out
+            scores = class_scores(logits, t, output).cpu()
+            if out is None:
+                out = torch.empty((n_rows, *scores.shape[1:]), dtype=torch.float64)
+            out[lo : lo + len(rows)] = scores
+    return out if out is not None else torch.empty(0, dtype=torch.float64)
 
 
 def gaussian_blur(images: Tensor, sigma: float = 5.0, kernel_size: int = 11) -> Tensor:
