@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xailab.metrics.faithfulness import deletion, faithfulness_all, faithfulness_correlation, insertion
+from xailab.metrics.faithfulness import (
+    deletion,
+    faithfulness_all,
+    faithfulness_correlation,
+    insertion,
+)
 
 
 @pytest.mark.parametrize(("steps", "batch_size", "output"), [(8, 7, "probability"), (1, 64, "logit"), (5, 1, "logit")])
