@@ -173,16 +173,24 @@ class Explainer:
                     maps, targets, names, logits = self._explain_scored(x, target, labels, bar)
         finally:
             bar.close()
+        return self.result(maps, targets, names, logits, seconds=time.perf_counter() - start,
+                           evaluations=self.evaluations)
+
+    def result(self, maps: Tensor, targets: Tensor, target_names: Sequence[str], logits: Tensor, *,
+               seconds: float, evaluations: int) -> Explanation:
+        """The :class:`Explanation` of a call: the maps, targets and logits computed, with this
+        method's name, parameters and the extras it collected over the call's chunks (a driver
+        such as :mod:`xailab.methods.shared` that runs the chunks itself ends with this too)."""
         extras = self._extras()
         return Explanation(
             maps=maps,
             targets=targets.cpu(),
-            target_names=tuple(names),
+            target_names=tuple(target_names),
             logits=logits.detach().cpu(),
             method=self.name or type(self).__name__,
             params=self.params(),
-            seconds=time.perf_counter() - start,
-            evaluations=self.evaluations,
+            seconds=seconds,
+            evaluations=evaluations,
             extras=extras,
         )
 
