@@ -47,12 +47,14 @@ from xailab.core.rows import (
     keep_format,
     repeat_rows,
     row_targets,
+    target_scores,
+    unpack_logits,
 )
 from xailab.core.targets import TargetPlan, TargetSpec, resolve_targets
 
 __all__ = [
     "Explainer", "Output", "RowTargets", "all_ranges", "cat", "ceil_div", "check_logits", "chunked",
-    "expand_targets", "full_pass_images", "keep_format", "repeat_rows", "row_targets",
+    "expand_targets", "full_pass_images", "keep_format", "repeat_rows", "row_targets", "target_scores", "unpack_logits",
 ]
 
 Output = Literal["logit", "probability", "log_probability"]
@@ -280,11 +282,7 @@ class Explainer:
 
     def score(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The explained score of each row: ``logits[i, targets[i]]`` (or its probability)."""
-        if self.output == "probability":
-            logits = torch.softmax(logits, dim=1)
-        elif self.output == "log_probability":
-            logits = torch.log_softmax(logits, dim=1)
-        return logits.gather(1, targets.reshape(-1, 1)).squeeze(1)
+        return target_scores(logits, targets, self.output)
 
     def target_gradients(
         self, x: Tensor, targets: Tensor | RowTargets, first_row: int = 0
