@@ -268,7 +268,7 @@ class DeepLift(Explainer):
         """Maps of ``x`` against ``base`` (default: this explainer's baseline of each image)."""
         info: dict[str, Tensor] = {}
         if base is None:
-            base, info = make_baselines(self.baseline, x, self.space, self)
+            base, info = make_baselines(self.baseline, x, self.space, self, first=self.chunk_start)
         # the baselines in the images' memory format: paired activations then share it (mixed
         # channels-last / NCHW differences are several times slower)
         base = keep_format(base, x)

@@ -204,7 +204,7 @@ class IntegratedGradients(GradientExplainer):
         self._parts = {}
 
     def _chunk_state(self, x: Tensor) -> _State:
-        base, info = make_baselines(self.baseline, x, self.space, self)
+        base, info = make_baselines(self.baseline, x, self.space, self, first=self.chunk_start)
         for k, v in info.items():
             self._parts.setdefault(k, []).append(v.detach().cpu())
         return _State(base, self.alpha.to(x), self.weight.to(x))
@@ -231,7 +231,7 @@ class IntegratedGradients(GradientExplainer):
     def _after_chunk(self, x: Tensor, targets: Tensor, state: _State, maps: Tensor) -> None:
         assert self._logits is not None
         fb = self._target_scores(state.base, targets)
-        logits = self._logits[self._offset : self._offset + len(x)]
+        logits = self._logits[self.chunk_start : self.chunk_start + len(x)]
         t = targets.shape[1]
         fx = self.score(logits.repeat_interleave(t, dim=0), targets.reshape(-1)).reshape(-1, t)
         self._parts.setdefault("delta", []).append((flat_sum(maps) - (fx - fb)).detach().cpu())
@@ -271,7 +271,7 @@ def adaptive_integrated_gradients(
     f0 = torch.tensor([rows.f_path(r)[0] for r in range(b * t)], dtype=torch.float64).reshape(b, t)
     # the input's score from the first pass, as the fixed rules use (f(1) of the path equals it)
     assert ig._logits is not None
-    logits = ig._logits[ig._offset : ig._offset + b]
+    logits = ig._logits[ig.chunk_start : ig.chunk_start + b]
     fx = ig.score(logits.repeat_interleave(t, dim=0), flat_targets).reshape(b, t)
     delta = flat_sum(maps).to(torch.float64) - (fx.to(torch.float64).cpu() - f0).to(maps.device)
     steps = torch.tensor([rows.steps(r) for r in range(b * t)], dtype=torch.float64).reshape(b, t)
