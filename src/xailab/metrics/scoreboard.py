@@ -10,6 +10,8 @@ The job behind ``xailab compare RUN``. It reads what ``xailab explain`` wrote (t
   faithfulness correlation), and ``faithfulness_curves``: the mean curves;
 * table ``sanity``: the cascading randomisation test, one row per method and step;
 * table ``scoreboard``: one row per method (columns below);
+* table ``verdict``: the methods ranked by faithfulness with intervals, paired tests, the
+  sanity reason and caveats (:mod:`xailab.metrics.verdict`; its rule in the manifest);
 * figures under ``files/metrics/`` and a ``compare`` section in the manifest.
 
 Scoreboard columns: ``method, images, seconds, avg_time`` (seconds per image),
@@ -18,7 +20,8 @@ Scoreboard columns: ``method, images, seconds, avg_time`` (seconds per image),
 ``agreement_spearman`` (mean over the other methods), ``avg_iou`` (mean IoU with the reference
 method). Which way is better is data: :data:`~xailab.metrics.columns.COLUMNS` names the
 metric behind each column (its :class:`~xailab.metrics.info.MetricInfo`), and ``compare``
-writes it into the run's manifest (section ``metrics``) for the report.
+writes it into the run's manifest (section ``metrics``) for the report. Each column with
+per-image values has a bootstrap interval over images, ``<column>_low`` / ``<column>_high``.
 
 A rerun with the same settings skips the per-method work already written (resume).
 
@@ -49,6 +52,7 @@ from xailab.metrics.distribution import histogram, scatter_data
 from xailab.metrics.faithfulness import deletion, faithfulness_correlation, insertion
 from xailab.metrics.maps import nanmean
 from xailab.metrics.sanity import randomisation_test
+from xailab.metrics.verdict import FAITHFULNESS, VerdictRule, board_intervals, verdict
 from xailab.runs.store import Run, RunError, atomic_write_bytes
 
 DEFAULT_REFERENCE = "gradcam"
@@ -274,12 +278,20 @@ def compare_run(
                     tables, threshold=cfg.sanity_threshold, title="cascading randomisation")))
 
     # -- scoreboard -----------------------------------------------------------------------------
-    board = _board(expl, table, faith, sanity_rows, ref, n)
+    board = board_intervals(_board(expl, table, faith, sanity_rows, ref, n), faith, table,
+                            reference=ref, seed=cfg.seed)
     run.write_table("scoreboard", board)
-    run.update_manifest("metrics", {c: COLUMNS[c].to_dict() for c in board.columns if c in COLUMNS})
+    sanity_table = run.read_table("sanity") if cfg.sanity and run.table_parts("sanity") else None
+    ranked = verdict(faith, board, sanity_table, table, VerdictRule(seed=cfg.seed))
+    run.write_table("verdict", ranked)
+    log(f"verdict: {ranked.attrs['recommendation']}")
+    run.update_manifest("metrics", {**{c: COLUMNS[c].to_dict() for c in board.columns if c in COLUMNS},
+                                    "faithfulness": FAITHFULNESS.to_dict()})
     run.update_manifest("compare", {
         "reference": ref, "methods": list(expl), "settings": asdict(cfg), "files": files,
-        "tables": ["agreement", "agreement_images", "faithfulness", "faithfulness_curves", "sanity", "scoreboard"],
+        "tables": ["agreement", "agreement_images", "faithfulness", "faithfulness_curves", "sanity", "scoreboard",
+                   "verdict"],
+        "verdict": {"recommendation": ranked.attrs["recommendation"], "rule": ranked.attrs["rule"]},
     })
     return board
 
@@ -374,7 +386,7 @@ def _board(
 
 def format_board(board: pd.DataFrame, reference: str) -> str:
     """The scoreboard as aligned text (what ``xailab compare`` prints)."""
-    shown = board.copy()
+    shown = board[[c for c in board.columns if not c.endswith(("_low", "_high"))]].copy()
     for c in shown.columns:
         if shown[c].dtype.kind == "f":
             shown[c] = shown[c].map(lambda v: "-" if not np.isfinite(v) else f"{v:.4g}")
