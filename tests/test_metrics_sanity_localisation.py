@@ -108,7 +108,7 @@ def test_randomise_layer_is_seeded_and_leaves_the_global_rng() -> None:
 def test_randomisation_rebuilds_a_method_from_its_recorded_params() -> None:
     # SmoothGrad records a parameter named "method" (its inner method): it must reach the method
     from xailab.core.registry import METHODS
-    from xailab.metrics.scoreboard import _accepted_params
+    from xailab.metrics.compare_parts import accepted_params as _accepted_params
 
     model = PatchNet().eval()
     x = patch_images(2)
