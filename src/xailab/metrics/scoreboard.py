@@ -45,7 +45,8 @@ from torch import nn
 from xailab.core.errors import InputError
 from xailab.core.explanation import Explanation
 from xailab.core.hooks import model_device
-from xailab.metrics import agreement, figures
+from xailab.metrics import agreement
+from xailab.metrics import metric_figures as figures
 from xailab.metrics.columns import COLUMNS, direction_legend
 from xailab.metrics.compare_parts import explanation_key, mark_done, parts_done, sanity_part
 from xailab.metrics.distribution import histogram, scatter_data
