@@ -118,7 +118,7 @@ def test_every_example_parses_and_names_what_exists(where: str, cmd: str) -> Non
 def check_names(args: dict[str, object], where: str, cmd: str) -> None:
     """The zoo models, methods, dataset specs and classes an example names exist."""
     from xailab.core.registry import METHODS
-    from xailab.data.datasets import DATASETS
+    from xailab.data.registry import DATASETS
     from xailab.models import MODELS
 
     model = args.get("model")
