@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,33 @@ def test_f18_factory_from_the_working_directory_under_the_xailab_command(tmp_pat
 
 class Evil:
     """Not a tensor: a checkpoint holding it must be refused, not unpickled."""
+
+
+def test_f21_adaptive_ig_at_its_step_budget_warns_and_records_the_error(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = _explain(_small_cnn(tmp_path), _folder(tmp_path), out, "--set", "ig.rule='adaptive'",
+                    "--set", "ig.n_steps=6", "--set", "ig.tol=1e-12")
+    argv[argv.index("saliency")] = "ig=integrated_gradients"
+    with pytest.warns(UserWarning, match=r"stopped at the step budget n_steps=6 with a completeness error"):
+        assert main(argv) == 0
+    res = Explanation.load(out / "explanations" / "ig")
+    rel = res.extras["relative_delta"]
+    assert rel.shape == res.targets.shape and bool((rel > 1e-12).all())
+    model = create_model("small_cnn", weights=tmp_path / "w.safetensors")
+    prep = get_preprocessing(model)
+    black = torch.full((1, 1, 28, 28), (0 - prep.mean[0]) / prep.std[0])
+    with torch.no_grad():
+        gap = res.logits.gather(1, res.targets) - model(black)[0, res.targets]
+    torch.testing.assert_close(rel, res.extras["delta"].abs() / gap.abs(), rtol=1e-4, atol=1e-6)
+    loose = xailab.create("integrated_gradients", model, rule="adaptive", tol=10.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loose.explain(torch.rand(1, 1, 28, 28))
+
+
+@pytest.mark.parametrize(("command", "name", "alias"), [("methods", "integrated_gradients", "ig"),
+                                                        ("models", "small_cnn", "fashion_cnn")])
+def test_f12_listings_show_aliases(capsys: pytest.CaptureFixture[str], command: str, name: str, alias: str) -> None:
+    assert main([command]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(name + " "))
+    assert re.search(rf"\(also: .*\b{alias}\b", line), line

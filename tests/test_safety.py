@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -151,3 +153,27 @@ def test_f12_skip_bad_images_leaves_them_out_and_notes_them(tmp_path: Path, labe
         x, y, names, _ = load_images(str(folder), notes=notes, skip_bad=True)
     assert len(x) == len(names) == 3 + labelled and not any(n.endswith("bad.png") for n in names)
     assert (y is not None) == labelled
+
+
+@pytest.mark.parametrize(("gap", "share", "expected"), [
+    (0.62, 0.40, r"0\.62 \(Shirt\), below the threshold 0\.9$"),
+    (0.97, 0.40, r"0\.97 \(Shirt\), at or above the threshold 0\.9, but its smaller cluster holds 40 % of the "
+                 r"class, more than 25 %$"),
+])
+def test_f15_audit_verdict_sentence_follows_the_numbers(gap: float, share: float, expected: str) -> None:
+    from xailab.report.audit_page import largest_gap_sentence
+
+    row = pd.Series({"name": "Shirt", "spray_gap": gap, "spray_k": 2, "spray_small_share": share, "spray_flag": False})
+    sentence = largest_gap_sentence(row, {"spray_gap": 0.9, "max_share": 0.25, "rule": "spray"})
+    assert re.search(expected, sentence), sentence
+    assert ("below" in sentence) == (gap < 0.9)
+
+
+@pytest.mark.parametrize(("spray", "ac", "who"), [(False, True, "Activation clustering alone"),
+                                                   (True, False, "SpRAy alone")])
+def test_f15_check_sentence_names_the_detector_that_fired(spray: bool, ac: bool, who: str) -> None:
+    from xailab.report.audit_page import check_sentence
+
+    rows = pd.DataFrame([{"name": "Bag", "spray_flag": spray, "ac_flag": ac, "verdict": "check"}])
+    sentence = check_sentence(rows, {"rule": "both" if spray else "spray"})
+    assert sentence.startswith(f"{who} fired on Bag"), sentence

@@ -94,7 +94,7 @@ def explain_to_run(
     batch_size: int = 64,
     seed: int = 0,
     quick: bool = False,
-    png: bool = True,
+    png: bool | str = "grid",
     config: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     backend: Backend | None = None,
@@ -107,9 +107,13 @@ def explain_to_run(
         method_params: per-method keyword arguments, e.g. ``{"lime": {"num_samples": 2000}}``.
         mean, std: the normalisation the images went through, given to every method that
             builds baselines or noise in pixel space (IG's black/white baselines, SmoothGrad).
+        png: the PNG overlays under ``files/overlays/``: ``"grid"`` (one grid of methods x
+            targets per image), ``"all"`` (also one image | heatmap | overlay figure per method),
+            ``"none"``; ``True`` / ``False`` are ``"all"`` / ``"none"``.
         backend: computes the methods not yet in the run, all at once, instead of this process
             (e.g. :class:`xailab.distributed.RayBackend`); what it returns is stored as here.
     """
+    figures = png_mode(png)  # checked before any work
     names = list(names) if names is not None else [f"{i:05d}" for i in range(len(images))]
     kinds = method_names(methods)  # name in the run -> registered method
     canon = list(kinds)
@@ -128,7 +132,8 @@ def explain_to_run(
         "class_names": list(class_names) if class_names is not None else None,
         "n_images": len(images),
     })
-    run.update_manifest("cards", method_cards(kinds.values()))  # the report reads them from here
+    # the report reads the cards from here; those of methods an earlier call put in the run stay
+    run.update_manifest("cards", {**(run.manifest.get("cards") or {}), **method_cards(kinds.values())})
     run.write_array("images", images.detach().cpu().float())
     shown = display if display is not None else _minmax(images)
     run.write_array("display", (shown.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8))
@@ -169,8 +174,8 @@ def explain_to_run(
 
     if backend is not None:
         backend.finish(run)
-    if png:
-        write_overlays(run, results, shown, names, class_names)
+    if figures != "none":
+        write_overlays(run, results, shown, names, class_names, per_method=figures == "all")
     return run
 
 
@@ -264,32 +269,48 @@ def _rows(res: Explanation, names: Sequence[str], class_names: Sequence[str] | N
     return pd.DataFrame(rows)
 
 
+PNG_MODES = ("none", "grid", "all")
+
+
+def png_mode(png: bool | str) -> str:
+    """``"none"``, ``"grid"`` or ``"all"`` from a mode or a bool (``True`` is ``"all"``)."""
+    if isinstance(png, bool):
+        return "all" if png else "none"
+    if png not in PNG_MODES:
+        raise InputError(f"png must be one of {', '.join(PNG_MODES)}, got {png!r}")
+    return png
+
+
 def write_overlays(
     run: Run,
     results: dict[str, Explanation],
     display: Tensor,
     names: Sequence[str],
     class_names: Sequence[str] | None,
+    per_method: bool = False,
 ) -> None:
-    """One PNG per (image, method) with a row per target, and one grid per image."""
+    """One grid PNG (methods x targets) per image; with ``per_method`` also one PNG per
+    (image, method) with a row per target. Drawn with numpy and PIL (:mod:`xailab.drawing`)."""
     from tqdm.auto import tqdm
 
-    from xailab.plotting import grid_figure, overlay_figure, save_png, target_title
+    from xailab.drawing import grid_png, overlay_png
+    from xailab.plotting import target_title
+    from xailab.runs.store import atomic_write_bytes
 
     if not results:
         return
     first = next(iter(results.values()))
     probs = first.probabilities
+    pixel = {m: res.pixel_maps().float().numpy() for m, res in results.items()}
+    shown = (display.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     for i in tqdm(range(len(first)), desc="overlays", unit="img"):
-        img = display[i].float().cpu().numpy()
         titles = [
             target_title(name, _class_name(class_names, int(first.targets[i, j])), float(probs[i, first.targets[i, j]]))
             for j, name in enumerate(first.target_names)
         ]
-        grid: dict[str, list[np.ndarray]] = {}
-        for m, res in results.items():
-            maps = [res.pixel_maps()[i, j].float().numpy() for j in range(res.targets.shape[1])]
-            grid[m] = maps
-            fig = overlay_figure(img, maps, titles, suptitle=f"{names[i]} — {m}")
-            save_png(fig, run.file(f"overlays/{i:05d}_{m}.png"))
-        save_png(grid_figure(img, grid, titles, suptitle=str(names[i])), run.file(f"overlays/{i:05d}_grid.png"))
+        grid = {m: list(maps[i]) for m, maps in pixel.items()}
+        if per_method:
+            for m, maps_i in grid.items():
+                png = overlay_png(shown[i], maps_i, titles, suptitle=f"{names[i]} — {m}")
+                atomic_write_bytes(run.file(f"overlays/{i:05d}_{m}.png"), png)
+        atomic_write_bytes(run.file(f"overlays/{i:05d}_grid.png"), grid_png(shown[i], grid, titles, suptitle=str(names[i])))

@@ -4,9 +4,10 @@ Examples:
   xailab explain --model resnet20 --weights resnet20.safetensors --images cifar10:test:16 \\
       --data-root ../shared/data/cifar10-jpg.tar.gz --methods saliency,integrated_gradients,gradcam \\
       --targets true,top1,top2,least --out runs/explain
-  xailab explain --model efficientnet_lite0 --images photos/ --methods lime --set lime.num_samples=500
+  xailab explain --model efficientnet_lite0 --pretrained --images photos/ --methods lime \\
+      --set lime.num_samples=500 --out runs/photos
   xailab explain --model small_cnn --weights best.safetensors --images fashion_mnist:test:16 \\
-      --methods gradient_shap --set gradient_shap.background=fashion_mnist:train:100
+      --methods gradient_shap --set gradient_shap.background=fashion_mnist:train:100 --out runs/shap
   xailab explain ... --backend ray --workers 2 --shard-size 256     # shards over Ray workers, resumable
 """
 
@@ -40,7 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="most samples in one forward pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="cheap settings (few samples/steps) for a first look")
-    p.add_argument("--no-png", action="store_true", help="skip the PNG overlays")
+    p.add_argument("--png", choices=("none", "grid", "all"), default="grid",
+                   help="PNG overlays: one grid of methods x targets per image (default), also one figure "
+                        "per image and method with its colour bar (all), or none")
+    p.add_argument("--no-png", dest="png", action="store_const", const="none", help="same as --png none")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     p.add_argument("--out", required=True, help="run directory (created; reused to resume)")
     from xailab.distributed.options import add_backend_arguments
@@ -133,14 +137,15 @@ def run(args: argparse.Namespace) -> int:
         targets=targets if len(targets) > 1 else targets[0], labels=labels, names=names,
         class_names=class_names, display=display, method_params=params, layer=args.layer,
         mean=norm.mean if norm is not None else None, std=norm.std if norm is not None else None,
-        batch_size=args.batch_size, seed=args.seed, quick=args.quick, png=not args.no_png,
+        batch_size=args.batch_size, seed=args.seed, quick=args.quick, png=args.png,
         config={"model": args.model, "weights": args.weights, "pretrained": bool(args.pretrained),
                 "num_classes": args.num_classes, "images": args.images, "data_root": args.data_root,
                 "device": device, "preprocessing": prep.to_dict() if prep is not None else None},
         backend=backend,
     )
     print(f"run: {run_.path}")
-    print(f"overlays: {run_.path / 'files' / 'overlays'}" if not args.no_png else "")
+    if args.png != "none":
+        print(f"overlays: {run_.path / 'files' / 'overlays'}")
     return 0
 
 

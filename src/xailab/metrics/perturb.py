@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError, ModelError
 from xailab.core.hooks import model_device, model_session
+from xailab.core.rows import target_scores, unpack_logits
 
 Output = Literal["probability", "logit"]
 #: what replaces a removed pixel: "blur" (a Gaussian blur of the image), "mean" (the image's
@@ -27,24 +28,22 @@ Fill = Literal["blur", "mean"] | float | Tensor
 
 
 def logits_of(out: object, n: int) -> Tensor:
-    """The logits tensor of a model's output (tuples and ``.logits`` objects unpacked), checked."""
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if hasattr(out, "logits") and not isinstance(out, Tensor):
-        out = out.logits
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != n:
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ModelError(f"the model must return logits [N, classes]; for {n} images it returned {shape}")
-    return out
+    """The logits tensor of a model's output (tuples and ``.logits`` objects unpacked), checked
+    (:func:`xailab.core.rows.unpack_logits`)."""
+    return unpack_logits(out, n)
 
 
 def class_scores(logits: Tensor, targets: Tensor, output: Output) -> Tensor:
-    """``logits[i, targets[i]]``, or its softmax probability."""
-    if output == "probability":
-        logits = torch.softmax(logits.double(), dim=1)
-    elif output != "logit":
+    """``logits[i, targets[i]]``, or its softmax probability, in float64 (the explainers' own
+    :func:`~xailab.core.rows.target_scores`); ``targets [B, K]`` gives ``[B, K]`` (several classes
+    scored from one forward)."""
+    if output not in ("probability", "logit"):
         raise InputError(f"output must be 'probability' or 'logit', not {output!r}")
-    return logits.gather(1, targets.reshape(-1, 1).to(logits.device)).squeeze(1).double()
+    if targets.dim() == 2:
+        k = targets.shape[1]
+        rows = logits.double().repeat_interleave(k, 0)
+        return target_scores(rows, targets.reshape(-1).to(logits.device), output).view(-1, k)
+    return target_scores(logits.double(), targets.to(logits.device), output)
 
 
 def scores_of_rows(
@@ -58,12 +57,13 @@ def scores_of_rows(
     """Scores ``[n_rows]`` of perturbed images built by ``make(rows) -> (images, targets)``.
 
     ``make`` receives the row indices of one batch (at most ``batch_size`` of them) and returns
-    their images ``[B, C, H, W]`` and target classes ``[B]``.
+    their images ``[B, C, H, W]`` and target classes ``[B]`` (scores ``[n_rows]``) or ``[B, K]``
+    (scores ``[n_rows, K]``: K classes scored from each forward).
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     device = model_device(model)
-    out = torch.empty(n_rows, dtype=torch.float64)
+    out: Tensor | None = None
     with model_session(model), torch.no_grad():
         for lo in range(0, n_rows, batch_size):
             rows = torch.arange(lo, min(n_rows, lo + batch_size))
@@ -71,8 +71,11 @@ def scores_of_rows(
             logits = logits_of(model(x.to(device)), len(x))
             if not torch.isfinite(logits).all():
                 raise ModelError("the model returned NaN or infinite logits on a perturbed image")
-            out[lo : lo + len(rows)] = class_scores(logits, t, output).cpu()
-    return out
+            scores = class_scores(logits, t, output).cpu()
+            if out is None:
+                out = torch.empty((n_rows, *scores.shape[1:]), dtype=torch.float64)
+            out[lo : lo + len(rows)] = scores
+    return out if out is not None else torch.empty(0, dtype=torch.float64)
 
 
 def gaussian_blur(images: Tensor, sigma: float = 5.0, kernel_size: int = 11) -> Tensor:

@@ -31,7 +31,6 @@ A rerun with the same settings skips the per-method work already written (resume
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 from collections.abc import Callable
@@ -41,17 +40,18 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from xailab.core.errors import InputError
 from xailab.core.explanation import Explanation
 from xailab.core.hooks import model_device
-from xailab.metrics import agreement, figures
+from xailab.metrics import agreement
+from xailab.metrics import metric_figures as figures
 from xailab.metrics.columns import COLUMNS, direction_legend
+from xailab.metrics.compare_parts import explanation_key, mark_done, parts_done, sanity_part
 from xailab.metrics.distribution import histogram, scatter_data
-from xailab.metrics.faithfulness import deletion, faithfulness_correlation, insertion
+from xailab.metrics.faithfulness import faithfulness_all
 from xailab.metrics.maps import nanmean
-from xailab.metrics.sanity import randomisation_test
 from xailab.metrics.verdict import FAITHFULNESS, VerdictRule, board_intervals, verdict
 from xailab.runs.store import Run, RunError, atomic_write_bytes
 
@@ -72,6 +72,12 @@ class CompareSettings:
     sanity_images: int = 4
     sanity_steps: int = 6
     sanity_threshold: float = 0.5
+    #: a sampling method (more model evaluations per image than this, e.g. LIME, KernelSHAP, RISE)
+    #: is sanity-checked on a cheap schedule: its first ``sanity_sampling_images`` images, re-explained
+    #: after ``sanity_sampling_steps`` of the randomisation steps (recorded in table ``sanity``)
+    sanity_sampling_above: int = 100
+    sanity_sampling_images: int = 2
+    sanity_sampling_steps: int = 3
     batch_size: int = 64
     target: str | int = 0
     seed: int = 0
@@ -116,53 +122,9 @@ def column(res: Explanation, target: str | int) -> int:
     return res.target_names.index(target)
 
 
-def _accepted_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The recorded ``params`` of an explanation that ``method``'s constructor takes again.
-
-    A recorded dict under the name of a ``**kwargs`` parameter (e.g. SmoothGrad's
-    ``method_params``, the wrapped method's settings) is expanded back into keywords.
-    """
-    from xailab.core.registry import METHODS
-
-    cls = METHODS.get(method)
-    names: set[str] = set()
-    var_kw: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        for p in inspect.signature(init).parameters.values():
-            if p.kind is p.VAR_KEYWORD:
-                var_kw.add(p.name)
-            elif p.kind is not p.VAR_POSITIONAL and p.name not in ("self", "model"):
-                names.add(p.name)
-    out = {k: v for k, v in params.items() if k in names}
-    for k in var_kw:
-        if isinstance(params.get(k), dict):
-            out.update({kk: vv for kk, vv in params[k].items() if kk not in out})
-    return out
-
-
 def _write_png(run: Run, rel: str, data: bytes) -> str:
     atomic_write_bytes(run.file(f"metrics/{rel}"), data)
     return f"files/metrics/{rel}"
-
-
-def explanation_key(run: Run, method: str) -> str:
-    """Changes whenever the method's explanation is written again (its manifest records the
-    parameters and the seconds taken), so parts computed from older maps are recomputed."""
-    text = (run.path / "explanations" / method / "manifest.json").read_bytes()
-    return hashlib.sha1(text).hexdigest()[:12]
-
-
-def parts_done(run: Run) -> dict[str, str]:
-    return dict(run.manifest.get("compare_parts", {}))
-
-
-def mark_done(run: Run, key: str, spec: str) -> None:
-    parts = parts_done(run)
-    parts[key] = spec
-    run.update_manifest("compare_parts", parts)
 
 
 def compare_run(
@@ -233,19 +195,22 @@ def compare_run(
     fspec = cfg.spec("steps", "deletion_fill", "insertion_fill", "faithfulness_runs", "faithfulness_subset",
                      "batch_size", "target", "seed")
     done = parts_done(run)
-    for m, res in expl.items():
+    todo: dict[str, str] = {}
+    for m in expl:
         mspec = f"{fspec}:{explanation_key(run, m)}"
         if run.has_part("faithfulness", m) and done.get(f"faithfulness/{m}") == mspec:
             log(f"{m}: faithfulness already in the run, skipped")
-            continue
-        t = res.targets[:, cols[m]].to(device)
-        d = deletion(model, x, maps[m], t, steps=cfg.steps, fill=cfg.deletion_fill, batch_size=cfg.batch_size)
-        i = insertion(model, x, maps[m], t, steps=cfg.steps, fill=cfg.insertion_fill, batch_size=cfg.batch_size)
-        fc = faithfulness_correlation(model, x, maps[m], t, runs=cfg.faithfulness_runs,
-                                      subset=cfg.faithfulness_subset, fill=cfg.deletion_fill,
-                                      seed=cfg.seed, batch_size=cfg.batch_size)
+        else:
+            todo[m] = mspec
+    scored = faithfulness_all(  # one pass: shared perturbed images scored once for every method
+        model, x, {m: maps[m] for m in todo}, {m: expl[m].targets[:, cols[m]].to(device) for m in todo},
+        steps=cfg.steps, deletion_fill=cfg.deletion_fill, insertion_fill=cfg.insertion_fill,
+        runs=cfg.faithfulness_runs, subset=cfg.faithfulness_subset, seed=cfg.seed, batch_size=cfg.batch_size,
+    ) if todo else {}
+    for m, mspec in todo.items():
+        d, i, fc = scored[m].deletion, scored[m].insertion, scored[m].correlation
         run.write_table("faithfulness", pd.DataFrame({
-            "image": np.arange(n), "name": names, "method": m, "target": t.cpu().numpy(),
+            "image": np.arange(n), "name": names, "method": m, "target": d.targets.numpy(),
             "deletion_auc": d.auc.numpy(), "insertion_auc": i.auc.numpy(), "faithfulness_corr": fc.numpy(),
         }), part=m)
         run.write_table("faithfulness_curves", pd.DataFrame({
@@ -269,7 +234,7 @@ def compare_run(
     # -- sanity ---------------------------------------------------------------------------------
     sanity_rows: dict[str, dict[str, Any]] = {}
     if cfg.sanity:
-        sanity_rows = _sanity(run, model, x, expl, cols, cfg, log)
+        sanity_rows = sanity_part(run, model, x, expl, cols, cfg, log)
         if figures_on and run.table_parts("sanity"):
             sanity = run.read_table("sanity")
             tables = {m: g for m, g in sanity.groupby("method", sort=False) if m in expl}
@@ -315,46 +280,6 @@ def _reference(reference: str | None, methods: list[str], log: Callable[[str], N
         return DEFAULT_REFERENCE
     log(f"reference: the run has no {DEFAULT_REFERENCE}; comparing with {methods[0]}")
     return methods[0]
-
-
-def _sanity(
-    run: Run, model: nn.Module, x: Tensor, expl: dict[str, Explanation], cols: dict[str, int],
-    cfg: CompareSettings, log: Callable[[str], None],
-) -> dict[str, dict[str, Any]]:
-    from xailab.core.registry import METHODS
-
-    sspec = cfg.spec("sanity_images", "sanity_steps", "sanity_threshold", "target")
-    done = parts_done(run)
-    out: dict[str, dict[str, Any]] = {}
-    k = min(len(x), cfg.sanity_images)
-    for m, res in expl.items():
-        mspec = f"{sspec}:{explanation_key(run, m)}"
-        if run.has_part("sanity", m) and done.get(f"sanity/{m}") == mspec:
-            t = run.read_table("sanity", filters=[("method", "==", m)])
-            out[m] = {"sanity_spearman": float(t["spearman"].iloc[-1]), "sanity": str(t["verdict"].iloc[-1])}
-            log(f"{m}: sanity check already in the run, skipped")
-            continue
-        kind = res.method if res.method in METHODS.available() else m  # a run may name a method NAME=METHOD
-        if kind not in METHODS.available():
-            log(f"{m}: not a registered method, sanity check skipped")
-            out[m] = {"sanity_spearman": float("nan"), "sanity": "n/a"}
-            continue
-        params = _accepted_params(kind, dict(res.params))
-        try:
-            r = randomisation_test(model, x[:k], kind, res.targets[:k, cols[m]], max_steps=cfg.sanity_steps,
-                                   threshold=cfg.sanity_threshold, method_params=params)
-        except Exception as e:  # one method's failure must not lose the others' scores
-            log(f"{m}: sanity check failed ({type(e).__name__}: {e}); marked n/a")
-            out[m] = {"sanity_spearman": float("nan"), "sanity": "n/a"}
-            continue
-        t = r.table()
-        t["method"] = m
-        t["verdict"] = r.verdict
-        run.write_table("sanity", t, part=m)
-        mark_done(run, f"sanity/{m}", mspec)
-        out[m] = {"sanity_spearman": r.final_spearman, "sanity": r.verdict}
-        log(f"{m}: sanity {r.verdict} (Spearman after randomising all layers {r.final_spearman:.3f})")
-    return out
 
 
 def _board(

@@ -42,7 +42,9 @@ from xailab.core.explainer import (
     repeat_rows,
     row_targets,
 )
+from xailab.methods.cam.choose import CamLayer, choose_cam_layer
 from xailab.methods.cam.layers import LayerTap, conv_layer_hint, resolve_cam_layer
+from xailab.methods.cam.tokens import TokenGrid, find_token_grid
 
 
 class CAM(Explainer):
@@ -66,8 +68,12 @@ class CAM(Explainer):
     def __init__(self, model: nn.Module, *, layer: str | nn.Module | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self._layer_spec = layer
+        self._user_model = model  # self.model may become its traced copy (see choose_cam_layer)
         self.layer_name: str | None = None
         self.layer_module: nn.Module | None = None
+        self.layer_note = ""  # how the default layer was found
+        self.grid: TokenGrid | None = None  # a transformer's patch grid (tokens read as maps)
+        self._grid_key: tuple[Any, ...] | None = None
         if layer is not None:  # a wrong name fails here, with the candidates listed
             self.layer_name, self.layer_module = resolve_cam_layer(model, layer)
         self._parts: dict[str, list[Tensor]] = {}
@@ -87,7 +93,8 @@ class CAM(Explainer):
 
     # -- Explainer hooks ------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "layer": self.layer_name or "auto"}
+        note = {"layer_note": self.layer_note} if self.layer_note else {}
+        return {**super().params(), "layer": self.layer_name or "auto", **note}
 
     def samples_per_image(self, n_targets: int) -> int:
         return n_targets
@@ -113,7 +120,19 @@ class CAM(Explainer):
         for p in self.model.parameters():
             p.requires_grad_(False)
         if self._layer_spec is None:
-            self.layer_name, self.layer_module = resolve_cam_layer(self.model, None, x[:1])
+            self.use_layer(choose_cam_layer(self._user_model, x[:1]))
+        else:
+            key = (id(self.model), tuple(x.shape[1:]))
+            if key != self._grid_key:  # one dry run: is the model a transformer on patches?
+                self.grid, self._grid_key = find_token_grid(self.model, x[:1]), key
+
+    def use_layer(self, chosen: CamLayer) -> None:
+        """Explain ``chosen`` (from :func:`~xailab.methods.cam.choose.choose_cam_layer`): its layer,
+        patch grid and the model to run (the user's, or its traced copy)."""
+        self.model, self.layer_name, self.layer_module = chosen.model, chosen.name, chosen.module
+        self.grid, self.layer_note = chosen.grid, chosen.note
+        for p in self.model.parameters():
+            p.requires_grad_(False)
 
     def _extras(self) -> dict[str, Tensor]:
         return {k: torch.cat(v) for k, v in self._parts.items()}
@@ -123,7 +142,7 @@ class CAM(Explainer):
             return self._explain_rows(x, RowTargets.known(targets))
         b, t = targets.shape
         acts = self._activations(x)
-        return self._finish(x, targets, acts[:, None].expand(b, t, *acts.shape[1:]), None)
+        return self.maps_from_activations(x, targets, acts[:, None].expand(b, t, *acts.shape[1:]), None)
 
     def _explain_rows(self, x: Tensor, rows: RowTargets) -> Tensor:
         """Gradient CAMs: one forward + backward of the (image, target) rows; with one-pass
@@ -132,13 +151,24 @@ class CAM(Explainer):
         xs = repeat_rows(x, t)  # (image, target) rows, as saliency does
         acts, grads, _ = self.activations_and_gradients(xs, rows)
         acts5 = acts.reshape(b, t, *acts.shape[1:])
-        return self._finish(x, rows.targets, acts5, grads.reshape(acts5.shape))
+        return self.maps_from_activations(x, rows.targets, acts5, grads.reshape(acts5.shape))
+
+    # -- driven from outside explain (a shared pass) ---------------------------------------------
+    def begin_call(self, x: Tensor, chosen: CamLayer | None = None) -> None:
+        """Start a call over images ``x`` whose chunks someone else drives (as ``explain`` does
+        before its chunks: extras cleared, parameters without gradients), on the layer this
+        explainer was given or on ``chosen`` (one choice shared by several CAMs), kept from now on."""
+        if chosen is not None:
+            self.use_layer(chosen)
+        self._layer_spec = self.layer_module
+        self._prepare_one_pass(x)
+        self.evaluations = 0
 
     # -- the shared machinery -------------------------------------------------------------------
     def tap(self, replace: Tensor | None = None) -> LayerTap:
         """A :class:`LayerTap` on this explainer's layer (resolved by ``_prepare``)."""
         assert self.layer_name is not None and self.layer_module is not None, "layer not resolved"
-        return LayerTap(self.layer_name, self.layer_module, replace, hint=conv_layer_hint(self.model))
+        return LayerTap(self.layer_name, self.layer_module, replace, hint=conv_layer_hint(self.model), grid=self.grid)
 
     def activations_and_gradients(
         self, rows: Tensor, targets: Tensor | RowTargets, *, input_gradient: bool = False
@@ -178,8 +208,11 @@ class CAM(Explainer):
                 acts.append(tap.activation)
         return torch.cat(acts)
 
-    def _finish(self, x: Tensor, targets: Tensor, acts: Tensor, grads: Tensor | None) -> Tensor:
-        """Weights -> ``ReLU(sum_k w_k A_k)`` -> upsampled maps ``[B, T, H, W]``; keeps the extras."""
+    def maps_from_activations(self, x: Tensor, targets: Tensor, acts: Tensor, grads: Tensor | None) -> Tensor:
+        """Weights -> ``ReLU(sum_k w_k A_k)`` -> upsampled maps ``[B, T, H, W]``; keeps the extras.
+
+        ``acts``/``grads`` ``[B, T, K, h, w]`` of the images ``x [B, ...]`` and ``targets [B, T]``,
+        from this explainer's passes or from a pass shared with other methods."""
         weights = self._channel_weights(x, acts, grads, targets)
         if weights.dim() == 3:
             self._parts.setdefault("weights", []).append(weights.detach().cpu())
