@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         ds = ds.with_options(mean=norm[0], std=norm[1])
     model.to(device)
     check_model_fits(model, ds, k, device)
-    ev = evaluate(model, ds, batch_size=args.batch_size, device=device, classes=list(ds.classes))
+    ev = evaluate(model, ds, batch_size=args.batch_size, device=device, classes=list(ds.classes), progress=True)
     print(f"{what} on {name} ({args.split}, {len(ds)} items)\n")
     print(ev.format())
     if store is None and args.out:
