@@ -18,13 +18,11 @@ HELP = "check a run's IG maps against Captum's on the same model, images and bas
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from xailab.crosscheck import METHODS, REFERENCES
-
     p.add_argument("run", help="run directory written by `xailab explain` (with integrated_gradients)")
     p.add_argument("--method", default="integrated_gradients",
-                   help=f"the run's name of the method to check ({', '.join(METHODS)}, or a NAME given as "
+                   help="the run's name of the method to check (integrated_gradients, or a NAME given as "
                         "NAME=integrated_gradients to `xailab explain`)")
-    p.add_argument("--against", default="captum", choices=REFERENCES, help="the reference library")
+    p.add_argument("--against", default="captum", help="the reference library (captum)")
     p.add_argument("--model", help="zoo name, TorchScript file, or package.module:factory (default: the run's)")
     p.add_argument("--weights", help="weights file (default: the run's)")
     p.add_argument("--pretrained", action="store_true", help="a zoo model with its published weights")
