@@ -171,10 +171,10 @@ def _position(text: str) -> Any:
 
 def _adversarial(args: argparse.Namespace) -> int:
     from xailab.audit.backdoor import resolve_class
-    from xailab.audit.jobs import adversarial_to_run
     from xailab.core.errors import InputError
     from xailab.core.registry import METHODS
     from xailab.data import load_images
+    from xailab.jobs.audit_writers import adversarial_images
     from xailab.models import get_preprocessing, set_preprocessing
 
     attack = args.attack or ("patch" if args.patch else "pgd")
@@ -226,7 +226,7 @@ def _adversarial(args: argparse.Namespace) -> int:
               "images": args.images, "data_root": args.data_root, "attack": attack,
               "attack_params": {k: v for k, v in params.items() if k != "preprocessing"}, "methods": methods,
               "targets": targets}
-    run_, result, shift = adversarial_to_run(
+    run_, result, shift = adversarial_images(
         model, pixels, labels, attack=attack, attack_params=params, methods=methods, targets=targets,
         out=args.out, class_names=classes, png=args.png, batch_size=args.batch_size, seed=args.seed,
         config=config)
@@ -314,7 +314,7 @@ def _backdoor_data(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _backdoor(args: argparse.Namespace) -> int:
-    from xailab.audit.jobs import backdoor_to_run, summary_frame
+    from xailab.jobs.audit_writers import backdoor_dataset, summary_frame
 
     out = _new_out(args.out)
     data, truth = _backdoor_data(args)
@@ -330,7 +330,7 @@ def _backdoor(args: argparse.Namespace) -> int:
     config = {"command": "audit backdoor", "model": args.model, "weights": args.weights, "run": args.run,
               "data": args.data, "split": args.split, "classes": classes, "method": args.method,
               "max_per_class": args.max_per_class}
-    run_, report = backdoor_to_run(
+    run_, report = backdoor_dataset(
         model, data, out=out, config=config, png=not args.no_png, truth=truth, classes=classes,
         method=args.method, max_per_class=args.max_per_class, n_neighbors=args.neighbors,
         downsample=args.downsample, ac_dims=args.ac_dims, ac_reduce=args.ac_reduce, layer=None if args.layer == "none" else args.layer,

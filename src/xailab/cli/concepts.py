@@ -117,13 +117,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _ice(args: argparse.Namespace) -> int:
-    from xailab.concepts.ice_run import ice_to_run
+    from xailab.jobs.ice import ice_images
 
     model, prep, device = _setup(args)
     x, y, names, classes, display = _images(args.images, prep, args.data_root)
     curve = [int(v) for v in args.curve.split(",") if v.strip()] if args.curve else []
     print(f"ICE over {len(x)} images, {args.concepts} concepts")
-    run_ = ice_to_run(
+    run_ = ice_images(
         model, x.to(device), out=args.out, labels=y, names=names, class_names=classes, display=display,
         n_concepts=args.concepts, layer=args.layer, curve=curve, curve_images=args.curve_images,
         batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, clamp=args.clamp,
@@ -143,7 +143,7 @@ def _ice(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from xailab.concepts.ice_run import explain_to_run
+    from xailab.jobs.ice import apply_concepts
     from xailab.runs.store import Run
 
     run_ = Run.open(args.run)
@@ -157,7 +157,7 @@ def _explain(args: argparse.Namespace) -> int:
         raise InputError("the run does not record its model: pass --model (and --weights)")
     model, prep, device = _setup(args)
     x, _, names, _, display = _images(args.images, prep, args.data_root)
-    cm = explain_to_run(model, run_, x.to(device), names=names, display=display, top=args.top,
+    cm = apply_concepts(model, run_, x.to(device), names=names, display=display, top=args.top,
                         batch_size=args.batch_size, png=not args.no_png)
     for i, name in enumerate(names):
         order = cm.contribution[i].argsort(descending=True)[: args.top].tolist()

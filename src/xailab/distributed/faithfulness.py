@@ -3,7 +3,7 @@
 Of what ``compare`` computes, faithfulness is the part that grows with the dataset: per image and
 method, deletion and insertion curves (``steps + 1`` model evaluations each) and the
 faithfulness correlation (``runs + 1``). It is computed here over (method, shard) tasks with the
-same functions and arguments as :func:`xailab.metrics.scoreboard.compare_run`, into the same
+same functions and arguments as :func:`xailab.jobs.compare.compare_run`, into the same
 tables (``faithfulness``, ``faithfulness_curves``) and with the same completion record, so
 ``compare_run`` then finds them done and computes only what is cheap (agreement between maps,
 the randomisation test on a few images, the scoreboard). Per-image draws are keyed by the global
