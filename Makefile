@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch is pinned: this version lies on the build machines' disk (no multi-GB download)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test,reference,pretrained,distributed]'
+	$(PY) -m pip install -q -e '.[test,reference,pretrained,distributed,modern]'
 	# quantus (test-only reference) without its opencv-python: grad-cam's headless cv2 serves
 	$(PY) -m pip install -q --no-deps quantus==0.6.0
 	touch $(STAMP)

@@ -4,12 +4,16 @@
   the architecture of the CIFAR-10 study, randomly initialised (timing does not need training).
 * ``resnet18()``: torchvision ResNet-18, 1,000 classes, random weights, eval mode.
 * ``cifar_batch(n)`` / ``imagenet_batch(n)``: real images from ../shared/data when present
-  (normalised), otherwise seeded noise of the same shape.
+  (normalised), otherwise seeded noise of the same shape. Contiguous NCHW, the layout users get
+  from a DataLoader and from our CLI; ``BENCH_LAYOUT=channels_last`` in the environment gives every
+  benchmark channels-last inputs instead (the second column of the ratio tables). Every
+  implementation in a benchmark gets this same tensor.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +24,9 @@ from PIL import Image
 from torch import nn
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+LAYOUT = os.environ.get("BENCH_LAYOUT", "nchw")
+if LAYOUT not in ("nchw", "channels_last"):
+    raise SystemExit(f"BENCH_LAYOUT must be nchw or channels_last, not {LAYOUT!r}")
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
 
@@ -78,20 +85,27 @@ def _from_tar(path: Path, n: int, size: int, wanted: Callable[[str], bool]) -> l
     return out
 
 
+def in_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the benchmarks' layout (:data:`LAYOUT`): contiguous NCHW or channels-last."""
+    if LAYOUT == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous()
+
+
 def _batch(arrs: list[np.ndarray], mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
-    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)  # HWC pixels: a channels-last view
+    return in_layout((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])
 
 
 def cifar_batch(n: int = 32) -> torch.Tensor:
     tar = SHARED / "cifar10-jpg.tar.gz"
     if tar.exists():
         return _batch(_from_tar(tar, n, 32, lambda name: "/test/" in f"/{name}" and name.endswith(".jpg")), (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return in_layout(torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
 
 
 def imagenet_batch(n: int = 4) -> torch.Tensor:
     tar = SHARED / "imagenet" / "imagenet-samples-256.tar.gz"
     if tar.exists():
         return _batch(_from_tar(tar, n, 224, lambda name: name.lower().endswith(".jpeg")), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    return torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    return in_layout(torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(0)))

@@ -140,7 +140,8 @@ def test_named_settings_of_one_method_sit_side_by_side(tiny_cnn, images, labels,
     assert {"ig_black", "ig_noise"} <= set(sanity["method"])  # run as integrated_gradients, stored by name
     site = build_site([run.path], tmp_path / "site")
     cards = (site / "methods.html").read_text()
-    assert "ig_black = integrated_gradients" in cards and "No card is written" not in cards
+    assert "ig_black = integrated_gradients" in cards and "No card in this run" not in cards
+    assert "Sundararajan" in cards and set(run.manifest["cards"]) == {"integrated_gradients", "saliency"}
 
     with pytest.raises(InputError, match="given twice"):
         explain_images(tiny_cnn, x, out=tmp_path / "bad", methods=["a=saliency", "a=gradcam"], targets="top1",

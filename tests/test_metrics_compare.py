@@ -58,6 +58,12 @@ def test_compare_writes_tables_figures_and_scoreboard(patch_run: tuple[Run, torc
     assert (run.path / "files" / "metrics" / "agreement_iou.png").read_bytes()[:4] == b"\x89PNG"
     assert run.manifest["compare"]["reference"] == "saliency"
     assert "avg_iou" in format_board(board, "saliency")
+    # every numeric column says which way is better, as data in the run
+    numeric = {c for c in board.columns if board[c].dtype.kind == "f"}
+    declared = run.manifest["metrics"]
+    assert numeric <= set(declared)
+    assert declared["deletion_auc"]["direction"] == "lower" and declared["insertion_auc"]["direction"] == "higher"
+    assert "lower is better: seconds, avg_time, evaluations_per_image, deletion_auc" in format_board(board, "saliency")
 
     logs.clear()
     again = compare_run(run, model, reference="saliency", settings=QUICK, log=logs.append, figures_on=False)

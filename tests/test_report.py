@@ -13,10 +13,8 @@ import pytest
 import torch
 
 from xailab.cli import main
-from xailab.core.registry import available
 from xailab.jobs.explain_images import explain_images
 from xailab.report import site as site_mod
-from xailab.report.cards import CARDS
 from xailab.report.comparison import agreement_matrix
 from xailab.report.html import CSP, esc
 from xailab.report.site import MARKER, build_site
@@ -203,14 +201,6 @@ def test_cli_writes_the_report(runs: tuple[Path, Path], tmp_path: Path, capsys: 
     assert "explain-image-00000.html" in names and "explain-image-00001.html" not in names
     assert "First 1 of 3 images" in pages(tmp_path / "r")["images.html"]
     assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")]) == 2
-
-
-def test_every_registered_method_has_a_card() -> None:
-    missing = sorted(set(available()) - set(CARDS))
-    assert missing == []
-    for name, c in CARDS.items():
-        assert c.title and c.summary and c.paper and c.limits, name
-        assert all(v.strip() for _, v in c.hohman()), name
 
 
 def test_report_imports_only_runs_report_and_plotting() -> None:

@@ -1,4 +1,8 @@
-"""List the models of the zoo: name, family, input, classes, pretrained weights, description."""
+"""List the models of the zoo: name, family, input, classes, pretrained weights, description.
+
+``xailab models 'timm:vit_*'`` lists timm's architectures instead (any of them loads as
+``--model timm:NAME``); a local Hugging Face folder loads as ``--model hf:PATH``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ HELP = "list the registered models"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    p.add_argument("pattern", nargs="?", default="*",
+                   help="shell-style filter, e.g. 'resnet*'; 'timm:vit_*' lists timm's architectures")
     p.add_argument("--family", help="cnn, resnet_cifar, resnet, vgg, efficientnet, ...")
     p.add_argument("--details", action="store_true", help="also print preprocessing and weights")
 
@@ -16,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from xailab.models import MODELS, model_info
 
+    if args.pattern.startswith("timm:"):
+        return _list_timm(args.pattern.removeprefix("timm:") or "*")
     names = MODELS.available(args.pattern, args.family)
     if not names:
         print(f"no model matches {args.pattern!r}" + (f" in family {args.family!r}" if args.family else ""))
@@ -34,4 +41,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'':20s} preprocessing: {resize}mean ({mean}), std ({std})")
             if info["weights"]:
                 print(f"{'':20s} weights: {info['weights']}")
+    print("also: --model timm:NAME (xailab models 'timm:*'), hf:PATH (a Hugging Face folder), "
+          "package.module:factory, a TorchScript file")
+    return 0
+
+
+def _list_timm(pattern: str) -> int:
+    from xailab.models.external import list_timm
+
+    names = list_timm(pattern)
+    if not names:
+        print(f"no timm model matches {pattern!r}")
+        return 1
+    for n in names:
+        print(f"timm:{n}")
+    print(f"{len(names)} timm architectures; load one with --model timm:NAME "
+          "(keyword arguments after commas: timm:NAME,img_size=32,num_classes=10)")
     return 0

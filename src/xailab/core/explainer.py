@@ -31,12 +31,22 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from xailab.core.card import MethodCard
 from xailab.core.errors import InputError, ModelError
 from xailab.core.explanation import Explanation
 from xailab.core.hooks import model_device, model_session
+from xailab.core.params import Limit, checked_init
 from xailab.core.targets import TargetPlan, TargetSpec, resolve_targets
 
 Output = Literal["logit", "probability", "log_probability"]
+
+
+def all_ranges(cls: type) -> dict[str, Limit]:
+    """The ``ranges`` of ``cls`` and its bases, the most derived winning."""
+    out: dict[str, Limit] = {}
+    for klass in reversed(cls.__mro__):
+        out.update(klass.__dict__.get("ranges", {}))
+    return out
 
 
 class Explainer:
@@ -63,6 +73,18 @@ class Explainer:
     #: ``explain`` skips the scoring pass and resolves targets from those passes (see the module
     #: docstring); the method implements ``_explain_rows`` and ``_prepare_one_pass``
     one_pass: ClassVar[bool] = False
+    #: valid ranges of numeric parameters, checked with the types the signatures declare before
+    #: any ``__init__`` runs (``n_steps=2.5`` is refused, not made 2); merged along the class tree
+    ranges: ClassVar[dict[str, Limit]] = {"batch_size": (1, None)}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            setattr(cls, "__init__", checked_init(cls.__dict__["__init__"], all_ranges))  # noqa: B010
+
+    #: what the method is, its paper, limits and cost (:mod:`xailab.core.card`); each registered
+    #: class declares its own, which the explain job writes into the run for the report
+    card: ClassVar[MethodCard | None] = None
 
     def __init__(
         self,
@@ -373,6 +395,9 @@ class RowTargets:
         if self._logits is None:
             raise RuntimeError("known targets carry no logits")
         return self._logits
+
+
+setattr(Explainer, "__init__", checked_init(Explainer.__dict__["__init__"], all_ranges))  # noqa: B010
 
 
 def row_targets(targets: Tensor | RowTargets, lo: int, hi: int, logits: Tensor, first_row: int = 0) -> Tensor:

@@ -25,11 +25,17 @@ from xailab.core.errors import LayerError, ModelError
 
 @contextmanager
 def model_session(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode and leave it exactly as it was found."""
+    """Run ``model`` in eval mode and leave it exactly as it was found.
+
+    With ``eval_mode=False`` the forward passes run in the model's own mode, so BatchNorm layers
+    in training mode update their running statistics: every buffer is copied before and written
+    back after, so the user's model is unchanged and two identical calls see the same model.
+    """
     training = {m: m.training for m in model.modules()}
     params = list(model.parameters())
     grads = [p.grad for p in params]
     requires = [p.requires_grad for p in params]
+    buffers = [] if eval_mode else [(b, b.detach().clone()) for b in model.buffers()]
     try:
         if eval_mode:
             model.eval()
@@ -40,6 +46,9 @@ def model_session(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Mo
         for p, g, r in zip(params, grads, requires, strict=True):
             p.grad = g
             p.requires_grad_(r)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -27,6 +27,10 @@ from torch import Tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX,
+}
 
 
 def _as_tuple(v: Any, n: int | None = None) -> tuple[float, ...]:
@@ -47,6 +51,8 @@ class Preprocessing:
             ``None``: scale so the image covers ``input_size``, then centre-crop (no-op when the
             size already matches).
         channels: 1 (grey) or 3 (RGB); images are converted.
+        interpolation: how photos are resized: ``bilinear`` (default), ``bicubic``,
+            ``nearest``, ``lanczos`` or ``box`` (timm and Hugging Face models say theirs).
     """
 
     mean: tuple[float, ...]
@@ -54,8 +60,11 @@ class Preprocessing:
     input_size: tuple[int, int] | None = None
     resize: int | None = None
     channels: int = 3
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
+        if self.interpolation not in _RESAMPLE:
+            raise ValueError(f"interpolation {self.interpolation!r} is not one of {', '.join(_RESAMPLE)}")
         object.__setattr__(self, "mean", _as_tuple(self.mean, self.channels))
         object.__setattr__(self, "std", _as_tuple(self.std, self.channels))
         if self.input_size is not None:
@@ -87,7 +96,7 @@ class Preprocessing:
         """A PIL image -> normalised float tensor ``[C, H, W]`` of the model's size."""
         img = img.convert("L" if self.channels == 1 else "RGB")
         if self.input_size is not None:
-            img = resize_center_crop(img, self.input_size, self.resize)
+            img = resize_center_crop(img, self.input_size, self.resize, self.interpolation)
         return self.normalize(pil_to_tensor01(img))
 
     def prepare_uint8(self, x: Tensor) -> Tensor:
@@ -112,6 +121,7 @@ class Preprocessing:
             input_size=(int(size[0]), int(size[1])) if size is not None else None,
             resize=d.get("resize"),
             channels=int(d.get("channels", len(d["mean"]))),
+            interpolation=str(d.get("interpolation", "bilinear")),
         )
 
 
@@ -144,10 +154,12 @@ def convert_channels(x: Tensor, channels: int) -> Tensor:
     raise ValueError(f"cannot convert {c} channels to {channels}")
 
 
-def resize_center_crop(img: Image.Image, size: tuple[int, int], resize: int | None = None) -> Image.Image:
+def resize_center_crop(
+    img: Image.Image, size: tuple[int, int], resize: int | None = None, interpolation: str = "bilinear"
+) -> Image.Image:
     """Scale (shorter side to ``resize``, or just enough to cover ``size``), then centre-crop.
 
-    ``size`` is ``(H, W)``. Bilinear, as torchvision's ``Resize`` + ``CenterCrop``.
+    ``size`` is ``(H, W)``. Bilinear by default, as torchvision's ``Resize`` + ``CenterCrop``.
     """
     h, w = size
     iw, ih = img.size
@@ -163,7 +175,7 @@ def resize_center_crop(img: Image.Image, size: tuple[int, int], resize: int | No
         scale = max(w / iw, h / ih)
         nw, nh = max(w, math.ceil(iw * scale - 1e-9)), max(h, math.ceil(ih * scale - 1e-9))
     if (nw, nh) != (iw, ih):
-        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+        img = img.resize((nw, nh), _RESAMPLE[interpolation])
     left, top = round((nw - w) / 2.0), round((nh - h) / 2.0)
     return img.crop((left, top, left + w, top + h))
 

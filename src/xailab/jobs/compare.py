@@ -29,6 +29,7 @@ from xailab.core.registry import METHODS, RegistryError
 from xailab.jobs.common import job_lock
 from xailab.jobs.model import load, spec_from_config
 from xailab.metrics import agreement, figures
+from xailab.metrics.columns import COLUMNS
 from xailab.metrics.distribution import histogram, scatter_data
 from xailab.metrics.faithfulness import deletion, faithfulness_correlation, insertion
 from xailab.metrics.maps import nanmean
@@ -137,6 +138,7 @@ def compare_run(
                 tables, threshold=cfg.sanity_threshold, title="cascading randomisation")))
     board = _board(expl, table, faith, sanity_rows, ref, len(x))
     run.write_table("scoreboard", board)
+    run.update_manifest("metrics", {c: COLUMNS[c].to_dict() for c in board.columns if c in COLUMNS})
     run.update_manifest("compare", {
         "reference": ref, "methods": list(expl), "settings": asdict(cfg), "files": files,
         "tables": ["agreement", "agreement_images", "faithfulness", "faithfulness_curves", "sanity", "scoreboard"],

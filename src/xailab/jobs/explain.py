@@ -90,7 +90,7 @@ def explain_to_run(spec: ExplainSpec, out: str | Path, *, log: Callable[[str], N
     log(f"explaining {len(images)} images with {', '.join(method_names(spec.methods))} "
         f"for targets {', '.join(map(str, targets))}")
     config = {**spec.model.record(), "images": spec.images, "data_root": _abs(spec.data_root),
-              "device": str(loaded.device)}
+              "device": str(loaded.device), "preprocessing": norm.to_dict() if norm is not None else None}
     with job_lock(out, log):
         try:
             run = explain_images(

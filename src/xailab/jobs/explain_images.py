@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from xailab.core.card import method_cards
 from xailab.core.errors import InputError, UnsupportedModelError
 from xailab.core.explanation import Explanation
 from xailab.core.registry import METHODS, RegistryError
@@ -129,6 +130,7 @@ def explain_images(
         "class_names": list(class_names) if class_names is not None else None,
         "n_images": len(images), "identity": plan.identity,
     })
+    run.update_manifest("cards", method_cards(plan.kinds.values()))  # the report reads them from here
     shown = display if display is not None else _minmax(images)
     _write_images(run, images, shown, names, labels)
     results, refused = _compute(run, model, images, plan, targets, labels, names, class_names, log, backend)

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xailab.core.errors import InputError
+from xailab.metrics.info import metric
 from xailab.metrics.maps import Maps, Mode, common_size, pixel_maps, prepare, rankdata, row_pearson
 from xailab.metrics.ssim import ssim, structural_similarity
 
@@ -102,6 +103,10 @@ def _pair(a: Maps, b: Maps, target: int) -> tuple[Maps, Maps, tuple[int, int]]:
     return sa, sb, common_size([sa, sb])
 
 
+@metric(
+    direction="neither", category="agreement", low=0.0, high=1.0,
+    summary="intersection over union of two methods' top regions",
+)
 def iou(
     a: Maps,
     b: Maps,
@@ -127,17 +132,29 @@ def _flat_pair(a: Maps, b: Maps, mode: Mode, target: int) -> tuple[Tensor, Tenso
     return pa, pb
 
 
+@metric(
+    direction="neither", category="agreement", low=-1.0, high=1.0,
+    summary="Pearson correlation of two methods' pixel values",
+)
 def pearson(a: Maps, b: Maps, *, mode: Mode = "abs", target: int = 0) -> Tensor:
     """Pearson correlation of the two maps' pixel values per image, ``[N]`` (NaN for a flat map)."""
     return row_pearson(*_flat_pair(a, b, mode, target))
 
 
+@metric(
+    direction="neither", category="agreement", low=-1.0, high=1.0,
+    summary="Spearman rank correlation of two methods' pixel values",
+)
 def spearman(a: Maps, b: Maps, *, mode: Mode = "abs", target: int = 0) -> Tensor:
     """Spearman rank correlation per image, ``[N]``: Pearson of the ranks, ties averaged."""
     pa, pb = _flat_pair(a, b, mode, target)
     return row_pearson(rankdata(pa), rankdata(pb))
 
 
+@metric(
+    direction="neither", category="agreement", low=-1.0, high=1.0,
+    summary="Kendall's tau-b of two methods' pixel values",
+)
 def kendall(a: Maps, b: Maps, *, mode: Mode = "abs", target: int = 0) -> Tensor:
     """Kendall's tau-b per image, ``[N]`` (SciPy's O(P log P) algorithm, one image at a time)."""
     return _kendall_rows(*_flat_pair(a, b, mode, target))

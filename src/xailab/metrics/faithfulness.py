@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.metrics.info import metric
 from xailab.metrics.maps import (
     Maps,
     Mode,
@@ -118,6 +119,10 @@ def _curves(
     return Curves(kind=kind, fractions=counts.cpu().double() / (h * w), scores=scores, targets=t.cpu())
 
 
+@metric(
+    direction="lower", category="faithfulness", low=0.0, high=1.0,
+    summary="area under the class score as the most important pixels are removed first",
+)
 def deletion(
     model: nn.Module,
     images: Tensor,
@@ -148,6 +153,10 @@ def deletion(
                    output=output, batch_size=batch_size, column=column)
 
 
+@metric(
+    direction="higher", category="faithfulness", low=0.0, high=1.0,
+    summary="area under the class score as the most important pixels are restored first",
+)
 def insertion(
     model: nn.Module,
     images: Tensor,
@@ -179,6 +188,10 @@ def random_subsets(n_images: int, n_pixels: int, runs: int, size: int, seed: int
     return out
 
 
+@metric(
+    direction="higher", category="faithfulness", low=-1.0, high=1.0,
+    summary="Pearson correlation of the score drop with the attribution of random pixel subsets",
+)
 def faithfulness_correlation(
     model: nn.Module,
     images: Tensor,

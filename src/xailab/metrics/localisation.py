@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xailab.core.errors import InputError
+from xailab.metrics.info import metric
 from xailab.metrics.maps import Maps, Mode, pixel_maps, prepare
 
 
@@ -45,6 +46,10 @@ def _nan_if_empty(score: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.any(dim=1), score, torch.full_like(score, float("nan")))
 
 
+@metric(
+    direction="higher", category="localisation", low=0.0, high=1.0,
+    summary="whether the map's maximum lies inside the object mask",
+)
 def pointing_game(
     maps: Maps, masks: Tensor, *, tolerance: int = 0, mode: Mode = "positive", target: int = 0
 ) -> Tensor:
@@ -59,6 +64,10 @@ def pointing_game(
     return _nan_if_empty((top & m).any(dim=1).double(), m)
 
 
+@metric(
+    direction="higher", category="localisation", low=0.0, high=1.0,
+    summary="share of the relevance inside the object mask",
+)
 def relevance_mass(maps: Maps, masks: Tensor, *, mode: Mode = "positive", target: int = 0) -> Tensor:
     """Share of the relevance inside the mask, ``[N]`` (NaN for an all-zero map or empty mask)."""
     a, m = _inputs(maps, masks, mode, target)
@@ -68,6 +77,10 @@ def relevance_mass(maps: Maps, masks: Tensor, *, mode: Mode = "positive", target
     return _nan_if_empty(score, m)
 
 
+@metric(
+    direction="higher", category="localisation", low=0.0, high=1.0,
+    summary="share of the |mask| most relevant pixels inside the mask",
+)
 def relevance_rank(maps: Maps, masks: Tensor, *, mode: Mode = "positive", target: int = 0) -> Tensor:
     """Share of the ``|mask|`` most relevant pixels that lie inside the mask, ``[N]``."""
     a, m = _inputs(maps, masks, mode, target)

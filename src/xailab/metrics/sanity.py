@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from xailab.core.errors import InputError
 from xailab.core.explanation import Explanation
 from xailab.core.hooks import model_device
+from xailab.metrics.info import metric
 from xailab.metrics.maps import (
     ExplainFn,
     check_images,
@@ -157,6 +158,10 @@ def _similarity(orig: Tensor, new: Tensor) -> tuple[Tensor, Tensor]:
     return sp, ss
 
 
+@metric(
+    direction="lower", category="randomisation", low=-1.0, high=1.0,
+    summary="Spearman of the maps before and after randomising every layer (the maps should change)",
+)
 def randomisation_test(
     model: nn.Module,
     images: Tensor,

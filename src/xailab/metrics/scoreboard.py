@@ -14,10 +14,12 @@ job reads what ``xailab explain`` wrote (the images in
 * figures under ``files/metrics/`` and a ``compare`` section in the manifest.
 
 Scoreboard columns: ``method, images, seconds, avg_time`` (seconds per image),
-``evaluations_per_image, deletion_auc`` (lower is better), ``insertion_auc`` (higher),
-``faithfulness_corr`` (higher), ``sanity_spearman`` (Spearman after full randomisation; lower
-is better), ``sanity`` (passed / flagged / n/a), ``agreement_iou`` and ``agreement_spearman``
-(mean over the other methods), ``avg_iou`` (mean IoU with the reference method).
+``evaluations_per_image, deletion_auc, insertion_auc, faithfulness_corr, sanity_spearman``
+(Spearman after full randomisation), ``sanity`` (passed / flagged / n/a), ``agreement_iou`` and
+``agreement_spearman`` (mean over the other methods), ``avg_iou`` (mean IoU with the reference
+method). Which way is better is data: :data:`~xailab.metrics.columns.COLUMNS` names the
+metric behind each column (its :class:`~xailab.metrics.info.MetricInfo`), and ``compare``
+writes it into the run's manifest (section ``metrics``) for the report.
 
 A rerun with the same settings skips the per-method work already written (resume).
 
@@ -38,6 +40,7 @@ import pandas as pd
 
 from xailab.core.errors import InputError
 from xailab.core.explanation import Explanation
+from xailab.metrics.columns import COLUMNS, direction_legend
 from xailab.runs.store import Run, RunError
 
 DEFAULT_REFERENCE = "gradcam"
@@ -161,7 +164,7 @@ def format_board(board: pd.DataFrame, reference: str) -> str:
     for c in shown.columns:
         if shown[c].dtype.kind == "f":
             shown[c] = shown[c].map(lambda v: "-" if not np.isfinite(v) else f"{v:.4g}")
-    legend = (f"avg_iou: IoU of the top region with {reference}; avg_time: seconds per image; "
-              "deletion_auc lower is better; insertion_auc, faithfulness_corr higher is better")
+    legend = f"avg_iou: IoU of the top region with {reference}; avg_time: seconds per image; " + \
+        direction_legend({c: COLUMNS[c] for c in board.columns if c in COLUMNS})
     return shown.to_string(index=False) + "\n" + legend
 

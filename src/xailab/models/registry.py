@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from xailab.core.pixels import record_pixel_space
 from xailab.core.registry import Registry
 from xailab.data.transforms import Preprocessing
 
@@ -75,8 +76,10 @@ _PREP: weakref.WeakKeyDictionary[nn.Module, Preprocessing] = weakref.WeakKeyDict
 
 
 def set_preprocessing(model: nn.Module, prep: Preprocessing) -> nn.Module:
-    """Record what ``model`` expects (kept beside the model, not written onto it)."""
+    """Record what ``model`` expects (kept beside the model, not written onto it); the
+    methods read its mean/std from :mod:`xailab.core.pixels` (what "black" is)."""
     _PREP[model] = prep
+    record_pixel_space(model, prep.mean, prep.std)
     return model
 
 

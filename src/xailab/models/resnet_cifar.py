@@ -43,7 +43,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        return self.relu2(self.add(torch.stack([out, self.shortcut(x)], dim=-1)))
+        return self.relu2(self.add(torch.stack([out, self.shortcut(x)])))
 
 
 class CifarResNet(nn.Module):

@@ -93,7 +93,7 @@ class _BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
         identity = self.downsample(x) if self.downsample is not None else x
-        return self.relu2(self.add(torch.stack([out, identity], dim=-1)))
+        return self.relu2(self.add(torch.stack([out, identity])))
 
 
 class _Bottleneck(nn.Module):
@@ -110,7 +110,7 @@ class _Bottleneck(nn.Module):
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn3(self.conv3(self.relu2(self.bn2(self.conv2(out)))))
         identity = self.downsample(x) if self.downsample is not None else x
-        return self.relu3(self.add(torch.stack([out, identity], dim=-1)))
+        return self.relu3(self.add(torch.stack([out, identity])))
 
 
 def hook_friendly(model: nn.Module) -> nn.Module:

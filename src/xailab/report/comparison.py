@@ -56,6 +56,21 @@ def _key_columns_first(board: pd.DataFrame) -> pd.DataFrame:
     return board[first + [c for c in board.columns if c not in first]]
 
 
+def directions(r: ReportRun, columns: list[str]) -> str:
+    """Which way is better for each of ``columns``, from the run's ``metrics`` section (what each
+    metric declares about itself): `` Lower is better: a (faithfulness); higher is better: b.``,
+    or ``""`` for a run compared before the section existed."""
+    declared = r.manifest.get("metrics") or {}
+    parts = []
+    for direction in ("lower", "higher"):
+        names = [f"{c} ({declared[c].get('category', '?')})" for c in columns
+                 if isinstance(declared.get(c), dict) and declared[c].get("direction") == direction]
+        if names:
+            parts.append(f"{direction} is better: {', '.join(names)}")
+    text = "; ".join(parts)
+    return f" {text[:1].upper()}{text[1:]}." if parts else ""
+
+
 def comparison_section(site: Site, r: ReportRun) -> str:
     if not has_comparison(r):
         return ""
@@ -71,9 +86,9 @@ def comparison_section(site: Site, r: ReportRun) -> str:
     board = r.table("scoreboard")
     if board is not None:
         parts.append("<h3>Scoreboard</h3><p class=note>avg_time: seconds per image; avg_iou: IoU of the top "
-                     "region with the reference method; deletion_auc lower is better; insertion_auc and "
-                     "faithfulness_corr higher are better; sanity: whether the maps change when the "
-                     "model's weights are randomised.</p>" + table(_key_columns_first(board), SCORE_FORMATS))
+                     "region with the reference method; sanity: whether the maps change when the "
+                     f"model's weights are randomised.{esc(directions(r, list(board.columns)))}</p>"
+                     + table(_key_columns_first(board), SCORE_FORMATS))
     agreement = r.table("agreement")
     if agreement is not None and {"method_a", "method_b"} <= set(agreement.columns):
         for col, what in (("iou", "IoU of the top regions"), ("spearman", "Spearman rank correlation")):

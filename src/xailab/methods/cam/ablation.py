@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from xailab.core.explainer import chunked
 from xailab.core.registry import register
-from xailab.methods.cam.base import CAM
+from xailab.methods.cam.base import CAM, cam_card
 from xailab.methods.cam.layers import check_map, conv_layer_hint
 from xailab.methods.cam.split import SplitError, SplitModel
 
@@ -45,6 +45,21 @@ class AblationCAM(CAM):
         split: run only the layers after ``layer`` for the ablated copies (torch.fx split,
             default); ``False`` re-runs the whole model for every copy (the slow definition).
     """
+
+    card = cam_card(
+        "Ablation-CAM",
+        summary="Gradient-free: each channel's weight is the relative drop of the class score "
+                "when that channel is set to zero, (S_c − S_c^k)/S_c.",
+        paper="Desai, Ramaswamy (2020), \"Ablation-CAM: Visual Explanations for Deep Convolutional"
+              " Network via Gradient-free Localization\", WACV.",
+        where="WACV 2020; CNNs.",
+        cost="1 + K passes per image of the layers after the chosen one (K: its channels), shared"
+             " by every target.",
+        limits=(
+            "One forward pass per channel (from the layer on): costly on wide layers.",
+            "The relative drop is unstable when the class score is near zero.",
+        ),
+    )
 
     uses_gradients = False
     one_pass = False

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xailab.core.card import HOW, MethodCard
 from xailab.core.errors import LayerError
 from xailab.core.explainer import (
     Explainer,
@@ -186,6 +187,25 @@ class CAM(Explainer):
         cam = torch.relu((weights * acts).sum(dim=2))
         self._parts.setdefault("cam", []).append(cam.detach().cpu())
         return upsample(cam, x.shape[-2:]).to(x.dtype)
+
+
+CAM_WHAT = ("Individual computational units: the feature maps (channels) of one convolutional "
+            "layer, weighted by their importance for the class.")
+CAM_LIMITS = (
+    "Coarse: the map has the resolution of the chosen layer (7x7 on a 224 ImageNet model, "
+    "8x8 on CIFAR) and is upsampled, so it cannot point at fine detail.",
+    "Depends on the layer chosen (default: the last convolution); other layers give other maps.",
+    "Non-negative after the ReLU: shows evidence for the class only, never against it.",
+)
+#: the cost of the CAMs weighted by gradients
+GRADIENT_CAM_COST = "One forward and one backward pass per image and target."
+
+
+def cam_card(title: str, *, summary: str, paper: str, where: str, cost: str = GRADIENT_CAM_COST,
+             limits: tuple[str, ...] = ()) -> MethodCard:
+    """The card of a CAM: the family's *what*, *how* and limits, then the method's own ``limits``."""
+    return MethodCard(title=title, family="cam", summary=summary, paper=paper, limits=CAM_LIMITS + limits,
+                      cost=cost, what=CAM_WHAT, where=where, how=HOW + " A coarse map, upsampled to the image.")
 
 
 def upsample(cam: Tensor, size: tuple[int, ...] | torch.Size) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from xailab.core.registry import register
-from xailab.methods.cam.base import CAM, spatial_sum
+from xailab.methods.cam.base import CAM, cam_card, spatial_sum
 
 
 def _grads(grads: Tensor | None) -> Tensor:
@@ -34,6 +34,19 @@ def _grads(grads: Tensor | None) -> Tensor:
 class GradCAM(CAM):
     """Grad-CAM: channels weighted by their spatially averaged gradient."""
 
+    card = cam_card(
+        "Grad-CAM",
+        summary="Channels of a convolutional layer weighted by their spatially averaged gradient,"
+                " summed and ReLU'd: ReLU(Σ_k α_k A^k) with α_k = mean_ij ∂S_c/∂A^k_ij.",
+        paper="Selvaraju, Cogswell, Das, Vedantam, Parikh, Batra (2017), \"Grad-CAM: Visual "
+              "Explanations from Deep Networks via Gradient-based Localization\", ICCV.",
+        where="ICCV 2017; CNNs (any layer with spatial feature maps).",
+        limits=(
+            "Averaged gradients can cancel: several instances of an object are often not all "
+            "found.",
+        ),
+    )
+
     def _channel_weights(self, x: Tensor, acts: Tensor, grads: Tensor | None, targets: Tensor) -> Tensor:
         return _grads(grads).mean(dim=(-2, -1))
 
@@ -41,6 +54,20 @@ class GradCAM(CAM):
 @register("gradcam_pp", family="cam", aliases=("gradcam++", "grad_cam_pp", "gradcampp"))
 class GradCAMPlusPlus(CAM):
     """Grad-CAM++: channels weighted by positive gradients with pixel-wise coefficients."""
+
+    card = cam_card(
+        "Grad-CAM++",
+        summary="Like Grad-CAM, but channel weights are sums of positive gradients with "
+                "pixel-wise coefficients from second- and third-order terms (exponential score "
+                "assumption), to cover several instances of a class.",
+        paper="Chattopadhay, Sarkar, Howlader, Balasubramanian (2018), \"Grad-CAM++: Generalized "
+              "Gradient-based Visual Explanations for Deep Convolutional Networks\", WACV.",
+        where="WACV 2018; CNNs.",
+        limits=(
+            "Its higher-order terms assume an exponential of the score; on raw logits this is an "
+            "approximation.",
+        ),
+    )
 
     eps = 1e-6
 
@@ -56,6 +83,15 @@ class GradCAMPlusPlus(CAM):
 class XGradCAM(CAM):
     """XGrad-CAM: channels weighted by the activation-weighted sum of their gradient."""
 
+    card = cam_card(
+        "XGrad-CAM",
+        summary="Channel weights as the activation-weighted sum of the gradients, chosen to "
+                "satisfy sensitivity and conservation axioms approximately.",
+        paper="Fu, Hu, Dong, Guo, Gao, Wang (2020), \"Axiom-based Grad-CAM: Towards Accurate "
+              "Visualization and Explanation of CNNs\", BMVC.",
+        where="BMVC 2020; CNNs.",
+    )
+
     eps = 1e-7
 
     def _channel_weights(self, x: Tensor, acts: Tensor, grads: Tensor | None, targets: Tensor) -> Tensor:
@@ -65,6 +101,18 @@ class XGradCAM(CAM):
 @register("layercam", family="cam", aliases=("layer_cam",))
 class LayerCAM(CAM):
     """LayerCAM: every activation weighted by its own positive gradient."""
+
+    card = cam_card(
+        "LayerCAM",
+        summary="Every activation weighted by its own positive gradient, ReLU(Σ_k "
+                "ReLU(∂S_c/∂A^k_ij) A^k_ij): usable on earlier layers for finer maps.",
+        paper="Jiang, Zhang, Hou, Cheng, Wei (2021), \"LayerCAM: Exploring Hierarchical Class "
+              "Activation Maps for Localization\", IEEE TIP.",
+        where="IEEE Transactions on Image Processing 2021; CNNs.",
+        limits=(
+            "Maps from early layers are sharper but noisier and more edge-like.",
+        ),
+    )
 
     def _channel_weights(self, x: Tensor, acts: Tensor, grads: Tensor | None, targets: Tensor) -> Tensor:
         return torch.relu(_grads(grads))

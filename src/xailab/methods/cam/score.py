@@ -26,12 +26,26 @@ from torch import Tensor, nn
 
 from xailab.core.explainer import chunked
 from xailab.core.registry import register
-from xailab.methods.cam.base import CAM
+from xailab.methods.cam.base import CAM, cam_card
 
 
 @register("score_cam", family="cam", aliases=("scorecam",))
 class ScoreCAM(CAM):
     """Score-CAM: channels weighted by the softmaxed scores of the images they mask."""
+
+    card = cam_card(
+        "Score-CAM",
+        summary="Gradient-free: each channel, upsampled and normalised, masks the image; the "
+                "channel's weight is the softmaxed class score of its masked image.",
+        paper="Wang, Wang, Du, Yang, Zhang, Ding, Mardziel, Hu (2020), \"Score-CAM: Score-Weighted"
+              " Visual Explanations for Convolutional Neural Networks\", CVPR workshops.",
+        where="CVPR workshops 2020; CNNs.",
+        cost="1 + K forward passes per image (K: the layer's channels), shared by every target.",
+        limits=(
+            "One forward pass per channel: hundreds or thousands of model evaluations per image.",
+            "Masked images are off the training distribution; the scores measure that shift too.",
+        ),
+    )
 
     uses_gradients = False
     one_pass = False

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from xailab.core.card import MethodCard
 from xailab.core.explainer import Explainer, RowTargets, cat, full_pass_images, keep_format
 
 #: ``points(xs, img, step) -> (z, m)`` for a pass of samples (see GradientExplainer._points)
@@ -182,6 +183,17 @@ class GradientExplainer(Explainer):
         logits = self.forward(inputs, grad=False)
         t = targets.shape[1]
         return self.score(logits.repeat_interleave(t, dim=0), targets.reshape(-1)).reshape(-1, t)
+
+
+GRADIENT_WHAT = ("The learned parameters as the model uses them on one input: the gradient of a class "
+                 "score flows back through every layer to the pixels.")
+
+
+def gradient_card(title: str, *, summary: str, paper: str, where: str, cost: str,
+                  limits: tuple[str, ...]) -> MethodCard:
+    """The card of a gradient method: the family's answer to *what*, the rest as given."""
+    return MethodCard(title=title, family="gradient", summary=summary, paper=paper, limits=limits,
+                      cost=cost, what=GRADIENT_WHAT, where=where)
 
 
 def flat_sum(maps: Tensor) -> Tensor:

@@ -4,8 +4,10 @@ A baseline ``b`` is the input that stands for "no information"; path methods exp
 ``f(x) - f(b)``. Models usually see *normalised* inputs ``(pixel - mean) / std``, so "black" is not
 the zero tensor: tell the method how inputs relate to pixels with :class:`PixelSpace` (the
 dataset's ``mean``/``std``, or the ``pixel_range`` of the inputs), and "black" becomes the
-normalised value of pixel 0. Without either, inputs are taken to be raw pixels in ``[0, 1]``
-(then "black" is the zero tensor, Captum's default).
+normalised value of pixel 0. Given neither, the methods take the preprocessing the model carries
+(recorded by the zoo and the checkpoint loaders, :mod:`xailab.core.pixels`), so Python and the CLI
+agree; a model that carries none takes raw pixels in ``[0, 1]`` (then "black" is the zero tensor,
+Captum's default).
 
 Kinds (``Baseline.parse`` reads the strings, an optional ``:value`` sets the main option):
 
@@ -33,10 +35,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from xailab.core.errors import InputError
 from xailab.core.explainer import Explainer
+from xailab.core.pixels import recorded_pixel_space
 
 KINDS = ("black", "white", "zeros", "uniform", "gaussian", "blur", "adversarial", "tensor")
 
@@ -75,6 +78,21 @@ class PixelSpace:
             if len(r) != 2 or not r[0] < r[1]:
                 raise InputError(f"pixel_range must be (lo, hi) with lo < hi, got {pixel_range}")
         return cls(m, s, None if r is None else (r[0], r[1]))
+
+    @classmethod
+    def for_model(
+        cls,
+        model: nn.Module,
+        mean: Sequence[float] | float | None = None,
+        std: Sequence[float] | float | None = None,
+        pixel_range: Sequence[float] | None = None,
+    ) -> PixelSpace:
+        """The space given, else the one recorded for ``model`` (its preprocessing, see
+        :mod:`xailab.core.pixels`), else raw pixels in ``[0, 1]``."""
+        if mean is None and std is None and pixel_range is None:
+            recorded = recorded_pixel_space(model) or {}
+            mean, std, pixel_range = recorded.get("mean"), recorded.get("std"), recorded.get("pixel_range")
+        return cls.of(mean, std, pixel_range)
 
     @property
     def specified(self) -> bool:

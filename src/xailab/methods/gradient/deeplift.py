@@ -34,7 +34,7 @@ squeeze-excitation block).
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -42,9 +42,10 @@ from torch import Tensor, nn
 from xailab.core.errors import InputError, ModelError, UnsupportedModelError
 from xailab.core.explainer import Explainer, RowTargets, keep_format
 from xailab.core.hooks import HookScope
+from xailab.core.params import Limit
 from xailab.core.registry import register
 from xailab.core.structure import ACTIVATIONS, require_supported
-from xailab.methods.gradient.base import flat_sum
+from xailab.methods.gradient.base import flat_sum, gradient_card
 from xailab.methods.gradient.baselines import Baseline, PixelSpace, make_baselines
 
 ELEMENTWISE: tuple[type[nn.Module], ...] = (
@@ -186,6 +187,26 @@ class DeepLift(Explainer):
         mean, std, pixel_range: how inputs relate to pixels; see ``PixelSpace``.
     """
 
+    ranges: ClassVar[dict[str, Limit]] = {"eps": (0, None)}
+
+    card = gradient_card(
+        "DeepLIFT (rescale rule)",
+        summary="Contributions of each input to the difference between the score and the score of"
+                " a reference input, propagated with the rescale rule (Δy/Δx instead of the "
+                "gradient), so the map sums exactly to S_c(x) − S_c(x').",
+        paper="Shrikumar, Greenside, Kundaje (2017), \"Learning Important Features Through "
+              "Propagating Activation Differences\", ICML.",
+        where="ICML 2017; ReLU networks built from standard modules.",
+        cost="Two forward passes (input and reference) and one backward pass per image and "
+             "target.",
+        limits=(
+            "Needs a hook-friendly model: each ReLU its own module, not reused or functional; "
+            "xailab refuses models it would get wrong rather than return a silent wrong answer.",
+            "The reference (baseline) input decides the answer, as for IG.",
+            "The rescale rule ignores interactions; the reveal-cancel rule is not implemented.",
+        ),
+    )
+
     per_channel = True
     one_pass = True  # the targets come from the images' own (rescaled) forward pass
 
@@ -202,7 +223,7 @@ class DeepLift(Explainer):
     ) -> None:
         super().__init__(model, **kwargs)
         self.baseline = Baseline.parse(baseline)
-        self.space = PixelSpace.of(mean, std, pixel_range)
+        self.space = PixelSpace.for_model(model, mean, std, pixel_range)
         self.eps = float(eps)
         self._tracked: list[nn.Module] = []
         self._parts: dict[str, list[Tensor]] = {}

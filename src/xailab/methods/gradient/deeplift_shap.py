@@ -25,7 +25,9 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError
 from xailab.core.explainer import RowTargets
+from xailab.core.params import Limit
 from xailab.core.registry import register
+from xailab.methods.gradient.base import gradient_card
 from xailab.methods.gradient.deeplift import DeepLift
 
 
@@ -41,8 +43,29 @@ class DeepLiftShap(DeepLift):
         eps, mean, std, pixel_range: as for ``deeplift``.
     """
 
+    card = gradient_card(
+        "DeepLIFT-SHAP (DeepSHAP)",
+        summary="DeepLIFT averaged over baselines drawn from a background set (ideally training "
+                "images): A(x) = mean_k DeepLIFT(x; b_k), whose sum is exactly S_c(x) − mean_k "
+                "S_c(b_k), an approximation of SHAP values.",
+        paper="Lundberg, Lee (2017), \"A Unified Approach to Interpreting Model Predictions\", "
+              "NeurIPS (section 4.2, Deep SHAP).",
+        where="NeurIPS 2017; ReLU networks built from standard modules, with a background set.",
+        cost="Two forward passes and one backward pass per image, target and background baseline "
+             "(n_samples, default 16).",
+        limits=(
+            "Same model requirements as DeepLIFT; costs two passes per image and background "
+            "baseline.",
+            "The background decides the answer: uniform noise by default, training images "
+            "recommended.",
+            "Averaging the rescale rule over baselines is Deep SHAP's approximation, not exact "
+            "Shapley values.",
+        ),
+    )
+
     one_pass = False  # each image is expanded over its baselines: targets are resolved first
     quick_params: ClassVar[dict[str, Any]] = {"n_samples": 2}
+    ranges: ClassVar[dict[str, Limit]] = {"n_samples": (1, None)}
 
     def __init__(
         self,

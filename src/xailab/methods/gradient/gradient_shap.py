@@ -26,8 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.core.params import Limit
 from xailab.core.registry import register
-from xailab.methods.gradient.base import GradientExplainer, flat_sum
+from xailab.methods.gradient.base import GradientExplainer, flat_sum, gradient_card
 from xailab.methods.gradient.baselines import Baseline, PixelSpace, make_baselines
 
 
@@ -53,8 +54,26 @@ class GradientShap(GradientExplainer):
         mean, std, pixel_range: how inputs relate to pixels; see ``PixelSpace``.
     """
 
+    card = gradient_card(
+        "GradientSHAP (expected gradients)",
+        summary="Integrated gradients with random baselines from a background set and random "
+                "points on the path, averaged: an estimate of SHAP values under an independence "
+                "assumption.",
+        paper="Lundberg, Lee (2017), \"A Unified Approach to Interpreting Model Predictions\", "
+              "NeurIPS; Erion et al. (2021), \"Improving performance of deep learning models with "
+              "axiomatic attribution priors and expected gradients\", Nature Machine Intelligence.",
+        where="NeurIPS 2017; any differentiable classifier.",
+        cost="n_samples (default 32) forward and backward passes per image and target.",
+        limits=(
+            "Depends on the background set: few or unrepresentative baselines give biased maps.",
+            "Random and noisy with few samples.",
+            "Treats pixels as independent features, which images are not.",
+        ),
+    )
+
     uses_pixel_space = True
     quick_params: ClassVar[dict[str, Any]] = {"n_samples": 4}
+    ranges: ClassVar[dict[str, Limit]] = {"n_samples": (1, None), "noise_level": (0, None)}
 
     def __init__(
         self,
@@ -88,7 +107,7 @@ class GradientShap(GradientExplainer):
         self.n_samples = int(n_samples)
         self.noise_level = float(noise_level)
         self.delta = bool(delta)
-        self.space = PixelSpace.of(mean, std, pixel_range)
+        self.space = PixelSpace.for_model(model, mean, std, pixel_range)
         self._deltas: list[Tensor] = []
         self._logits: Tensor | None = None
 

@@ -46,9 +46,10 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.core.params import Limit
 from xailab.core.registry import register
 from xailab.methods.gradient.adaptive_quadrature import AdaptiveRows
-from xailab.methods.gradient.base import GradientExplainer, flat_sum
+from xailab.methods.gradient.base import GradientExplainer, flat_sum, gradient_card
 from xailab.methods.gradient.baselines import Baseline, PixelSpace, make_baselines
 
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
@@ -118,8 +119,29 @@ class IntegratedGradients(GradientExplainer):
             :class:`~xailab.methods.gradient.baselines.PixelSpace`.
     """
 
+    card = gradient_card(
+        "Integrated Gradients",
+        summary="Gradients averaged along the straight path from a baseline x' to the input, "
+                "times (x − x'): IG_i = (x_i − x'_i) ∫₀¹ ∂S_c(x' + α(x − x'))/∂x_i dα, "
+                "approximated by a quadrature rule (Gauss-Legendre by default). Satisfies "
+                "completeness: the map sums to S_c(x) − S_c(x').",
+        paper="Sundararajan, Taly, Yan (2017), \"Axiomatic Attribution for Deep Networks\", ICML.",
+        where="ICML 2017; any differentiable classifier.",
+        cost="One forward and one backward pass per image, target and step: adaptive by default "
+             "(steps are added until the completeness gap is under tol, 1 %), n_steps fixes the "
+             "number.",
+        limits=(
+            "The baseline choice decides the answer: a black baseline cannot credit black pixels;"
+            " blurred, uniform or noise baselines give different maps.",
+            "Needs enough steps: the completeness gap (delta) shows when the quadrature is too "
+            "coarse.",
+            "Cost grows with the number of steps (one gradient per step).",
+        ),
+    )
+
     uses_pixel_space = True
     quick_params: ClassVar[dict[str, Any]] = {"n_steps": 4}
+    ranges: ClassVar[dict[str, Limit]] = {"n_steps": (1, None), "tol": (0, None), "init_steps": (2, None)}
 
     def __init__(
         self,
@@ -149,7 +171,7 @@ class IntegratedGradients(GradientExplainer):
         else:
             self.alpha, self.weight = quadrature(self.rule, self.n_steps)
         self.baseline = Baseline.parse(baseline)
-        self.space = PixelSpace.of(mean, std, pixel_range)
+        self.space = PixelSpace.for_model(model, mean, std, pixel_range)
         self._parts: dict[str, list[Tensor]] = {}
         self._logits: Tensor | None = None
 

@@ -28,8 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.core.params import Limit
 from xailab.core.registry import METHODS, register
-from xailab.methods.gradient.base import GradientExplainer
+from xailab.methods.gradient.base import GradientExplainer, gradient_card
 from xailab.methods.gradient.baselines import PixelSpace
 
 VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -49,8 +50,28 @@ class SmoothGrad(GradientExplainer):
         mean, std, pixel_range: how inputs relate to pixels; see ``PixelSpace``.
     """
 
+    card = gradient_card(
+        "SmoothGrad / VarGrad",
+        summary="A gradient method averaged over noisy copies of the input: mean of M(x + N(0, "
+                "σ²)) over n samples (VarGrad: their variance). Sharpens visual quality by "
+                "removing gradient noise.",
+        paper="Smilkov, Thorat, Kim, Viégas, Wattenberg (2017), \"SmoothGrad: removing noise by "
+              "adding noise\" (arXiv:1706.03825); VarGrad: Adebayo et al. (2018).",
+        where="ICML 2017 workshop; any differentiable classifier.",
+        cost="n_samples (default 32) times the cost of the method it smooths.",
+        limits=(
+            "The noise level σ (a fraction of the input range) changes the map a lot; too much "
+            "blurs it.",
+            "Random: differs with the seed unless the number of samples is large; n times the "
+            "base cost.",
+            "Smoother does not mean more faithful: the averaging hides where the model is "
+            "sensitive.",
+        ),
+    )
+
     uses_pixel_space = True
     quick_params: ClassVar[dict[str, Any]] = {"n_samples": 3}
+    ranges: ClassVar[dict[str, Limit]] = {"n_samples": (1, None), "noise_level": (0, None)}
 
     def __init__(
         self,
@@ -93,7 +114,7 @@ class SmoothGrad(GradientExplainer):
         self.variant = variant
         self.n_samples = int(n_samples)
         self.noise_level = float(noise_level)
-        self.space = PixelSpace.of(mean, std, pixel_range)
+        self.space = PixelSpace.for_model(model, mean, std, pixel_range)
 
     def params(self) -> dict[str, Any]:
         inner = {k: v for k, v in self.inner.params().items() if k not in ("batch_size", "output", "seed")}

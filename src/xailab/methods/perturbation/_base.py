@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xailab.core.card import WHO, MethodCard
 from xailab.core.explainer import Explainer, check_logits
 from xailab.methods.perturbation.fold import folded_copy
 
@@ -123,6 +124,18 @@ class PerturbationExplainer(Explainer):
             shape = [max(p.shape[d] for p in parts) for d in range(parts[0].dim())]
             out[key] = torch.cat([_pad_to(p, shape) for p in parts])
         return out
+
+
+PERTURBATION_WHAT = ("The model as a black box: only its outputs on altered copies of the input are read; "
+                     "no gradients or internals.")
+
+
+def perturbation_card(title: str, *, summary: str, paper: str, where: str, cost: str,
+                      limits: tuple[str, ...]) -> MethodCard:
+    """The card of a perturbation method: the family's *what* and *who*, the rest as given."""
+    return MethodCard(title=title, family="perturbation", summary=summary, paper=paper, limits=limits,
+                      cost=cost, what=PERTURBATION_WHAT, where=where,
+                      who=WHO + " Works for any model that returns scores, including ones without gradients.")
 
 
 def _pad_to(t: Tensor, shape: list[int]) -> Tensor:

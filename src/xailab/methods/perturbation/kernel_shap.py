@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.registry import register
+from xailab.methods.perturbation._base import perturbation_card
 from xailab.methods.perturbation.regression import constrained_wls
 from xailab.methods.perturbation.sampling import shapley_kernel_coalitions
 from xailab.methods.perturbation.superpixel import SuperpixelExplainer
@@ -49,6 +50,22 @@ class KernelShap(SuperpixelExplainer):
             :class:`~xailab.methods.perturbation.superpixel.SuperpixelExplainer`;
             ``hide_color`` is the baseline ``x_0``.
     """
+
+    card = perturbation_card(
+        "KernelSHAP",
+        summary="Shapley values of superpixels estimated by a weighted least-squares regression "
+                "with the Shapley kernel and the efficiency constraint (weights sum to S_c(x) − "
+                "S_c(baseline)).",
+        paper="Lundberg, Lee (2017), \"A Unified Approach to Interpreting Model Predictions\", "
+              "NeurIPS.",
+        where="NeurIPS 2017; any classifier.",
+        cost="num_samples (default 1000) forward passes per image, shared by every target.",
+        limits=(
+            "Same segmentation dependence as LIME.",
+            "Exact Shapley values need 2^M evaluations; the estimate is noisy with few samples.",
+            "Removing a superpixel means filling it with a baseline, which is off-distribution.",
+        ),
+    )
 
     quick_params: ClassVar[dict[str, Any]] = {"num_samples": 48}
     intercept_name: ClassVar[str] = "base_value"

@@ -30,7 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.core.params import Limit
 from xailab.core.registry import register
+from xailab.methods.perturbation._base import perturbation_card
 from xailab.methods.perturbation.regression import weighted_ridge
 from xailab.methods.perturbation.sampling import lime_coalitions
 from xailab.methods.perturbation.superpixel import SuperpixelExplainer
@@ -67,7 +69,25 @@ class Lime(SuperpixelExplainer):
         alpha: ridge penalty (lime: 1.0; 0 is weighted least squares).
     """
 
+    card = perturbation_card(
+        "LIME",
+        summary="Superpixels are switched on and off at random; a weighted ridge regression "
+                "(weights from a kernel on the distance to the original) of the class score on "
+                "the on/off pattern gives each superpixel a weight.",
+        paper="Ribeiro, Singh, Guestrin (2016), \"'Why Should I Trust You?': Explaining the "
+              "Predictions of Any Classifier\", KDD.",
+        where="KDD 2016; any classifier.",
+        cost="num_samples (default 1000) forward passes per image, shared by every target.",
+        limits=(
+            "Depends on the segmentation: superpixels that cut across the object give misleading "
+            "maps, and the map can never be finer than the segments.",
+            "Depends on sampling: with few samples the weights change from seed to seed.",
+            "The kernel width and regression settings are heuristics with no principled default.",
+        ),
+    )
+
     quick_params: ClassVar[dict[str, Any]] = {"num_samples": 48}
+    ranges: ClassVar[dict[str, Limit]] = {"alpha": (0, None)}
 
     def __init__(
         self,

@@ -28,8 +28,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from xailab.core.errors import InputError
 from xailab.core.registry import register
-from xailab.methods.perturbation._base import PerturbationExplainer, as_fill, pair, plain_value
+from xailab.methods.perturbation._base import (
+    PerturbationExplainer,
+    as_fill,
+    pair,
+    perturbation_card,
+    plain_value,
+)
 
 
 def window_positions(size: int, window: int, stride: int) -> list[tuple[int, int]]:
@@ -59,6 +66,22 @@ class Occlusion(PerturbationExplainer):
             normalised inputs.
     """
 
+    card = perturbation_card(
+        "Occlusion",
+        summary="A window slides over the image; each pixel gets the mean drop of the class score"
+                " over the windows that cover it when they are filled with a baseline value.",
+        paper="Zeiler, Fergus (2014), \"Visualizing and Understanding Convolutional Networks\", "
+              "ECCV.",
+        where="ECCV 2014; any classifier.",
+        cost="One forward pass per window position and image, shared by every target.",
+        limits=(
+            "Window size and stride set the resolution; objects smaller than the window are "
+            "missed, larger ones are only partly hidden.",
+            "The fill value matters and creates off-distribution images.",
+            "One forward pass per window position: slow on large images.",
+        ),
+    )
+
     quick_params: ClassVar[dict[str, Any]] = {"window": 6, "stride": 5}
 
     def __init__(
@@ -80,7 +103,10 @@ class Occlusion(PerturbationExplainer):
         """``(window, stride, number of positions)`` for an ``height x width`` image."""
         side = max(1, round(min(height, width) / 8))
         window = self.window or (side, side)
-        window = (min(window[0], height), min(window[1], width))
+        if window[0] > height or window[1] > width:
+            raise InputError(
+                f"occlusion window {window[0]}x{window[1]} does not fit the {height}x{width} images "
+                f"(every window would cover the whole image): give window in 1..{min(height, width)}")
         stride = self.stride or (max(1, window[0] // 2), max(1, window[1] // 2))
         n = len(window_positions(height, window[0], stride[0])) * len(window_positions(width, window[1], stride[1]))
         return window, stride, n

@@ -27,8 +27,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.core.params import Limit
 from xailab.core.registry import register
-from xailab.methods.perturbation._base import PerturbationExplainer, as_fill, plain_value
+from xailab.methods.perturbation._base import (
+    PerturbationExplainer,
+    as_fill,
+    perturbation_card,
+    plain_value,
+)
 
 
 def rise_masks(grid: Tensor, shifts: Tensor, cell: tuple[int, int], size: tuple[int, int]) -> Tensor:
@@ -55,7 +61,22 @@ class Rise(PerturbationExplainer):
         fill: what masked pixels show (one number or one per channel), default 0.
     """
 
+    card = perturbation_card(
+        "RISE",
+        summary="Random smooth binary masks (low-resolution, upsampled with random shifts); the "
+                "map is the sum of the masks weighted by the class score of the masked image.",
+        paper="Petsiuk, Das, Saenko (2018), \"RISE: Randomized Input Sampling for Explanation of "
+              "Black-box Models\", BMVC.",
+        where="BMVC 2018; any classifier.",
+        cost="n_masks (default 2000) forward passes per image, shared by every target.",
+        limits=(
+            "Needs thousands of masks for a stable map; random.",
+            "Mask cell size and keep probability set the resolution and change the result.",
+        ),
+    )
+
     quick_params: ClassVar[dict[str, Any]] = {"n_masks": 32}
+    ranges: ClassVar[dict[str, Limit]] = {"n_masks": (1, None), "p": (0, 1)}
 
     def __init__(
         self,
@@ -87,7 +108,12 @@ class Rise(PerturbationExplainer):
         if self.cell_size is None:
             return math.ceil(height / 7), math.ceil(width / 7)
         cs = self.cell_size
-        return (cs, cs) if isinstance(cs, int) else (int(cs[0]), int(cs[1]))
+        cell = (cs, cs) if isinstance(cs, int) else (int(cs[0]), int(cs[1]))
+        if cell[0] > height or cell[1] > width:
+            raise InputError(
+                f"RISE cell_size {cell[0]}x{cell[1]} does not fit the {height}x{width} images "
+                f"(every mask would be nearly constant): give cell_size in 1..{min(height, width)}")
+        return cell
 
     def _prepare(self, x: Tensor, logits: Tensor) -> None:
         super()._prepare(x, logits)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.errors import InputError
+from xailab.core.params import Limit
 from xailab.methods.perturbation._base import PerturbationExplainer, plain_value
 from xailab.methods.perturbation.sampling import SAMPLERS, Sampler
 from xailab.methods.perturbation.segmentation import (
@@ -57,6 +58,8 @@ class SuperpixelExplainer(PerturbationExplainer):
         sampler: ``"paired"`` (default, variance-reduced) or ``"plain"`` (the reference scheme);
             see :mod:`~xailab.methods.perturbation.sampling`.
     """
+
+    ranges: ClassVar[dict[str, Limit]] = {"num_samples": (2, None)}
 
     #: the extras key of the surrogate's constant term
     intercept_name: ClassVar[str] = "intercept"

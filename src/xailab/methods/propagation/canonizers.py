@@ -185,7 +185,7 @@ class _RouteAdds(TorchFunctionMode):
                 "dry run (a data-dependent structure); LRP cannot be applied to it"
             )
         a, b = args[0], args[1]
-        out = self.sums[self.used](torch.stack([a, b], dim=-1))
+        out = self.sums[self.used](torch.stack([a, b]))
         self.used += 1
         if func in _ADD_INPLACE:
             return a.copy_(out)  # keep in-place semantics; the gradient flows through `out` only
@@ -197,7 +197,7 @@ class ResidualSumCanonizer(Canonizer):
 
     For each module with ``k`` additions it adds ``k`` children ``xailab_residual_sum{i}`` (so a
     composite gives them the z-rule) and wraps ``forward`` so that its ``i``-th addition
-    ``a + b`` becomes ``Sum()(torch.stack([a, b], -1))``: same value, and LRP splits the
+    ``a + b`` becomes ``Sum(dim=0)(torch.stack([a, b]))``: same value, and LRP splits the
     relevance between the branches in proportion to their contributions.
     """
 
@@ -234,7 +234,7 @@ class ResidualSumCanonizer(Canonizer):
         self.previous = module.__dict__.get("forward", _MISSING)
         sums: list[nn.Module] = []
         for i in range(count):
-            s = Sum(dim=-1)
+            s = Sum(dim=0)
             module.add_module(f"{SUM_PREFIX}{i}", s)
             sums.append(s)
         original = module.forward

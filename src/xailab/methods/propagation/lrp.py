@@ -35,8 +35,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from xailab.core.card import MethodCard
 from xailab.core.errors import InputError
 from xailab.core.explainer import Explainer, RowTargets, cat, repeat_rows, row_targets
+from xailab.core.params import Limit
+from xailab.core.pixels import recorded_pixel_space
 from xailab.core.registry import register
 
 from .canonizers import ResidualSumCanonizer, model_canonizers
@@ -45,6 +48,33 @@ from .composites import COMPOSITES, Bound, box_bounds, build_composite, check_co
 
 #: |relevance_sum - score| beyond this many times max(|score|, 1) means relevance exploded
 EXPLOSION = 1e3
+
+LRP_PAPER = ("Bach, Binder, Montavon, Klauschen, Müller, Samek (2015), \"On Pixel-Wise Explanations "
+             "for Non-Linear Classifier Decisions by Layer-Wise Relevance Propagation\", PLOS ONE; "
+             "Montavon, Binder, Lapuschkin, Samek, Müller (2019), \"Layer-Wise Relevance Propagation: "
+             "An Overview\", in Explainable AI (Springer LNCS 11700).")
+LRP_LIMITS = (
+    "Needs a hook-friendly model: every ReLU a module of its own (not reused, not functional), no "
+    "in-place additions in residual blocks; xailab refuses models it would get wrong.",
+    "The map depends on the rule chosen for each layer; different composites give visibly different "
+    "maps for the same prediction.",
+    "BatchNorm must be merged into the preceding layer (canonised) first; unusual layers need a rule.",
+)
+
+
+def lrp_card(title: str, rules: str) -> MethodCard:
+    """The card of LRP with the composite whose ``rules`` are described."""
+    return MethodCard(
+        title=title, family="propagation",
+        summary="Layer-wise relevance propagation: the class score is redistributed backwards, layer by "
+                f"layer, so that each layer's relevances sum (approximately) to the score. Rules: {rules}",
+        paper=LRP_PAPER, limits=LRP_LIMITS,
+        cost="One forward and one backward pass (with the rules' modified gradients) per image and "
+             "target; a check of the model's structure on first use.",
+        what="The computational graph layer by layer: relevance is passed backwards through each "
+             "module with a rule chosen for its type.",
+        where="PLOS ONE 2015 and follow-ups; any ReLU CNN built from standard modules (via zennit).",
+    )
 
 
 @register("lrp", family="propagation", aliases=("layerwise_relevance_propagation",))
@@ -62,7 +92,8 @@ class LRP(Explainer):
         low, high: bounds of the model's input for the z^B first-layer rule (a float or one per
             channel, in the normalised space the model sees).
         mean, std: the normalisation applied to [0, 1] images; gives ``low = -mean / std``,
-            ``high = (1 - mean) / std`` when ``low``/``high`` are not given. With neither, each
+            ``high = (1 - mean) / std`` when ``low``/``high`` are not given. With neither, the
+            preprocessing the model carries (:mod:`xailab.core.pixels`); without that, each
             image's own per-channel minimum and maximum are the box.
         check: check the canonized model before explaining (refuse unsupported structures).
             A successful check is remembered for the model (three one-image passes saved on
@@ -73,6 +104,10 @@ class LRP(Explainer):
             is that score; the softmax itself is not decomposed.
     """
 
+    ranges: ClassVar[dict[str, Limit]] = {"epsilon": (0, None), "gamma": (0, None), "stabilizer": (0, None)}
+
+    card = lrp_card("Layer-wise relevance propagation (composite)",
+                    "a named zennit composite picks a rule per layer type (see the parameters below).")
     per_channel = True
     one_pass = True  # targets and logits from the explaining forward pass itself
     default_composite: ClassVar[str] = "epsilon_plus"
@@ -108,6 +143,9 @@ class LRP(Explainer):
             raise InputError(f"gamma must be a finite number >= 0, got {gamma}")
         self.epsilon, self.gamma, self.stabilizer = float(epsilon), float(gamma), float(stabilizer)
         self.zero_bias = bool(zero_bias)
+        if low is None and high is None and mean is None and std is None:
+            recorded = recorded_pixel_space(model) or {}  # the model's preprocessing, as the CLI uses
+            mean, std = recorded.get("mean"), recorded.get("std")
         self.low, self.high, self.mean, self.std = low, high, mean, std
         self.check = check
         self._plan: dict[str, int] = {}
@@ -276,34 +314,51 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _fixed(composite: str, doc: str) -> type[LRP]:
-    """A subclass of :class:`LRP` bound to one composite (its own registry name)."""
+def _fixed(composite: str, doc: str, card: MethodCard) -> type[LRP]:
+    """A subclass of :class:`LRP` bound to one composite (its own registry name and card)."""
     cls = type(
         f"LRP_{composite}",
         (LRP,),
-        {"default_composite": composite, "fixed_composite": True, "__doc__": doc, "__module__": __name__},
+        {"default_composite": composite, "fixed_composite": True, "__doc__": doc, "__module__": __name__,
+         "card": card},
     )
     return cls
 
 
 LRPEpsilon = register("lrp_epsilon", family="propagation")(
-    _fixed("epsilon", "LRP-ε on every layer (Bach et al. 2015); see :class:`LRP`.")
+    _fixed("epsilon", "LRP-ε on every layer (Bach et al. 2015); see :class:`LRP`.",
+           lrp_card("LRP-ε",
+                    "ε-rule on every layer: z_ij / (Σ_j z_ij + ε·sign); small ε stays close "
+                    "to Input × Gradient."))
 )
 LRPZPlus = register("lrp_zplus", family="propagation", aliases=("lrp_alpha1_beta0",))(
-    _fixed("zplus", "LRP-z+ (α1β0) on every layer (Bach et al. 2015; Montavon et al. 2017); see :class:`LRP`.")
+    _fixed("zplus", "LRP-z+ (α1β0) on every layer (Bach et al. 2015; Montavon et al. 2017); see :class:`LRP`.",
+           lrp_card("LRP-z⁺ (α1β0)",
+                    "only positive contributions are propagated on every layer."))
 )
 LRPAlpha2Beta1 = register("lrp_alpha2_beta1", family="propagation")(
-    _fixed("alpha2_beta1", "LRP-α2β1 on every layer (Bach et al. 2015); see :class:`LRP`.")
+    _fixed("alpha2_beta1", "LRP-α2β1 on every layer (Bach et al. 2015); see :class:`LRP`.",
+           lrp_card("LRP-α2β1",
+                    "positive contributions weighted 2, negative 1, on every layer."))
 )
 LRPEpsilonPlus = register("lrp_epsilon_plus", family="propagation")(
-    _fixed("epsilon_plus", "z+ on convolutions, ε on dense layers (zennit EpsilonPlus); see :class:`LRP`.")
+    _fixed("epsilon_plus", "z+ on convolutions, ε on dense layers (zennit EpsilonPlus); see :class:`LRP`.",
+           lrp_card("LRP ε + z⁺",
+                    "z⁺ on convolutions, ε on dense layers (zennit EpsilonPlus)."))
 )
 LRPEpsilonPlusFlat = register("lrp_epsilon_plus_flat", family="propagation", aliases=("lrp_flat",))(
-    _fixed("epsilon_plus_flat", "Flat first layer, z+ convolutions, ε dense (zennit EpsilonPlusFlat).")
+    _fixed("epsilon_plus_flat", "Flat first layer, z+ convolutions, ε dense (zennit EpsilonPlusFlat).",
+           lrp_card("LRP ε + z⁺ + flat",
+                    "flat rule on the first layer, z⁺ on convolutions, ε on dense layers."))
 )
 LRPEpsilonAlpha2Beta1 = register("lrp_epsilon_alpha2_beta1", family="propagation")(
-    _fixed("epsilon_alpha2_beta1", "α2β1 on convolutions, ε on dense layers (zennit EpsilonAlpha2Beta1).")
+    _fixed("epsilon_alpha2_beta1", "α2β1 on convolutions, ε on dense layers (zennit EpsilonAlpha2Beta1).",
+           lrp_card("LRP ε + α2β1",
+                    "α2β1 on convolutions, ε on dense layers."))
 )
 LRPEpsilonGammaBox = register("lrp_epsilon_gamma_box", family="propagation", aliases=("lrp_gamma_box",))(
-    _fixed("epsilon_gamma_box", "z^B first conv, γ convolutions, ε dense (Montavon et al. 2019's recipe).")
+    _fixed("epsilon_gamma_box", "z^B first conv, γ convolutions, ε dense (Montavon et al. 2019's recipe).",
+           lrp_card("LRP ε + γ + z^B",
+                    "z^B (bounded) on the first convolution, γ on convolutions, ε on dense "
+                    "layers (Montavon et al. 2019's recipe)."))
 )
