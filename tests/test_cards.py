@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from xailab.explain import explain_to_run
+from xailab.jobs.explain_images import explain_images
 
 from xailab.core.card import HOHMAN, MethodCard, card_of, method_cards
 from xailab.core.registry import METHODS, available
@@ -52,7 +52,7 @@ def test_subclasses_declare_their_own_card_and_aliases_resolve() -> None:
 
 def test_the_report_shows_the_card_the_run_holds(tiny_cnn: torch.nn.Module, tmp_path: Path) -> None:
     x = torch.randn(2, 3, 8, 8)
-    run = explain_to_run(tiny_cnn, x, out=tmp_path / "r", methods=["saliency", "cam=gradcam"], targets="top1",
+    run = explain_images(tiny_cnn, x, out=tmp_path / "r", methods=["saliency", "cam=gradcam"], targets="top1",
                          png=False, log=lambda _: None)
     cards = run.manifest["cards"]
     assert cards == method_cards(["saliency", "gradcam"])

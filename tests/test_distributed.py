@@ -350,7 +350,7 @@ def test_the_cli_runs_explain_and_compare_on_ray(pool_: Any, tmp_path: Path) -> 
     for i in range(6):
         px = (torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()
         Image.fromarray(px).save(folder / f"im{i}.png")
-    base = ["explain", "--model", "cifar_cnn", "--images", str(folder), "--methods", "saliency,gradcam",
+    base = ["explain", "--model", "cifar_cnn", "--random-weights", "--images", str(folder), "--methods", "saliency,gradcam",
             "--targets", "top1,least", "--no-png", "--batch-size", "8"]
     torch.manual_seed(0)  # the same random weights in both commands
     assert main([*base, "--out", str(tmp_path / "local")]) == 0
