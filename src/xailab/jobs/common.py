@@ -31,7 +31,7 @@ def check_out(out: str | Path, kinds: Sequence[str] = (), *, new_only: bool = Fa
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise RunError(f"--out {out} is a file; give a folder for the run")
-    if not path.exists() or not any(p for p in path.iterdir() if p.name != ".lock"):
+    if not path.exists() or not any(p for p in path.iterdir() if p.name not in (".lock", ".job.lock")):
         return True
     if not (path / "manifest.json").is_file():
         raise RunError(f"--out {out} is a folder holding files that are not an xailab run; "
@@ -46,19 +46,29 @@ def check_out(out: str | Path, kinds: Sequence[str] = (), *, new_only: bool = Fa
 
 @contextmanager
 def job_lock(out: str | Path, log: Callable[[str], None] = print) -> Iterator[None]:
-    """Hold ``out/.job.lock`` for the whole job: a second job on the same run waits its turn."""
+    """Hold ``out/.job.lock`` for the whole job: a second job on the same run waits its turn.
+
+    A folder this job created is removed again when the job fails before the run exists
+    (no ``manifest.json``), so a refused job leaves nothing behind.
+    """
     path = Path(out)
+    existed = path.exists()
     path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".job.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"another job is writing into {path}; waiting for it to finish")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    try:
+        with open(path / ".job.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"another job is writing into {path}; waiting for it to finish")
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    except BaseException:
+        if not existed and not (path / "manifest.json").exists():
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def remove_if_new(out: str | Path, new: bool) -> None:
