@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from xailab.jobs.explain_images import explain_images
 
 from xailab.core.card import HOHMAN, MethodCard, card_of, method_cards
 from xailab.core.registry import METHODS, available
+from xailab.jobs.explain_images import explain_images
 from xailab.report.site import build_site
 
 METHOD_NAMES = available()

@@ -19,9 +19,9 @@ from xailab.concepts.dissection import (
     ConceptMasks,
     Dissection,
     QuantileSketch,
-    _first_pass,
     dissect,
     dissect_classes,
+    first_pass,
     resolve_layers,
 )
 from xailab.core.errors import InputError
@@ -125,8 +125,8 @@ def test_sketches_over_one_range_merge_into_the_sketch_of_all_values() -> None:
 def test_exact_range_is_within_a_bin_of_the_default_sketch() -> None:
     model, x = _model(), _images()
     modules = resolve_layers(model, LAYERS)
-    default = _first_pass(model, modules, x, BATCH, 8, 64)
-    exact = _first_pass(model, modules, x, BATCH, 8, 64, exact_range=True)
+    default = first_pass(model, modules, x, BATCH, 8, 64)
+    exact = first_pass(model, modules, x, BATCH, 8, 64, exact_range=True)
     for name in default:
         d, e = default[name].sketch, exact[name].sketch
         assert d.lo is not None and d.hi is not None and e.lo is not None and e.hi is not None

@@ -245,9 +245,8 @@ def _recover_adversarial(model: nn.Module, x: torch.Tensor, start: str) -> torch
     from xailab.methods.gradient.baselines import make_baselines
 
     ig = xailab.create("integrated_gradients", model, baseline=f"adversarial:{start}")
-    ig._offset = 0
     with torch.no_grad():
-        b, _ = make_baselines(ig.baseline, x, ig.space, ig)
+        b, _ = make_baselines(ig.baseline, x, ig.space, ig, first=0)
     return b
 
 

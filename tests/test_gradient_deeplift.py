@@ -143,17 +143,18 @@ class Functional(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x)
-        h = {"F.relu": F.relu, "torch.relu": torch.relu, "Tensor.relu": torch.Tensor.relu,
+        h = {"F.relu": F.relu, "torch.relu": torch.relu, "Tensor.relu": lambda t: t.relu(),
              "torch.sigmoid": torch.sigmoid}[self.how](h)
         return self.fc(h.mean(dim=(2, 3)))
 
 
 @pytest.mark.parametrize("how", ["F.relu", "torch.relu", "Tensor.relu", "torch.sigmoid"])
-def test_functional_activations_are_refused(how: str, x64: torch.Tensor) -> None:
+def test_functional_activations_are_rewritten_and_exact(how: str, x64: torch.Tensor) -> None:
+    """Functional activations run as modules of a traced copy (core.rewrite): exact summation."""
     model = Functional(how).double().eval()
-    with pytest.raises(UnsupportedModelError, match="functional_activation"):
-        xailab.create("deeplift", model).explain(x64)
-    xailab.create("integrated_gradients", model, n_steps=2).explain(x64)  # what the message advises
+    res = xailab.create("deeplift", model).explain(x64)
+    assert res.extras["delta"].abs().max() < 1e-10
+    assert res.maps.abs().max() > 0
 
 
 def test_uncovered_modules_and_outputs_are_refused(x64: torch.Tensor) -> None:

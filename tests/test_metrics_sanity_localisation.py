@@ -72,7 +72,8 @@ def test_randomisation_flags_the_edge_detector_not_saliency() -> None:
     assert edge.flagged and edge.final_spearman == pytest.approx(1.0)
     assert (edge.ssim - 1).abs().max() < 1e-9
     table = sal.table()
-    assert list(table.columns) == ["method", "step", "layer", "spearman", "spearman_std", "ssim", "ssim_std"]
+    assert list(table.columns) == ["method", "step", "layer", "spearman", "spearman_std", "ssim", "ssim_std",
+                                  "input_spearman"]
     # the user's model is untouched
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

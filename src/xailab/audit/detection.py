@@ -267,7 +267,7 @@ def detect_backdoor(
             ``layer``: whose output is clustered, see :func:`penultimate`).
         thresholds: the verdict's :class:`Thresholds`.
     """
-    from xailab.train._common import classes_of, labels_of
+    from xailab.train.batches import classes_of, labels_of
 
     t0 = time.perf_counter()
     th = thresholds or Thresholds()
@@ -282,32 +282,12 @@ def detect_backdoor(
             rows.append({"class": c, "name": names[c], "n": len(idx), "flagged": False, "verdict": "too few items",
                          "note": "too few items"})
             continue
-        x = _items(dataset, idx)
-        maps = explain_class(model, x, c, method, dict(method_params or {}), batch_size, seed)
-        full, feats = map_features(maps, mode=mode, downsample=downsample)
-        sp = spectral(feats.double().numpy(), n_neighbors=n_neighbors, n_eigen=n_eigen, seed=seed)
-        ac = two_means(penultimate(model, x, layer=layer, batch_size=batch_size).numpy(), dims=ac_dims,
-                       reduce=ac_reduce, seed=seed)
-        spray_flag = sp.k >= 2 and sp.gap_score >= th.spray_gap and sp.small_share <= th.max_share
-        ac_flag = ac.small_share <= th.max_share and ac.silhouette >= th.ac_silhouette
-        suspicious = (sp.labels if spray_flag or not ac_flag else ac.labels).astype(bool)
-        small = torch.from_numpy(suspicious)
-        mean_small = full[small].mean(dim=0) if bool(small.any()) else torch.zeros_like(full[0])
-        mean_rest = full[~small].mean(dim=0) if bool((~small).any()) else torch.zeros_like(full[0])
-        region, share = relied_region(mean_small, mean_rest)
-        ev = ClassEvidence(c, names[c], idx, full, sp, ac, spray_flag, ac_flag, th.flag(spray_flag, ac_flag),
-                           suspicious, region, share,
-                           mean_small, mean_rest)
+        ev, row = _analyse_class(model, dataset, c, names[c], idx, th, method=method,
+                                 method_params=dict(method_params or {}), mode=mode, downsample=downsample,
+                                 n_neighbors=n_neighbors, n_eigen=n_eigen, ac_dims=ac_dims, ac_reduce=ac_reduce,
+                                 layer=layer, batch_size=batch_size, seed=seed)
         evidence.append(ev)
-        rows.append({
-            "class": c, "name": names[c], "n": len(idx),
-            "spray_k": sp.k, "spray_gap": sp.gap_score, "spray_small_share": sp.small_share,
-            "spray_l2": float(sp.eigenvalues[1]), "spray_l3": float(sp.eigenvalues[2]),
-            "ac_small_share": ac.small_share, "ac_silhouette": ac.silhouette,
-            "spray_flag": spray_flag, "ac_flag": ac_flag, "flagged": ev.flagged, "verdict": ev.verdict,
-            "region": "" if region is None else "{},{}-{},{}".format(*region),
-            "region_share": share, "suspicious_n": int(suspicious.sum()), "note": "",
-        })
+        rows.append(row)
     params = {"method": method, "method_params": method_params or {}, "max_per_class": max_per_class,
               "mode": mode, "downsample": downsample, "n_neighbors": n_neighbors, "n_eigen": n_eigen,
               "ac_dims": ac_dims, "ac_reduce": ac_reduce, "layer": layer, "seed": seed,
@@ -315,7 +295,40 @@ def detect_backdoor(
     return DetectionReport(evidence, pd.DataFrame(rows), params, time.perf_counter() - t0)
 
 
-def _items(dataset: Any, idx: np.ndarray) -> Tensor:
+def _analyse_class(model: nn.Module, dataset: Any, c: int, name: str, idx: np.ndarray, th: Thresholds, *,
+                   method: str, method_params: dict[str, Any], mode: str, downsample: int, n_neighbors: int,
+                   n_eigen: int, ac_dims: int, ac_reduce: str, layer: str | None, batch_size: int,
+                   seed: int) -> tuple[ClassEvidence, dict[str, Any]]:
+    """SpRAy and activation clustering on the items ``idx`` of class ``c``: evidence and table row."""
+    x = dataset_items(dataset, idx)
+    maps = explain_class(model, x, c, method, dict(method_params), batch_size, seed)
+    full, feats = map_features(maps, mode=mode, downsample=downsample)
+    sp = spectral(feats.double().numpy(), n_neighbors=n_neighbors, n_eigen=n_eigen, seed=seed)
+    ac = two_means(penultimate(model, x, layer=layer, batch_size=batch_size).numpy(), dims=ac_dims,
+                   reduce=ac_reduce, seed=seed)
+    spray_flag = sp.k >= 2 and sp.gap_score >= th.spray_gap and sp.small_share <= th.max_share
+    ac_flag = ac.small_share <= th.max_share and ac.silhouette >= th.ac_silhouette
+    suspicious = (sp.labels if spray_flag or not ac_flag else ac.labels).astype(bool)
+    small = torch.from_numpy(suspicious)
+    mean_small = full[small].mean(dim=0) if bool(small.any()) else torch.zeros_like(full[0])
+    mean_rest = full[~small].mean(dim=0) if bool((~small).any()) else torch.zeros_like(full[0])
+    region, share = relied_region(mean_small, mean_rest)
+    ev = ClassEvidence(c, name, idx, full, sp, ac, spray_flag, ac_flag, th.flag(spray_flag, ac_flag),
+                       suspicious, region, share,
+                       mean_small, mean_rest)
+    return ev, {
+        "class": c, "name": name, "n": len(idx),
+        "spray_k": sp.k, "spray_gap": sp.gap_score, "spray_small_share": sp.small_share,
+        "spray_l2": float(sp.eigenvalues[1]), "spray_l3": float(sp.eigenvalues[2]),
+        "ac_small_share": ac.small_share, "ac_silhouette": ac.silhouette,
+        "spray_flag": spray_flag, "ac_flag": ac_flag, "flagged": ev.flagged, "verdict": ev.verdict,
+        "region": "" if region is None else "{},{}-{},{}".format(*region),
+        "region_share": share, "suspicious_n": int(suspicious.sum()), "note": "",
+    }
+
+
+def dataset_items(dataset: Any, idx: np.ndarray) -> Tensor:
+    """The inputs of items ``idx`` of ``dataset`` (its ``get_batch`` without augmentation when it has one)."""
     get_batch = getattr(dataset, "get_batch", None)
     if callable(get_batch):
         try:

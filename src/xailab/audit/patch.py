@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xailab.audit.adversarial import ClassSpec, Setup, descend, image_generator, keep_better
+from xailab.audit.descent import ClassSpec, Setup, best_of_restarts, descend, image_generator
 from xailab.audit.pixel import check_patch, grid_positions, square_masks
 from xailab.audit.result import AttackResult
 from xailab.core.errors import InputError
@@ -114,6 +114,43 @@ def _search_positions(s: Setup, x0: Tensor, cls: Tensor, lo: int, *, size: int, 
     return pos[chosen], adv[chosen]
 
 
+def _find_place(s: Setup, x0: Tensor, cls: Tensor, lo: int, position: Position,
+                **search: Any) -> tuple[Tensor, Tensor | None]:
+    """Per image the (top, left) of its square, and the patched images found while searching."""
+    if position == "saliency":
+        return _saliency_positions(s, x0, cls, search["size"]), None
+    return _search_positions(s, x0, cls, lo, **search)
+
+
+def _attack_at(s: Setup, x0: Tensor, cls: Tensor, lo: int, pos: Tensor, warm: Tensor | None, *, size: int,
+               steps: int, step_size: float, eps: float, seed: int, random_start: bool, restarts: int) -> Tensor:
+    """The best patched images of the chunk ``x0`` (images ``lo..``) with their squares at ``pos``;
+    the first restart starts from ``warm`` (the search's result) when there is one."""
+    mask = square_masks(len(x0), (x0.shape[-2], x0.shape[-1]), size, pos)[:, None].to(x0.dtype)
+
+    def attempt(r: int) -> Tensor:
+        if r == 0 and warm is not None:
+            start: Tensor | None = warm
+        elif random_start:
+            start = _patch_start(x0, mask, eps, seed, lo, r + 1)
+        else:
+            start = None
+        adv = descend(s.px, x0, cls, sign=s.sign, eps=eps, norm="linf", steps=steps,
+                      step_size=step_size, start=start, mask=mask) if steps else start
+        return x0.clone() if adv is None else adv
+
+    return best_of_restarts(s, x0, cls, lo, restarts, random_start, attempt)
+
+
+def _check_settings(steps: int, search_steps: int, eps: float, step_size: float, restarts: int) -> None:
+    if steps < 0 or search_steps < 1:
+        raise InputError(f"steps must be >= 0 and search_steps >= 1, got {steps} and {search_steps}")
+    if not 0 < eps <= 1:
+        raise InputError(f"eps of a patch must lie in (0, 1], got {eps}")
+    if not step_size > 0 or restarts < 1:
+        raise InputError("step_size must be > 0 and restarts >= 1")
+
+
 def patch_attack(
     model: nn.Module,
     images: Tensor,
@@ -146,58 +183,26 @@ def patch_attack(
         restarts: further random starts at the chosen place; each image keeps its best.
         Other arguments as :func:`xailab.audit.adversarial.pgd`.
     """
-    if steps < 0 or search_steps < 1:
-        raise InputError(f"steps must be >= 0 and search_steps >= 1, got {steps} and {search_steps}")
-    if not 0 < eps <= 1:
-        raise InputError(f"eps of a patch must lie in (0, 1], got {eps}")
-    if not step_size > 0 or restarts < 1:
-        raise InputError("step_size must be > 0 and restarts >= 1")
+    _check_settings(steps, search_steps, eps, step_size, restarts)
     t0 = time.perf_counter()
     s = Setup(model, images, labels, target, preprocessing, batch_size)
     n, _, h, w = s.x.shape
     check_patch(size, (h, w))
     fixed = _fixed_positions(position, n, (h, w), size)
     stride_ = stride if stride is not None else size
-    n_places = len(grid_positions((h, w), size, stride_)) if fixed is None and position == "search" else 1
-    per_chunk = max(1, batch_size // n_places)
+    per_chunk = max(1, batch_size // (len(grid_positions((h, w), size, stride_)) if fixed is None and position == "search" else 1))
     outs, places = [], []
     with model_session(model):
         for lo in range(0, n, per_chunk):
             x0, cls = s.x[lo : lo + per_chunk], s.cls[lo : lo + per_chunk]
-            hi = lo + len(x0)
-            warm = None
             if fixed is not None:
-                pos = fixed[lo:hi].to(s.device)
-            elif position == "saliency":
-                pos = _saliency_positions(s, x0, cls, size)
+                pos, warm = fixed[lo : lo + len(x0)].to(s.device), None
             else:
-                pos, warm = _search_positions(s, x0, cls, lo, size=size, stride=stride_, eps=eps,
-                                              steps=search_steps, step_size=step_size, seed=seed,
-                                              random_start=random_start)
-            mask = square_masks(len(x0), (h, w), size, pos)[:, None].to(x0.dtype)
-            best = best_ok = best_obj = None
-            for r in range(restarts):
-                if r == 0 and warm is not None:
-                    start = warm
-                elif random_start:
-                    start = _patch_start(x0, mask, eps, seed, lo, r + 1)
-                else:
-                    start = None
-                adv = descend(s.px, x0, cls, sign=s.sign, eps=eps, norm="linf", steps=steps,
-                              step_size=step_size, start=start, mask=mask) if steps else start
-                if adv is None:
-                    adv = x0.clone()
-                with torch.no_grad():
-                    logits = s.px(adv)
-                ok, obj = s.succeeded(logits, lo, hi), s.objective(logits, cls)
-                if best is None or best_ok is None or best_obj is None:
-                    best, best_ok, best_obj = adv, ok, obj
-                else:
-                    best, best_ok, best_obj = keep_better(best, best_ok, best_obj, adv, ok, obj)
-                if bool(best_ok.all()) or not random_start:
-                    break
-            assert best is not None
-            outs.append(best)
+                pos, warm = _find_place(s, x0, cls, lo, position, size=size, stride=stride_, eps=eps,
+                                        steps=search_steps, step_size=step_size, seed=seed,
+                                        random_start=random_start)
+            outs.append(_attack_at(s, x0, cls, lo, pos, warm, size=size, steps=steps, step_size=step_size,
+                                   eps=eps, seed=seed, random_start=random_start, restarts=restarts))
             places.append(pos)
     positions = torch.cat(places)
     params = {"size": size, "position": position if isinstance(position, str) else "given",

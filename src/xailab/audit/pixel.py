@@ -50,7 +50,7 @@ def resolve_preprocessing(model: nn.Module, preprocessing: Preprocessing | str |
     if isinstance(preprocessing, str):
         if preprocessing != "model":
             raise InputError(f"preprocessing must be a Preprocessing, None or 'model', not {preprocessing!r}")
-        from xailab.models.registry import get_preprocessing
+        from xailab.models.preprocessing import get_preprocessing
 
         return get_preprocessing(model)
     return preprocessing

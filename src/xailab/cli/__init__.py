@@ -8,6 +8,7 @@ and ``run(args) -> int``; adding a command is adding a module. Errors that are t
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -60,9 +61,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `xailab flow RUN | head`
         sys.stderr.close()
         return 0
+    except OSError as e:  # disk full, permission denied, a path that vanished: the machine, not a bug
+        print(f"xailab {args.command}: error: {os_message(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"xailab {args.command}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
         return 130
+
+
+def os_message(e: OSError) -> str:
+    """One line for an operating-system error, naming the file; a full disk says what to do."""
+    where = f": {e.filename}" if e.filename else ""
+    text = f"{e.strerror or e}{where}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += " (what was finished is kept; free some space and run the command again to resume)"
+    return text
 
 
 if __name__ == "__main__":

@@ -38,7 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="most samples in one forward pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="cheap settings (few samples/steps) for a first look")
-    p.add_argument("--no-png", action="store_true", help="skip the PNG overlays")
+    p.add_argument("--png", choices=("none", "grid", "all"), default="grid",
+                   help="PNG overlays: one grid of methods x targets per image (default), also one figure "
+                        "per image and method with its colour bar (all), or none")
+    p.add_argument("--no-png", dest="png", action="store_const", const="none", help="same as --png none")
     p.add_argument("--out", required=True, help="run directory (created; reused to resume)")
     add_backend_arguments(p)
 
@@ -55,11 +58,12 @@ def run(args: argparse.Namespace) -> int:
         model=model_spec(args), images=args.images, methods=method_list(args.methods),
         targets=tuple(parse_target_list(args.targets)), data_root=args.data_root, class_names=args.class_names,
         method_params=parse_sets(args.set), layer=args.layer, batch_size=args.batch_size, seed=args.seed,
-        quick=args.quick, png=not args.no_png, backend=backend_from_args(args),
+        quick=args.quick, png=args.png, backend=backend_from_args(args),
     )
     run_ = explain_to_run(spec, args.out)
     print(f"run: {run_.path}")
-    print(f"overlays: {run_.path / 'files' / 'overlays'}" if not args.no_png else "")
+    if args.png != "none":
+        print(f"overlays: {run_.path / 'files' / 'overlays'}")
     refused = (run_.manifest.get("explain") or {}).get("refused") or {}
     for method, why in refused.items():
         print(f"xailab explain: refused {method}: {why}", file=sys.stderr)

@@ -23,9 +23,9 @@ pass.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -36,7 +36,24 @@ from xailab.core.errors import InputError, ModelError
 from xailab.core.explanation import Explanation
 from xailab.core.hooks import model_device, model_session
 from xailab.core.params import Limit, checked_init
+from xailab.core.rows import (
+    RowTargets,
+    cat,
+    ceil_div,
+    check_logits,
+    chunked,
+    expand_targets,
+    full_pass_images,
+    keep_format,
+    repeat_rows,
+    row_targets,
+)
 from xailab.core.targets import TargetPlan, TargetSpec, resolve_targets
+
+__all__ = [
+    "Explainer", "Output", "RowTargets", "all_ranges", "cat", "ceil_div", "check_logits", "chunked",
+    "expand_targets", "full_pass_images", "keep_format", "repeat_rows", "row_targets",
+]
 
 Output = Literal["logit", "probability", "log_probability"]
 
@@ -107,7 +124,7 @@ class Explainer:
         self.eval_mode = eval_mode
         self.seed = int(seed)
         self.evaluations = 0
-        self._offset = 0  # index of the current chunk's first image in the whole call
+        self._chunk_start = 0  # index of the current chunk's first image in the whole call
         self.index_base = 0  # index of the call's first image in the whole dataset (shards)
 
     # -- what subclasses provide --------------------------------------------------------------
@@ -179,7 +196,7 @@ class Explainer:
         per_chunk = self.images_per_chunk(targets.shape[1])
         chunks = []
         for lo in range(0, len(x), per_chunk):
-            self._offset = lo
+            self._chunk_start = lo
             maps = self._explain_batch(x[lo : lo + per_chunk], targets[lo : lo + per_chunk])
             chunks.append(maps.detach().cpu())
             bar.update(min(per_chunk, len(x) - lo))
@@ -197,7 +214,7 @@ class Explainer:
         per_chunk = self.images_per_chunk(n_targets)
         chunks, targets, logits = [], [], []
         for lo in range(0, len(x), per_chunk):
-            self._offset = lo
+            self._chunk_start = lo
             xc = x[lo : lo + per_chunk]
             rows = RowTargets.from_plan(plan, lo, len(xc), n_targets)
             maps = self._explain_rows(xc, rows)
@@ -283,15 +300,36 @@ class Explainer:
             scores.append(s.detach())
         return cat(grads), cat(scores)
 
-    def generator(self, image_index: int) -> torch.Generator:
-        """A generator for the image at ``image_index`` within the current chunk.
+    @property
+    def chunk_start(self) -> int:
+        """Index, in the whole ``explain`` call, of the first image of the chunk being explained."""
+        return self._chunk_start
 
-        Seeded from ``seed`` and the image's position in the whole call, so the draws for an
-        image do not depend on how the call was split into chunks (batch-size parity).
+    @contextmanager
+    def at_chunk(self, start: int) -> Iterator[None]:
+        """Draw (:meth:`generator`) as for a chunk whose first image is image ``start`` of a call:
+        e.g. an outer method driving this one chunk by chunk, or the draws of a whole call
+        (``start=0``) outside ``explain``. The previous chunk start is restored afterwards."""
+        saved, self._chunk_start = self._chunk_start, int(start)
+        try:
+            yield
+        finally:
+            self._chunk_start = saved
+
+    def image_generator(self, index: int) -> torch.Generator:
+        """A generator for image ``index`` of the whole call.
+
+        Seeded from ``seed`` and the image's position in the whole call (plus ``index_base``), so
+        the draws for an image do not depend on how the call was split into chunks.
         """
         g = torch.Generator(device="cpu")
-        g.manual_seed(self.seed * 1_000_003 + self.index_base + self._offset + image_index)
+        g.manual_seed(self.seed * 1_000_003 + self.index_base + index)
         return g
+
+    def generator(self, image_index: int) -> torch.Generator:
+        """A generator for the image at ``image_index`` within the current chunk
+        (:meth:`image_generator` of ``chunk_start + image_index``: batch-size parity)."""
+        return self.image_generator(self._chunk_start + image_index)
 
     def set_index_base(self, base: int) -> None:
         """Key random draws by dataset index ``base + i`` (``i`` the image's place in a call).
@@ -313,144 +351,6 @@ class Explainer:
         visit(self)
 
 
-class RowTargets:
-    """The targets of a chunk's (image, target) rows, known or resolved from the rows' own logits.
-
-    Rows are in (image, target) order: row ``r`` is image ``r // T``, target column ``r % T``.
-    Known targets (the scoring-pass path) are simply sliced. Otherwise (one-pass methods) the
-    method runs its rows through the model in increasing order and calls
-    ``rows(lo, hi, logits)`` with each pass's logits: every image whose first row lies in the
-    pass gets its targets from that row's logits (the image itself, unchanged), resolved by the
-    call's :class:`~xailab.core.targets.TargetPlan`; those logits become the Explanation's.
-
-        rows = RowTargets.from_plan(plan, first_image=0, n_images=4, n_targets=2)
-        t = rows.rows(0, 3, logits_of_rows_0_to_2)   # images 0 and 1 resolved; [3] targets
-    """
-
-    def __init__(self, targets: Tensor | None, *, plan: TargetPlan | None = None, first_image: int = 0,
-                 n_images: int = 0, n_targets: int = 1) -> None:
-        self.plan, self.first_image = plan, first_image
-        self._targets = targets
-        self._logits: Tensor | None = None
-        self._done = 0  # images resolved so far
-        self.shape = (n_images, n_targets) if targets is None else (targets.shape[0], targets.shape[1])
-        if plan is None and targets is None:
-            raise ValueError("RowTargets needs known targets or a plan")
-
-    @classmethod
-    def known(cls, targets: Tensor) -> RowTargets:
-        return cls(targets)
-
-    @classmethod
-    def from_plan(cls, plan: TargetPlan, first_image: int, n_images: int, n_targets: int) -> RowTargets:
-        return cls(None, plan=plan, first_image=first_image, n_images=n_images, n_targets=n_targets)
-
-    @property
-    def lazy(self) -> bool:
-        return self.plan is not None
-
-    def rows(self, lo: int, hi: int, logits: Tensor | None = None) -> Tensor:
-        """Targets ``[hi - lo]`` of rows ``lo..hi``; ``logits [hi - lo, K]`` are these rows' logits."""
-        if self.plan is None:
-            assert self._targets is not None
-            return self._targets.reshape(-1)[lo:hi]
-        t = self.shape[1]
-        first, last = -(-lo // t), -(-hi // t)  # the images whose first row lies in lo..hi
-        assert self._done == first, "one-pass rows must be resolved in order"
-        if last > first:
-            if logits is None:
-                raise ValueError("one-pass targets need the logits of the rows")
-            own = logits[torch.arange(first, last, device=logits.device) * t - lo].detach()
-            self.images(first, own)
-        assert self._targets is not None
-        return self._targets.reshape(-1)[lo:hi]
-
-    def images(self, first: int, logits: Tensor) -> Tensor:
-        """Resolve images ``first ..`` (of the chunk) from their own ``logits [m, K]``; their targets."""
-        assert self.plan is not None and self._done == first
-        m = len(logits)
-        start = self.first_image + first
-        got, _ = self.plan.resolve(logits, slice(start, start + m))
-        if self._targets is None:
-            self._targets = got.new_empty(self.shape)
-            self._logits = logits.new_empty(self.shape[0], logits.shape[1])
-        assert self._logits is not None
-        self._targets[first : first + m] = got
-        self._logits[first : first + m] = logits.detach()
-        self._done = first + m
-        return got
-
-    @property
-    def targets(self) -> Tensor:
-        """All ``[B, T]`` targets (every image must have been resolved)."""
-        if self.plan is not None and self._done != self.shape[0]:
-            raise RuntimeError(f"only {self._done} of {self.shape[0]} images had their targets resolved")
-        assert self._targets is not None
-        return self._targets
-
-    @property
-    def logits(self) -> Tensor:
-        """The ``[B, K]`` logits the targets were resolved from (one-pass methods only)."""
-        self.targets  # noqa: B018  (checks completeness)
-        if self._logits is None:
-            raise RuntimeError("known targets carry no logits")
-        return self._logits
-
-
-setattr(Explainer, "__init__", checked_init(Explainer.__dict__["__init__"], all_ranges))  # noqa: B010
-
-
-def row_targets(targets: Tensor | RowTargets, lo: int, hi: int, logits: Tensor, first_row: int = 0) -> Tensor:
-    """Targets of rows ``lo..hi`` of a pass (offset ``first_row`` in the chunk) with these ``logits``."""
-    if isinstance(targets, RowTargets):
-        return targets.rows(first_row + lo, first_row + hi, logits)
-    return targets[lo:hi]
-
-
-def repeat_rows(x: Tensor, t: int) -> Tensor:
-    """The (image, target) rows of ``x``: each image ``t`` times, in ``x``'s memory format.
-
-    ``t == 1`` gives ``x`` itself (no copy). A channels-last batch stays channels-last: CPU
-    convolutions run faster in it, and an NCHW copy of a channels-last batch made every
-    one-pass method ~15 % slower than the reference libraries, which use the input as it is.
-    """
-    if t == 1:
-        return x
-    return keep_format(x.repeat_interleave(t, dim=0), x)
-
-
-def keep_format(out: Tensor, like: Tensor) -> Tensor:
-    """``out`` in channels-last memory format if ``like`` is a channels-last 4-D batch."""
-    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
-        return out.contiguous(memory_format=torch.channels_last)
-    return out
-
-
-def cat(parts: Sequence[Tensor]) -> Tensor:
-    """``torch.cat(parts)``, without the copy when there is only one part."""
-    return parts[0] if len(parts) == 1 else torch.cat(list(parts))
-
-
-def expand_targets(targets: Tensor, samples: int) -> Tensor:
-    """``[B, T]`` -> ``[B * T * samples]`` in (image, target, sample) order."""
-    return targets.reshape(-1, 1).expand(-1, samples).reshape(-1)
-
-
-def check_logits(out: Any, n: int) -> Tensor:
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if hasattr(out, "logits") and not isinstance(out, Tensor):  # HF-style output objects
-        out = out.logits
-    if not isinstance(out, Tensor):
-        raise ModelError(f"the model returned {type(out).__name__}, expected a tensor of logits")
-    if out.dim() != 2 or out.shape[0] != n:
-        raise ModelError(f"the model must return logits [N, classes]; for {n} images it returned {tuple(out.shape)}")
-    if not torch.isfinite(out).all():
-        bad = int((~torch.isfinite(out)).any(dim=1).sum())
-        raise ModelError(f"the model returned NaN or infinite logits for {bad} of {n} images")
-    return out
-
-
 class _NoBar:
     def update(self, n: int) -> None: ...
     def close(self) -> None: ...
@@ -464,26 +364,4 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="img")
 
 
-def full_pass_images(samples_per_image: int, batch_size: int) -> int:
-    """Images per chunk such that the chunk's samples fill whole passes of ``batch_size``.
-
-    The least number of images whose samples are a multiple of ``batch_size`` when that is
-    small; otherwise enough for about 16 passes (at most one part-filled pass in 16). Methods
-    that share rows (the gradient engine, the gradient CAMs, the shared pass) use this one rule
-    so that the same rows go through the model in the same passes.
-    """
-    spi = max(1, samples_per_image)
-    k = math.lcm(spi, batch_size) // spi
-    if k * spi > 16 * batch_size:
-        k = -(-16 * batch_size // spi)
-    return max(1, k)
-
-
-def chunked(n: int, size: int) -> Iterator[slice]:
-    """Slices covering ``range(n)`` in steps of ``size``."""
-    for lo in range(0, n, max(1, size)):
-        yield slice(lo, min(n, lo + size))
-
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)
+setattr(Explainer, "__init__", checked_init(Explainer.__dict__["__init__"], all_ranges))  # noqa: B010

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ class Explanation:
                 "logits": self.logits.detach().cpu().contiguous(),
             }
             tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in self.extras.items()})
-            save_file(tensors, str(tmp / "arrays.safetensors"))
+            _save_tensors(tensors, tmp / "arrays.safetensors")
             manifest = {
                 "format": "xailab.explanation",
                 "version": FORMAT_VERSION,
@@ -160,3 +161,19 @@ class Explanation:
             evaluations=int(manifest.get("evaluations", 0)),
             extras={k[6:]: v for k, v in arrays.items() if k.startswith("extra.")},
         )
+
+
+def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
+    """``save_file``, with the operating-system errors safetensors wraps in its own exception
+    (a full disk: ``IoError(Os { code: 28, ... })``) raised as the ``OSError`` they are."""
+    try:
+        save_file(tensors, str(path))
+    except OSError:
+        raise
+    except Exception as e:
+        code = re.search(r"code: (\d+)", str(e))
+        if code is None:
+            raise
+        n = int(code.group(1))
+        raise OSError(n, os.strerror(n), str(path)) from e
+

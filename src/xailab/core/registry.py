@@ -79,6 +79,14 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         return self._entries[self.canonical(name)]
 
+    def __contains__(self, name: object) -> bool:
+        """Whether ``name`` (spelled as :meth:`canonical` accepts it) is a registered name or alias."""
+        if not isinstance(name, str):
+            return False
+        self._load()
+        key = name.strip().lower().replace("-", "_")
+        return key in self._entries or key in self._aliases
+
     def family(self, name: str) -> str:
         return self._family[self.canonical(name)]
 

@@ -21,7 +21,6 @@ modification time, so CIFAR-10's 60,000 JPEGs are decoded once per machine.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 import warnings
@@ -36,6 +35,7 @@ from PIL import Image
 from torch import Tensor
 
 from xailab.core.errors import DataError
+from xailab.data.decode import check_upscale, decode_image
 from xailab.data.transforms import resize_center_crop
 
 IMAGE_EXTENSIONS = frozenset(
@@ -155,16 +155,6 @@ def _select(
 
 
 # -- decoding -----------------------------------------------------------------------------------
-def decode_image(data: bytes, name: str) -> Image.Image:
-    """Decode image bytes fully, or raise :class:`DataError` naming the file."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot decode image {name}: {e}") from e
-    return img
-
-
 def _grey(img: Image.Image) -> bool:
     if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
         return True
@@ -179,25 +169,41 @@ def decode_all(
     *,
     image_size: tuple[int, int] | None = None,
     channels: int | None = None,
+    notes: list[str] | None = None,
+    skipped: list[int] | None = None,
 ) -> Tensor:
-    """Decode ``(name, read_bytes)`` items into one uint8 ``[N, C, H, W]`` tensor."""
+    """Decode ``(name, read_bytes)`` items into one uint8 ``[N, C, H, W]`` tensor; what was
+    changed (deep or transparent images, large upscales) is appended to ``notes``. With a
+    ``skipped`` list, an image that cannot be read is left out (its index appended, a note
+    saying why) instead of stopping everything."""
     arrays: list[np.ndarray] = []
+    kept: list[str] = []
     mode = {1: "L", 3: "RGB"}.get(channels or 0)
-    for name, read in items:
+    for i, (name, read) in enumerate(items):
         try:
-            data = read()
-        except OSError as e:
-            raise DataError(f"cannot read image {name}: {e}") from e
-        img = decode_image(data, name)
+            try:
+                data = read()
+            except OSError as e:
+                raise DataError(f"cannot read image {name}: {e}") from e
+            img = decode_image(data, name, notes)
+        except DataError as e:
+            if skipped is None:
+                raise
+            skipped.append(i)
+            if notes is not None:
+                notes.append(f"{name}: skipped ({e})")
+            continue
+        kept.append(name)
         if mode is None:
             mode = "L" if _grey(img) else "RGB"
         arrays.append(np.asarray(img.convert(mode), dtype=np.uint8))
     if not arrays:
-        raise DataError("no images to decode")
+        raise DataError("no images to decode" if not skipped else f"none of the {len(items)} images could be decoded")
     sizes = Counter(a.shape[:2] for a in arrays)
     target = tuple(image_size) if image_size is not None else sizes.most_common(1)[0][0]
     for i, a in enumerate(arrays):
         if a.shape[:2] != target:
+            check_upscale(kept[i], (a.shape[1], a.shape[0]), target, notes)
             img = Image.fromarray(a, mode=mode)
             arrays[i] = np.asarray(resize_center_crop(img, (int(target[0]), int(target[1]))), dtype=np.uint8)
     stack = np.stack(arrays)

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,10 @@ from torch import Tensor
 
 from xailab.core.errors import DataError
 from xailab.data.dataset import ImageDataset
+from xailab.data.decode import check_upscale, decode_image, warn_notes
 from xailab.data.folder import (
+    FolderListing,
     decode_all,
-    decode_image,
     is_archive,
     is_image_name,
     list_image_folder,
@@ -64,9 +65,7 @@ def _dataset_spec(spec: str) -> tuple[str, str, int | None] | None:
             split = parts.pop()
         return "folder:" + ":".join(parts), split, n
     parts = spec.split(":")
-    if len(parts) < 2 or len(parts) > 3 or parts[0].strip().lower().replace("-", "_") not in (
-        DATASETS.available() + list(DATASETS._aliases)
-    ):
+    if len(parts) < 2 or len(parts) > 3 or parts[0] not in DATASETS:
         return None
     if len(parts) == 3 and not parts[2].isdigit():
         raise DataError(f"in {spec!r}, N must be a number of images")
@@ -81,18 +80,42 @@ def _prepare(x: Tensor, ds: ImageDataset | None, prep: Preprocessing | None) -> 
     return x.float() / 255.0
 
 
-def _files(paths: Sequence[str], prep: Preprocessing | None) -> tuple[Tensor, list[str]]:
+def _decode_items(
+    items: Sequence[tuple[str, Callable[[], bytes]]], prep: Preprocessing | None, notes: list[str], skip_bad: bool
+) -> tuple[Tensor, list[int]]:
+    """Decode items (and prepare them for ``prep``): images and the indices of the items kept."""
+    skipped: list[int] = []
+    if prep is None:
+        x = decode_all(items, notes=notes, skipped=skipped if skip_bad else None).float() / 255.0
+        return x, [i for i in range(len(items)) if i not in set(skipped)]
+    out, kept = [], []
+    for i, (name, read) in enumerate(items):
+        try:
+            img = decode_image(read(), name, notes)
+        except (DataError, OSError) as e:
+            if not skip_bad:
+                raise DataError(f"cannot read image {name}: {e}") if isinstance(e, OSError) else e from e
+            notes.append(f"{name}: skipped ({e})")
+            continue
+        if prep.input_size is not None:
+            check_upscale(name, img.size, prep.input_size, notes, prep.resize)
+        out.append(prep.prepare_pil(img))
+        kept.append(i)
+    if not out:
+        raise DataError(f"none of the {len(items)} images could be decoded")
+    return torch.stack(out), kept
+
+
+def _files(paths: Sequence[str], prep: Preprocessing | None, notes: list[str],
+           skip_bad: bool = False) -> tuple[Tensor, list[str]]:
     missing = [p for p in paths if not Path(p).expanduser().is_file()]
     if missing:
         raise DataError(f"image file not found: {missing[0]}")
     bad = [p for p in paths if not is_image_name(p)]
     if bad:
         raise DataError(f"not an image file (by its extension): {bad[0]}")
-    if prep is None:
-        items = [(p, Path(p).expanduser().read_bytes) for p in paths]
-        return decode_all(items).float() / 255.0, list(paths)
-    x = torch.stack([prep.prepare_pil(decode_image(Path(p).expanduser().read_bytes(), p)) for p in paths])
-    return x, list(paths)
+    x, kept = _decode_items([(p, Path(p).expanduser().read_bytes) for p in paths], prep, notes, skip_bad)
+    return x, [paths[i] for i in kept]
 
 
 def load_images(
@@ -101,6 +124,8 @@ def load_images(
     *,
     root: str | Path | None = None,
     max_images: int | None = None,
+    notes: list[str] | None = None,
+    skip_bad: bool = False,
 ) -> tuple[Tensor, Tensor | None, list[str], ImageDataset | None]:
     """Load images to explain: ``(images [N, C, H, W], labels [N] or None, names, dataset or None)``.
 
@@ -113,42 +138,58 @@ def load_images(
             with the dataset's statistics, files are left in ``[0, 1]``.
         root: where a named dataset lies (see :func:`xailab.data.load_dataset`).
         max_images: keep at most this many (class-balanced when labelled).
+        notes: a list to which what was done to the images is appended (16-bit scaled, alpha
+            composited over white, upscaled more than 4x; see :mod:`xailab.data.decode`); the
+            same notes are given as one warning.
+        skip_bad: leave out image files that cannot be decoded (each one noted, with the
+            reason) instead of refusing them all; a named dataset has no such files.
     """
+    notes = [] if notes is None else notes
+    seen = len(notes)
+    try:
+        return _load(spec, preprocessing, root, max_images, notes, skip_bad)
+    finally:
+        warn_notes(notes[seen:])
+
+
+def _load(
+    spec: str | Sequence[str], preprocessing: Preprocessing | None, root: str | Path | None,
+    max_images: int | None, notes: list[str], skip_bad: bool,
+) -> tuple[Tensor, Tensor | None, list[str], ImageDataset | None]:
     from xailab.data.datasets import load_dataset
 
     if not isinstance(spec, str):
-        x, names = _files([str(s) for s in spec], preprocessing)
+        x, names = _files([str(s) for s in spec], preprocessing, notes, skip_bad)
         return x[:max_images], None, names[:max_images], None
     spec = spec.strip()
     path = Path(spec).expanduser()
     if path.is_dir() or (path.is_file() and is_archive(path)):
         lst = list_image_folder(path, None)
+        if lst.classes and skip_bad:
+            return _from_dataset(_labelled_folder(path, lst, notes), max_images, preprocessing, notes)
         if lst.classes:  # labelled: keep a dataset for class names and raw images
             ds = load_dataset(f"folder:{path}", "train", normalize=False, cache=False)
-            return _from_dataset(ds, max_images, preprocessing)
+            return _from_dataset(ds, max_images, preprocessing, notes)
         items = lst.items[:max_images] if max_images else lst.items
-        names = [n for n, _ in items]
-        if preprocessing is None:
-            return decode_all(items).float() / 255.0, None, names, None
-        x = torch.stack([preprocessing.prepare_pil(decode_image(read(), n)) for n, read in items])
-        return x, None, names, None
+        x, kept = _decode_items(items, preprocessing, notes, skip_bad)
+        return x, None, [items[i][0] for i in kept], None
     if path.is_file():
-        x, names = _files([spec], preprocessing)
+        x, names = _files([spec], preprocessing, notes, skip_bad)
         return x, None, names, None
     ds_spec = _dataset_spec(spec)
     if ds_spec is not None:
         name, split, n = ds_spec
         ds = load_dataset(name, split, root, normalize=preprocessing is None)
         limit = min(v for v in (n, max_images, len(ds)) if v is not None)
-        return _from_dataset(ds, limit, preprocessing)
+        return _from_dataset(ds, limit, preprocessing, notes)
     if any(ch in spec for ch in "*?["):
         paths = sorted(p for p in glob.glob(str(path)) if is_image_name(p))
         if not paths:
             raise DataError(f"no image files match {spec!r}")
-        x, names = _files(paths[:max_images] if max_images else paths, preprocessing)
+        x, names = _files(paths[:max_images] if max_images else paths, preprocessing, notes, skip_bad)
         return x, None, names, None
     if "," in spec:
-        x, names = _files([p.strip() for p in spec.split(",") if p.strip()], preprocessing)
+        x, names = _files([p.strip() for p in spec.split(",") if p.strip()], preprocessing, notes, skip_bad)
         return x[:max_images], None, names[:max_images], None
     raise DataError(
         f"cannot find images at {spec!r}: give an image file, a glob, a folder or .tar.gz, "
@@ -156,9 +197,22 @@ def load_images(
     )
 
 
+def _labelled_folder(path: Path, lst: FolderListing, notes: list[str]) -> ImageDataset:
+    """A labelled folder decoded without its undecodable images (``skip_bad``)."""
+    skipped: list[int] = []
+    images = decode_all(lst.items, notes=notes, skipped=skipped)
+    keep = [i for i in range(len(lst.items)) if i not in set(skipped)]
+    c = images.shape[1]
+    return ImageDataset(images, lst.targets[keep], lst.classes, name=f"folder:{path}", mean=(0.0,) * c,
+                        std=(1.0,) * c, normalize=False, names=[lst.names[i] for i in keep])
+
+
 def _from_dataset(
-    ds: ImageDataset, limit: int | None, prep: Preprocessing | None
+    ds: ImageDataset, limit: int | None, prep: Preprocessing | None, notes: list[str]
 ) -> tuple[Tensor, Tensor, list[str], ImageDataset]:
     idx = balanced_indices(ds.targets, limit) if limit is not None and limit < len(ds) else np.arange(len(ds))
     sub = ds.subset(idx)
+    if prep is not None and prep.input_size is not None and len(sub):
+        h, w = sub.images.shape[-2:]
+        check_upscale(f"{len(sub)} images of {ds.name}", (int(w), int(h)), prep.input_size, notes, prep.resize)
     return _prepare(sub.images, sub, prep), sub.targets.clone(), sub.names, sub

@@ -37,18 +37,16 @@ import torch
 from torch import Tensor, nn
 
 from xailab.concepts.activations import ImageSource, num_images, take
-from xailab.concepts.dissection import (
+from xailab.concepts.dissection import Dissection, dissect, dissect_classes
+from xailab.concepts.dissection_passes import (
     ConceptSource,
-    Dissection,
-    QuantileSketch,
-    _first_pass,
-    _iou_pass,
-    _Pass1,
-    _sketch_pass,
-    dissect,
-    dissect_classes,
+    UnitStats,
+    first_pass,
+    iou_pass,
     resolve_layers,
+    sketch_pass,
 )
+from xailab.concepts.quantile_sketch import QuantileSketch
 from xailab.distributed.shards import (
     Shard,
     is_complete,
@@ -89,18 +87,18 @@ def shard_state(model: nn.Module, stage: str, images: ImageSource, labels: Tenso
     bs = cfg["batch_size"]
     out: dict[str, Tensor] = {}
     if stage == "dissect.range":
-        state = _first_pass(model, modules, images, bs, cfg["top_images"], cfg["bins"], labels, cfg["n_classes"],
+        state = first_pass(model, modules, images, bs, cfg["top_images"], cfg["bins"], labels, cfg["n_classes"],
                             sketch=False, index_base=lo)
         for name, s in state.items():
             out |= {f"{name}/vmin": s.vmin, f"{name}/vmax": s.vmax, f"{name}/top_v": s.top_v,
                     f"{name}/top_i": s.top_i, f"{name}/class_sum": s.class_sum}
     elif stage == "dissect.sketch":
-        for name, sk in _sketch_pass(model, modules, images, bs, cfg["ranges"], cfg["bins"]).items():
+        for name, sk in sketch_pass(model, modules, images, bs, cfg["ranges"], cfg["bins"]).items():
             out |= {f"{name}/counts": sk.counts, f"{name}/max": sk.max, f"{name}/total": torch.tensor(sk.total)}
     elif stage == "dissect.iou":
         if concepts is None:
             raise RunError("the IoU phase needs the concept source")
-        inter, area_a, area_c = _iou_pass(model, modules, images, concepts, cfg["thresholds"], bs,
+        inter, area_a, area_c = iou_pass(model, modules, images, concepts, cfg["thresholds"], bs,
                                           cfg["max_elements"], index_base=lo)
         out["area_c"] = area_c
         for name in inter:
@@ -164,16 +162,16 @@ class RayPasses:
 
     def first_pass(self, model: nn.Module, modules: list[tuple[str, nn.Module]], images: ImageSource,
                    batch_size: int, top_images: int, bins: int, labels: Tensor | None = None,
-                   n_classes: int = 0) -> dict[str, _Pass1]:
+                   n_classes: int = 0) -> dict[str, UnitStats]:
         layers = [n for n, _ in modules]
         self._key = digest(model, _images_key(images), layers, batch_size)
         cfg = {"layers": layers, "batch_size": batch_size, "top_images": top_images, "bins": bins,
                "n_classes": n_classes}
         spec = digest(self._key, cfg, labels if labels is not None else "no labels")
-        state: dict[str, _Pass1] = {}
+        state: dict[str, UnitStats] = {}
         for _, part in self._phase("dissect.range", model, images, labels, cfg, spec):
             for name in layers:
-                p = _Pass1(part[f"{name}/vmin"].shape[0], top_images, bins, n_classes, torch.device("cpu"), sketch=False)
+                p = UnitStats(part[f"{name}/vmin"].shape[0], top_images, bins, n_classes, torch.device("cpu"), sketch=False)
                 p.vmin, p.vmax, p.top_v, p.top_i, p.class_sum = (
                     part[f"{name}/{k}"] for k in ("vmin", "vmax", "top_v", "top_i", "class_sum"))
                 if name in state:
@@ -244,7 +242,7 @@ class RayPasses:
 
 def _on_ray(backend: Any, run: Run | str | Path, log: Callable[[str], None],
             job: Callable[[RayPasses], Dissection]) -> Dissection:
-    from xailab.distributed.ray_backend import connect, import_ray
+    from xailab.distributed.cluster import connect, import_ray
 
     run = run if isinstance(run, Run) else Run.create(run, kind="dissection")
     ray = import_ray()

@@ -21,22 +21,25 @@ error. Whatever shards finished are kept, so a rerun of the same command resumes
 from __future__ import annotations
 
 import copy
-import os
+import functools
 import socket
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from xailab.core.errors import XailabError
 from xailab.core.explanation import Explanation
-from xailab.core.registry import METHODS
 from xailab.core.targets import TargetSpec
+from xailab.distributed.cluster import (
+    ClusterError,
+    check_address,
+    connect,
+    import_ray,
+    process_alive,
+)
 from xailab.distributed.shards import (
     Shard,
     is_complete,
@@ -46,97 +49,13 @@ from xailab.distributed.shards import (
     timings,
     write_shard,
 )
+from xailab.distributed.worker import ShardWorker
 from xailab.runs.store import Run, atomic_write_text
+
+__all__ = ["DEPTH", "ClusterError", "RayBackend", "ShardWorker", "check_address", "connect", "import_ray"]
 
 #: tasks kept queued on each actor (one running, one waiting: no idle gap between shards)
 DEPTH = 2
-
-
-class ClusterError(XailabError):
-    """Ray is missing, the cluster cannot be reached, or its workers keep dying."""
-
-
-class ShardWorker:
-    """A Ray actor: holds the model of the current job once, runs one (method, shard) per call."""
-
-    def __init__(self, threads: int, index: int) -> None:
-        torch.set_num_threads(max(1, threads))
-        self.device = torch.device("cuda" if torch.cuda.is_available() and _has_gpu() else "cpu")
-        self.index = index
-        self.model: nn.Module = nn.Identity()
-        self.run_path = Path(".")
-        self.shared = False
-
-    def setup(self, model_box: list[Any], run_path: str, probe: str | None) -> dict[str, Any]:
-        """Take the job's model (``[ObjectRef]``: boxed, fetched once here) and its run directory
-        (written here if the ``probe`` file the driver wrote there is visible)."""
-        import ray
-
-        self.model = ray.get(model_box[0]).to(self.device)
-        self.run_path = Path(run_path)
-        self.shared = probe is not None and (self.run_path / probe).is_file()
-        return {"host": socket.gethostname(), "pid": os.getpid(), "shared": self.shared, "device": str(self.device)}
-
-    def explain(self, method: str, kwargs: dict[str, Any], lo: int, hi: int, data: tuple[Tensor, Tensor | None],
-                targets: TargetSpec, batch_size: int, seed: int, spec: str, label: str | None = None) -> dict[str, Any]:
-        """Explain images ``lo:hi`` with ``method``; shards are stored under ``label`` (the
-        method's name in the run, e.g. ``ig_black`` for integrated_gradients with a black baseline)."""
-        images, labels = data
-        explainer = METHODS.create(method, self.model, batch_size=batch_size, seed=seed, **kwargs)
-        explainer.set_index_base(lo)  # draws keyed by dataset index: shards = one call
-        started = time.time()
-        cpu0 = time.process_time()
-        res = explainer.explain(images.to(self.device), target=targets, labels=labels)
-        meta = {"host": socket.gethostname(), "pid": os.getpid(), "worker": self.index, "started": started,
-                "ended": time.time(), "cpu_seconds": time.process_time() - cpu0}
-        if self.shared:
-            write_shard(self.run_path, label or method, Shard(lo, hi), res, spec, meta)
-            return {"meta": meta, "result": None}
-        return {"meta": meta, "result": res}
-
-    def faithfulness(self, lo: int, data: tuple[Tensor, Tensor, Tensor], settings: dict[str, Any]) -> dict[str, Any]:
-        from xailab.distributed.faithfulness import shard_faithfulness
-
-        images, maps, targets = data
-        started, cpu0 = time.time(), time.process_time()
-        out = shard_faithfulness(self.model, images.to(self.device), maps, targets, lo, settings)
-        out["meta"] = {"host": socket.gethostname(), "pid": os.getpid(), "worker": self.index, "started": started,
-                       "ended": time.time(), "cpu_seconds": time.process_time() - cpu0,
-                       "seconds": time.time() - started}
-        return out
-
-    def dissect(self, stage: str, lo: int, hi: int, data: tuple[Tensor | None, Tensor | None], source: Any,
-                concepts: Any, cfg: dict[str, Any], spec: str) -> dict[str, Any]:
-        """One shard of a dissection phase (:mod:`xailab.distributed.dissection`): a tensor
-        shard in ``data``, or images ``lo..hi-1`` of the Dataset ``source``."""
-        from xailab.distributed.dissection import ShardSource, shard_state, write_state
-
-        images, labels = data
-        started, cpu0 = time.time(), time.process_time()
-        part = images if images is not None else ShardSource(source, lo, hi)
-        state = shard_state(self.model, stage, part, labels, lo, cfg, concepts)
-        meta = {"host": socket.gethostname(), "pid": os.getpid(), "worker": self.index, "started": started,
-                "ended": time.time(), "cpu_seconds": time.process_time() - cpu0, "seconds": time.time() - started}
-        if self.shared:
-            write_state(self.run_path, stage, Shard(lo, hi), state, spec, meta)
-            return {"meta": meta, "state": None}
-        return {"meta": meta, "state": state}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _has_gpu() -> bool:
-    import ray
-
-    return bool(ray.get_gpu_ids())
 
 
 class RayBackend:
@@ -237,12 +156,8 @@ class RayBackend:
         ``done(result, method, shard)`` stores what a finished task returned.
         """
         ray = import_ray()
-        from ray.exceptions import RayActorError, RayTaskError
-        from tqdm.auto import tqdm
-
         t0 = time.perf_counter()
         owned = connect(ray, self.address, self.workers, self.cpus_per_worker)
-        ok = False
         try:
             n_workers = min(len(tasks), self.workers or self._default_workers(ray))
             probe = None if self.driver_writes else f".probe-{uuid.uuid4().hex}"
@@ -252,93 +167,116 @@ class RayBackend:
             model_box = [ray.put(cpu_model)]
             data = put(ray)
             Actor = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker)(ShardWorker)
-            threads = max(1, int(self.cpus_per_worker))
-            job = ray.get_runtime_context().get_job_id()
-            if self._pool_job != job:  # workers kept from a call in another Ray session are gone
-                self._pool, self._pool_job, self._setup = [], job, {}
-            actors = self._pool
-
-            def start() -> Any:
-                a = Actor.remote(threads, self._serial)
-                self._serial += 1
-                self._setup[a] = a.setup.remote(model_box, str(run.path), probe)  # runs before later tasks
-                return a
-
-            while len(actors) < n_workers:
-                actors.append(start())
-            for a in actors:
-                self._setup[a] = a.setup.remote(model_box, str(run.path), probe)
-            info = ray.get([self._setup[a] for a in actors])
+            start = functools.partial(self._start_actor, Actor, model_box, str(run.path), probe)
+            actors, info = self._ready_pool(ray, start, n_workers, model_box, str(run.path), probe)
             if probe is not None:
                 (run.path / probe).unlink(missing_ok=True)
             self.startup_seconds = time.perf_counter() - t0
-            shared = all(i["shared"] for i in info)
-            self.log(f"ray: {len(actors)} workers on {len({i['host'] for i in info})} host(s) "
-                     f"({', '.join(sorted({i['device'] for i in info}))}), {len(tasks)} shards of <= "
-                     f"{self.shard_size} images, ready in {self.startup_seconds:.1f} s; "
-                     f"{'workers write the run' if shared else 'the driver writes the run (no shared filesystem)'}")
-            sections = dict(run.manifest.get("distributed", {}))
-            sections[what] = {
-                "backend": "ray", "ray": ray.__version__, "address": self.address, "workers": len(actors),
-                "hosts": sorted({i["host"] for i in info}), "shard_size": self.shard_size,
-                "shards": n_shards, "gpus_per_worker": self.gpus_per_worker,
-                "cpus_per_worker": self.cpus_per_worker, "shared_filesystem": shared,
-            }
-            run.update_manifest("distributed", sections)
-
-            queue = deque(tasks)
-            inflight: dict[Any, tuple[Any, tuple[str, Shard]]] = {}
-            load: Counter[Any] = Counter()
-            deaths: Counter[tuple[str, str]] = Counter()
-
-            def top_up() -> None:
-                for a in actors:
-                    while queue and load[a] < DEPTH:
-                        m, s = queue.popleft()
-                        inflight[submit(a, data, m, s)] = (a, (m, s))
-                        load[a] += 1
-
-            bar = tqdm(total=sum(len(s) for _, s in tasks), desc=f"{what} (ray)", unit="img",
-                       disable=not self.progress)
-            try:
-                top_up()
-                while inflight:
-                    (ref,), _ = ray.wait(list(inflight), num_returns=1)
-                    actor, (m, s) = inflight.pop(ref)
-                    load[actor] -= 1
-                    try:
-                        out = ray.get(ref)
-                    except RayActorError as e:
-                        deaths[(m, s.key)] += 1
-                        if deaths[(m, s.key)] > self.max_retries:
-                            raise ClusterError(
-                                f"the worker running {what} of {m} on images {s.lo}-{s.hi - 1} died "
-                                f"{deaths[(m, s.key)]} times ({type(e).__name__}); finished shards are kept: "
-                                "fix the cause (memory? a lost node?) and run the same command again") from None
-                        queue.appendleft((m, s))
-                        if actor in actors:  # replace it once, whatever number of its tasks fail
-                            actors.remove(actor)
-                            ray.kill(actor, no_restart=True)
-                            actors.append(start())
-                        top_up()
-                        continue
-                    except RayTaskError as e:
-                        raise e.as_instanceof_cause() from None
-                    done(out, m, s)
-                    self.computed.append((m, s.key))
-                    bar.update(len(s))
-                    top_up()
-                ok = True
-            finally:
-                bar.close()
-                if not (ok and self.keep_workers and not owned):
-                    self._kill_pool(ray)
-                # wait until the killed actors' tasks have ended: no write lands after we return
-                ray.wait(list(inflight), num_returns=len(inflight), timeout=60)
+            self._record(ray, run, actors, info, what, n_shards, len(tasks))
+            self._dispatch(ray, actors, start, tasks, data, submit, done, what, owned)
         finally:
             if owned:
                 self._pool = []
                 ray.shutdown()
+
+    def _start_actor(self, Actor: Any, model_box: list[Any], run_path: str, probe: str | None) -> Any:
+        """A fresh actor, its setup queued (it runs before the actor's later tasks)."""
+        a = Actor.remote(max(1, int(self.cpus_per_worker)), self._serial)
+        self._serial += 1
+        self._setup[a] = a.setup.remote(model_box, run_path, probe)
+        return a
+
+    def _ready_pool(self, ray: Any, start: Callable[[], Any], n_workers: int, model_box: list[Any],
+                    run_path: str, probe: str | None) -> tuple[list[Any], list[dict[str, Any]]]:
+        """The pool (kept actors of this Ray session, topped up to ``n_workers``), each set up
+        for this job; returns the actors and their setup answers (host, pid, shared, device)."""
+        job = ray.get_runtime_context().get_job_id()
+        if self._pool_job != job:  # workers kept from a call in another Ray session are gone
+            self._pool, self._pool_job, self._setup = [], job, {}
+        actors = self._pool
+        while len(actors) < n_workers:
+            actors.append(start())
+        for a in actors:
+            self._setup[a] = a.setup.remote(model_box, run_path, probe)
+        return actors, ray.get([self._setup[a] for a in actors])
+
+    def _record(self, ray: Any, run: Run, actors: list[Any], info: list[dict[str, Any]], what: str,
+                n_shards: int, n_tasks: int) -> None:
+        """Log the pool and write it into the run's ``distributed`` manifest section."""
+        shared = all(i["shared"] for i in info)
+        self.log(f"ray: {len(actors)} workers on {len({i['host'] for i in info})} host(s) "
+                 f"({', '.join(sorted({i['device'] for i in info}))}), {n_tasks} shards of <= "
+                 f"{self.shard_size} images, ready in {self.startup_seconds:.1f} s; "
+                 f"{'workers write the run' if shared else 'the driver writes the run (no shared filesystem)'}")
+        sections = dict(run.manifest.get("distributed", {}))
+        sections[what] = {
+            "backend": "ray", "ray": ray.__version__, "address": self.address, "workers": len(actors),
+            "hosts": sorted({i["host"] for i in info}), "shard_size": self.shard_size,
+            "shards": n_shards, "gpus_per_worker": self.gpus_per_worker,
+            "cpus_per_worker": self.cpus_per_worker, "shared_filesystem": shared,
+        }
+        run.update_manifest("distributed", sections)
+
+    def _dispatch(self, ray: Any, actors: list[Any], start: Callable[[], Any], tasks: list[tuple[str, Shard]],
+                  data: dict[str, Any], submit: Callable[[Any, dict[str, Any], str, Shard], Any],
+                  done: Callable[[dict[str, Any], str, Shard], None], what: str, owned: bool) -> None:
+        """Keep every actor ``DEPTH`` tasks deep until all are done; redo the shards of a dead
+        actor on a fresh one; stop the pool afterwards unless it is kept."""
+        from ray.exceptions import RayActorError, RayTaskError
+        from tqdm.auto import tqdm
+
+        queue = deque(tasks)
+        inflight: dict[Any, tuple[Any, tuple[str, Shard]]] = {}
+        load: Counter[Any] = Counter()
+        deaths: Counter[tuple[str, str]] = Counter()
+
+        def top_up() -> None:
+            for a in actors:
+                while queue and load[a] < DEPTH:
+                    m, s = queue.popleft()
+                    inflight[submit(a, data, m, s)] = (a, (m, s))
+                    load[a] += 1
+
+        bar = tqdm(total=sum(len(s) for _, s in tasks), desc=f"{what} (ray)", unit="img", disable=not self.progress)
+        ok = False
+        try:
+            top_up()
+            while inflight:
+                (ref,), _ = ray.wait(list(inflight), num_returns=1)
+                actor, (m, s) = inflight.pop(ref)
+                load[actor] -= 1
+                try:
+                    out = ray.get(ref)
+                except RayActorError as e:
+                    deaths[(m, s.key)] += 1
+                    self._check_retries(deaths[(m, s.key)], what, m, s, e)
+                    queue.appendleft((m, s))
+                    if actor in actors:  # replace it once, whatever number of its tasks fail
+                        actors.remove(actor)
+                        ray.kill(actor, no_restart=True)
+                        actors.append(start())
+                    top_up()
+                    continue
+                except RayTaskError as e:
+                    raise e.as_instanceof_cause() from None
+                done(out, m, s)
+                self.computed.append((m, s.key))
+                bar.update(len(s))
+                top_up()
+            ok = True
+        finally:
+            bar.close()
+            if not (ok and self.keep_workers and not owned):
+                self._kill_pool(ray)
+            # wait until the killed actors' tasks have ended: no write lands after we return
+            ray.wait(list(inflight), num_returns=len(inflight), timeout=60)
+
+    def _check_retries(self, deaths: int, what: str, m: str, s: Shard, e: Exception) -> None:
+        if deaths > self.max_retries:
+            raise ClusterError(
+                f"the worker running {what} of {m} on images {s.lo}-{s.hi - 1} died "
+                f"{deaths} times ({type(e).__name__}); finished shards are kept: "
+                "fix the cause (memory? a lost node?) and run the same command again") from None
 
     def _kill_pool(self, ray: Any) -> None:
         """Kill the workers and, for those on this machine, wait until their processes are gone
@@ -358,7 +296,7 @@ class RayBackend:
         self._pool = []
         deadline = time.monotonic() + 30
         for pid in pids:
-            while _alive(pid) and time.monotonic() < deadline:
+            while process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
 
     def close(self) -> None:
@@ -371,45 +309,3 @@ class RayBackend:
         if self.gpus_per_worker > 0:
             return max(1, int(res.get("GPU", 0) // self.gpus_per_worker))
         return max(1, int(res.get("CPU", 1) // max(self.cpus_per_worker, 1e-9)))
-
-
-def import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise ClusterError("--backend ray needs Ray: pip install 'xailab[distributed]' (ray==2.60.0)") from None
-    return ray
-
-
-def connect(ray: Any, address: str | None, workers: int | None, cpus_per_worker: float) -> bool:
-    """Join the cluster at ``address`` (or start a local one); True if this call started Ray."""
-    if address and address != "auto":
-        check_address(address)
-    if ray.is_initialized():
-        return False
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            cpus = os.cpu_count() or 1
-            if workers is not None:
-                cpus = max(cpus, int(workers * max(cpus_per_worker, 1)))
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ClusterError(f"cannot start or join Ray at {address or 'this machine'}: {e}") from None
-    return True
-
-
-def check_address(address: str) -> None:
-    """Fail fast, with the fix, when nothing listens at ``host:port`` (Ray itself retries for minutes)."""
-    hostport = address.split("://", 1)[-1]
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ClusterError(f"--address expects host:port (e.g. 10.0.0.5:6379 or ray://10.0.0.5:10001) "
-                           f"or 'auto', got {address!r}")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-    except OSError as e:
-        raise ClusterError(f"no Ray cluster answers at {address} ({e.strerror or e}); start one with "
-                           "`ray start --head --port=6379` on the head machine and pass its address") from None
-

@@ -94,7 +94,7 @@ def backdoor_dataset(
     ``dataset.denormalize``); ``truth`` (bool ``[len(dataset)]``, e.g. ``PoisonedDataset.poisoned``)
     adds, when known, how many truly poisoned items each class and its suspicious cluster hold.
     """
-    from xailab.audit.detection import _items
+    from xailab.audit.detection import dataset_items
     from xailab.audit.figures import cluster_figure, scores_figure
     from xailab.plotting import save_png
 
@@ -118,7 +118,7 @@ def backdoor_dataset(
         to_pixels = display or getattr(dataset, "denormalize", None) or (lambda x: x)
         save_png(scores_figure(report), run.file("backdoor/scores.png"))
         for e in report.classes:
-            imgs = to_pixels(_items(dataset, e.indices)).clamp(0, 1)
+            imgs = to_pixels(dataset_items(dataset, e.indices)).clamp(0, 1)
             save_png(cluster_figure(e, imgs, e.name), run.file(f"backdoor/class_{e.label}.png"))
     run.update_manifest("backdoor_detection", {
         "params": report.params, "flagged": report.flagged,

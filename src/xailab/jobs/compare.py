@@ -44,6 +44,7 @@ from xailab.metrics.scoreboard import (
     mark_done,
     parts_done,
 )
+from xailab.metrics.verdict import FAITHFULNESS, VerdictRule, board_intervals, verdict
 from xailab.runs.store import Run, RunError, atomic_write_bytes
 
 DEFAULT_REFERENCE = "gradcam"
@@ -136,14 +137,28 @@ def compare_run(
         if tables:
             files.append(_write_png(run, "sanity.png", figures.cascade_png(
                 tables, threshold=cfg.sanity_threshold, title="cascading randomisation")))
-    board = _board(expl, table, faith, sanity_rows, ref, len(x))
+    board = board_intervals(_board(expl, table, faith, sanity_rows, ref, len(x)), faith, table,
+                            reference=ref, seed=cfg.seed)
     run.write_table("scoreboard", board)
-    run.update_manifest("metrics", {c: COLUMNS[c].to_dict() for c in board.columns if c in COLUMNS})
-    run.update_manifest("compare", {
-        "reference": ref, "methods": list(expl), "settings": asdict(cfg), "files": files,
-        "tables": ["agreement", "agreement_images", "faithfulness", "faithfulness_curves", "sanity", "scoreboard"],
-    })
+    _write_verdict(run, board, faith, table, files, ref, cfg, list(expl), log)
     return board
+
+
+def _write_verdict(run: Run, board: pd.DataFrame, faith: pd.DataFrame, table: pd.DataFrame, files: list[str],
+                   ref: str, cfg: CompareSettings, methods: list[str], log: Callable[[str], None]) -> None:
+    """Table ``verdict`` (methods ranked with intervals and tests) and the manifest sections."""
+    sanity_table = run.read_table("sanity") if cfg.sanity and run.table_parts("sanity") else None
+    ranked = verdict(faith, board, sanity_table, table, VerdictRule(seed=cfg.seed))
+    run.write_table("verdict", ranked)
+    log(f"verdict: {ranked.attrs['recommendation']}")
+    run.update_manifest("metrics", {**{c: COLUMNS[c].to_dict() for c in board.columns if c in COLUMNS},
+                                    "faithfulness": FAITHFULNESS.to_dict()})
+    run.update_manifest("compare", {
+        "reference": ref, "methods": methods, "settings": asdict(cfg), "files": files,
+        "tables": ["agreement", "agreement_images", "faithfulness", "faithfulness_curves", "sanity", "scoreboard",
+                   "verdict"],
+        "verdict": {"recommendation": ranked.attrs["recommendation"], "rule": ranked.attrs["rule"]},
+    })
 
 
 def _check_lengths(run: Run, expl: dict[str, Explanation], n: int) -> list[str]:

@@ -93,7 +93,7 @@ def _explainer(model: nn.Module, params: dict[str, Any]) -> Any:
 
 def rebuild_baselines(explainer: Any, x: Tensor, chunk: int = 64) -> Tensor:
     """Each image's baseline as ``explainer`` built it: random kinds from the same per-image
-    generators (``explainer.generator(i)`` depends on the image's index only), the adversarial
+    generators (``explainer.image_generator(i)`` depends on the image's index only), the adversarial
     one by the same optimisation (images are independent of each other)."""
     from xailab.core.hooks import model_session
     from xailab.methods.gradient.baselines import make_baselines
@@ -101,10 +101,8 @@ def rebuild_baselines(explainer: Any, x: Tensor, chunk: int = 64) -> Tensor:
     out = []
     with model_session(explainer.model, eval_mode=explainer.eval_mode):
         for lo in range(0, len(x), max(1, chunk)):
-            explainer._offset = lo
-            base, _ = make_baselines(explainer.baseline, x[lo : lo + chunk], explainer.space, explainer)
+            base, _ = make_baselines(explainer.baseline, x[lo : lo + chunk], explainer.space, explainer, first=lo)
             out.append(base.detach())
-    explainer._offset = 0
     return torch.cat(out)
 
 

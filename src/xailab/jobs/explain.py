@@ -60,7 +60,7 @@ class ExplainSpec:
     batch_size: int = 64
     seed: int = 0
     quick: bool = False
-    png: bool = True
+    png: bool | str = "grid"
     backend: Backend | None = None
 
     def check(self) -> None:

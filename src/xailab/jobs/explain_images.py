@@ -97,7 +97,7 @@ def explain_images(
     batch_size: int = 64,
     seed: int = 0,
     quick: bool = False,
-    png: bool = True,
+    png: bool | str = "grid",
     config: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     backend: Backend | None = None,
@@ -116,9 +116,13 @@ def explain_images(
         method_params: per-method keyword arguments, e.g. ``{"lime": {"num_samples": 2000}}``.
         mean, std: the normalisation the images went through, given to every method that
             builds baselines or noise in pixel space (IG's black/white baselines, SmoothGrad).
+        png: the PNG overlays under ``files/overlays/``: ``"grid"`` (one grid of methods x
+            targets per image), ``"all"`` (also one image | heatmap | overlay figure per method),
+            ``"none"``; ``True`` / ``False`` are ``"all"`` / ``"none"``.
         backend: computes the methods not yet in the run, all at once, instead of this process
             (e.g. :class:`xailab.distributed.RayBackend`); what it returns is stored as here.
     """
+    figures = png_mode(png)  # checked before any work
     names = list(names) if names is not None else [f"{i:05d}" for i in range(len(images))]
     plan = plan_methods(model, images, methods, targets, labels=labels, method_params=method_params, layer=layer,
                         mean=mean, std=std, batch_size=batch_size, seed=seed, quick=quick)
@@ -136,8 +140,8 @@ def explain_images(
     results, refused = _compute(run, model, images, plan, targets, labels, names, class_names, log, backend)
     if refused:
         run.update_manifest("explain", {**run.manifest["explain"], "refused": refused})
-    if png:
-        write_overlays(run, results, shown, names, class_names)
+    if figures != "none":
+        write_overlays(run, results, shown, names, class_names, per_method=figures == "all")
     return run
 
 
@@ -363,32 +367,48 @@ def _rows(res: Explanation, names: Sequence[str], class_names: Sequence[str] | N
     return pd.DataFrame(rows)
 
 
+PNG_MODES = ("none", "grid", "all")
+
+
+def png_mode(png: bool | str) -> str:
+    """``"none"``, ``"grid"`` or ``"all"`` from a mode or a bool (``True`` is ``"all"``)."""
+    if isinstance(png, bool):
+        return "all" if png else "none"
+    if png not in PNG_MODES:
+        raise InputError(f"png must be one of {', '.join(PNG_MODES)}, got {png!r}")
+    return png
+
+
 def write_overlays(
     run: Run,
     results: dict[str, Explanation],
     display: Tensor,
     names: Sequence[str],
     class_names: Sequence[str] | None,
+    per_method: bool = False,
 ) -> None:
-    """One PNG per (image, method) with a row per target, and one grid per image."""
+    """One grid PNG (methods x targets) per image; with ``per_method`` also one PNG per
+    (image, method) with a row per target. Drawn with numpy and PIL (:mod:`xailab.drawing`)."""
     from tqdm.auto import tqdm
 
-    from xailab.plotting import grid_figure, overlay_figure, save_png, target_title
+    from xailab.drawing import grid_png, overlay_png
+    from xailab.plotting import target_title
+    from xailab.runs.store import atomic_write_bytes
 
     if not results:
         return
     first = next(iter(results.values()))
     probs = first.probabilities
+    pixel = {m: res.pixel_maps().float().numpy() for m, res in results.items()}
+    shown = (display.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     for i in tqdm(range(len(first)), desc="overlays", unit="img"):
-        img = display[i].float().cpu().numpy()
         titles = [
             target_title(name, _class_name(class_names, int(first.targets[i, j])), float(probs[i, first.targets[i, j]]))
             for j, name in enumerate(first.target_names)
         ]
-        grid: dict[str, list[np.ndarray]] = {}
-        for m, res in results.items():
-            maps = [res.pixel_maps()[i, j].float().numpy() for j in range(res.targets.shape[1])]
-            grid[m] = maps
-            fig = overlay_figure(img, maps, titles, suptitle=f"{names[i]} — {m}")
-            save_png(fig, run.file(f"overlays/{i:05d}_{m}.png"))
-        save_png(grid_figure(img, grid, titles, suptitle=str(names[i])), run.file(f"overlays/{i:05d}_grid.png"))
+        grid = {m: list(maps[i]) for m, maps in pixel.items()}
+        if per_method:
+            for m, maps_i in grid.items():
+                png = overlay_png(shown[i], maps_i, titles, suptitle=f"{names[i]} — {m}")
+                atomic_write_bytes(run.file(f"overlays/{i:05d}_{m}.png"), png)
+        atomic_write_bytes(run.file(f"overlays/{i:05d}_grid.png"), grid_png(shown[i], grid, titles, suptitle=str(names[i])))

@@ -33,7 +33,7 @@ from xailab.core.hooks import model_session
 from xailab.core.registry import METHODS
 from xailab.core.targets import TargetPlan, TargetSpec
 from xailab.methods.cam.base import CAM
-from xailab.methods.cam.layers import resolve_cam_layer
+from xailab.methods.cam.choose import choose_cam_layer
 
 #: methods made from the input gradient: name -> (rows x, gradient, explainer) -> maps
 _FROM_INPUT_GRADIENT = {
@@ -168,15 +168,14 @@ class SharedGradientPass(Explainer):
         if not self.cams:
             return None
         first = next(iter(self.cams.values()))
-        name, module = (
-            (first.layer_name, first.layer_module)
-            if first.layer_name is not None
-            else resolve_cam_layer(self.model, None, x[:1])
-        )
+        chosen = None if first.layer_name is not None else choose_cam_layer(self.model, x[:1])
+        module = first.layer_module if chosen is None else chosen.module
         for cam in self.cams.values():
             if cam.layer_module is not None and cam.layer_module is not module:
                 raise InputError("the CAMs of one shared pass must explain the same layer")
-            cam.layer_name, cam.layer_module, cam._layer_spec = name, module, module
+            if chosen is not None:
+                cam.use_layer(chosen)
+            cam._layer_spec = module
             cam._prepare_one_pass(x)
             cam.evaluations = 0
         return first

@@ -11,7 +11,10 @@ randomised, the method shows the image (edges, texture), not what the model lear
 * the SSIM of the max-normalised absolute maps,
 
 and the verdict reads the mean Spearman after the last step: ``>= threshold`` (default 0.5) is
-flagged. The test runs on a deep copy; the user's model is never modified. Each layer is
+flagged. Each step also records the Spearman of the new map with the input's magnitude
+(``|x|`` summed over channels): a flagged method whose randomised maps still follow the input is
+*input-dominated* (e.g. input x gradient or IG on images with black backgrounds, where the map is
+zero wherever the input is, whatever the weights). The test runs on a deep copy; the user's model is never modified. Each layer is
 re-initialised with its own ``reset_parameters()`` under ``torch.manual_seed(seed)`` (the global
 random state is restored afterwards), as Quantus's MPRT does.
 
@@ -27,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
@@ -61,6 +65,7 @@ class SanityResult:
         spearman: ``[len(steps), N]`` Spearman of the absolute maps, per image.
         ssim: ``[len(steps), N]`` SSIM of the max-normalised absolute maps, per image.
         threshold: the verdict's threshold on the last step's mean Spearman.
+        input_spearman: ``[len(steps), N]`` Spearman of each step's map with ``|input|``.
     """
 
     method: str
@@ -71,6 +76,7 @@ class SanityResult:
     threshold: float
     cascading: bool = True
     original: Tensor = field(default_factory=lambda: torch.empty(0), repr=False)
+    input_spearman: Tensor = field(default_factory=lambda: torch.empty(0, 0), repr=False)
 
     @property
     def final_spearman(self) -> float:
@@ -90,9 +96,19 @@ class SanityResult:
     def verdict(self) -> str:
         return "flagged" if self.flagged else "passed"
 
+    @property
+    def final_input_spearman(self) -> float:
+        """Mean Spearman of the last step's maps with the input's magnitude."""
+        if not len(self.steps) or self.input_spearman.numel() == 0:
+            return float("nan")
+        return float(nanmean(self.input_spearman[-1].numpy()))
+
     def table(self) -> pd.DataFrame:
-        """One row per re-explained step: ``step, layer, spearman, spearman_std, ssim, ssim_std``."""
+        """One row per re-explained step: ``step, layer, spearman, spearman_std, ssim, ssim_std,
+        input_spearman``."""
         sp, ss = self.spearman.numpy(), self.ssim.numpy()
+        inp = (nanmean(self.input_spearman.numpy(), axis=1) if self.input_spearman.numel()
+               else np.full(len(self.steps), np.nan))
         return pd.DataFrame({
             "method": self.method,
             "step": self.steps,
@@ -101,6 +117,7 @@ class SanityResult:
             "spearman_std": nanstd(sp, axis=1),
             "ssim": nanmean(ss, axis=1),
             "ssim_std": nanstd(ss, axis=1),
+            "input_spearman": inp,
         })
 
 
@@ -214,8 +231,9 @@ def randomisation_test(
 
     size = (int(x.shape[-2]), int(x.shape[-1]))
     original = _abs_maps(explain(work, x, t), len(x), size, name)
+    magnitude = rankdata(x.detach().double().abs().sum(1).cpu().flatten(1))
     pristine = copy.deepcopy(work.state_dict()) if not cascading else None
-    sps, sss = [], []
+    sps, sss, inps = [], [], []
     for k, layer in enumerate(order):
         if pristine is not None:
             work.load_state_dict(pristine)
@@ -228,7 +246,9 @@ def randomisation_test(
         sp, ss = _similarity(original, new)
         sps.append(sp)
         sss.append(ss)
+        inps.append(row_pearson(rankdata(new.flatten(1)), magnitude))
     return SanityResult(
         method=name, layers=order, steps=steps, spearman=torch.stack(sps), ssim=torch.stack(sss),
         threshold=threshold, cascading=cascading, original=original,
+        input_spearman=torch.stack(inps),
     )

@@ -11,6 +11,8 @@ job reads what ``xailab explain`` wrote (the images in
   faithfulness correlation), and ``faithfulness_curves``: the mean curves;
 * table ``sanity``: the cascading randomisation test, one row per method and step;
 * table ``scoreboard``: one row per method (columns below);
+* table ``verdict``: the methods ranked by faithfulness with intervals, paired tests, the
+  sanity reason and caveats (:mod:`xailab.metrics.verdict`; its rule in the manifest);
 * figures under ``files/metrics/`` and a ``compare`` section in the manifest.
 
 Scoreboard columns: ``method, images, seconds, avg_time`` (seconds per image),
@@ -19,7 +21,8 @@ Scoreboard columns: ``method, images, seconds, avg_time`` (seconds per image),
 ``agreement_spearman`` (mean over the other methods), ``avg_iou`` (mean IoU with the reference
 method). Which way is better is data: :data:`~xailab.metrics.columns.COLUMNS` names the
 metric behind each column (its :class:`~xailab.metrics.info.MetricInfo`), and ``compare``
-writes it into the run's manifest (section ``metrics``) for the report.
+writes it into the run's manifest (section ``metrics``) for the report. Each column with
+per-image values has a bootstrap interval over images, ``<column>_low`` / ``<column>_high``.
 
 A rerun with the same settings skips the per-method work already written (resume).
 
@@ -160,7 +163,7 @@ def image_names(run: Run, n: int) -> list[str]:
 
 def format_board(board: pd.DataFrame, reference: str) -> str:
     """The scoreboard as aligned text (what ``xailab compare`` prints)."""
-    shown = board.copy()
+    shown = board[[c for c in board.columns if not c.endswith(("_low", "_high"))]].copy()
     for c in shown.columns:
         if shown[c].dtype.kind == "f":
             shown[c] = shown[c].map(lambda v: "-" if not np.isfinite(v) else f"{v:.4g}")

@@ -14,13 +14,8 @@ from xailab.models import cnn, efficientnet, resnet_cifar, torchvision_zoo  # no
 from xailab.models.checkpoint import load_weights, read_metadata, read_state_dict, save_weights
 from xailab.models.layers import Add, PadShortcut
 from xailab.models.loading import check_num_classes, create_model, load_model, model_info
-from xailab.models.registry import (
-    MODELS,
-    ModelEntry,
-    get_preprocessing,
-    register_model,
-    set_preprocessing,
-)
+from xailab.models.preprocessing import get_preprocessing, set_preprocessing
+from xailab.models.registry import MODELS, ModelEntry, register_model
 
 __all__ = [
     "MODELS",

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import CheckpointError
 from xailab.data.transforms import Preprocessing
-from xailab.models.registry import get_preprocessing, set_preprocessing
+from xailab.models.preprocessing import get_preprocessing, set_preprocessing
 
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "weights")
 _OPTIONAL = ("num_batches_tracked",)  # BatchNorm counters, absent from many published files
@@ -87,16 +88,21 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(
             f"{p} is a TorchScript model, not a weights file: pass it as the model (load_model('{p}'))"
         )
+    if p.suffix == ".safetensors" or p.stat().st_size == 0:
+        what = "empty (0 bytes)" if p.stat().st_size == 0 else "not a safetensors file (no safetensors header)"
+        raise CheckpointError(f"cannot read weights {p}: the file is {what}")
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
         raise CheckpointError(
-            f"refused to load {p}: it holds Python objects other than tensors, and unpickling them "
-            f"could run code ({str(e).splitlines()[0][:200]}). Save a state dict "
-            "(torch.save(model.state_dict(), path)) or safetensors instead"
+            f"refused to load {p}: it holds Python objects other than tensors"
+            f"{f' ({found.group(1)})' if found else ''}, and unpickling them could run code; save a "
+            "state dict (torch.save(model.state_dict(), path)) or safetensors instead"
         ) from e
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError) as e:
-        raise CheckpointError(f"corrupt or unreadable checkpoint {p}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # torch, zipfile and pickle raise many kinds for a damaged file
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"corrupt or unreadable checkpoint {p}: {type(e).__name__}: {first}") from e
     return _unwrap(obj, p)
 
 

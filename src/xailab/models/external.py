@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import CheckpointError, ModelError
 from xailab.data.transforms import Preprocessing
-from xailab.models.registry import set_preprocessing
+from xailab.models.preprocessing import set_preprocessing
 
 PREFIXES = ("timm:", "hf:")
 _INSTALL = "pip install 'xailab[modern]' (or pip install {pkg})"

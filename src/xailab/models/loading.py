@@ -7,15 +7,19 @@
     get_preprocessing(model)                     # the same, recorded with the model
 
 A ``"package.module:factory"`` spec imports that module (the user's own code, as any import
-does); the factory is called with ``num_classes`` / ``in_channels`` when it accepts them and must
+does), looking in the working directory too (after the installed packages, as ``python -m``
+would find it, so ``xailab explain --model mynet:build`` works beside ``mynet.py``); the factory is called with ``num_classes`` / ``in_channels`` when it accepts them and must
 return an ``nn.Module``. Weights files are never unpickled beyond tensors.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +28,10 @@ from torch import Tensor, nn
 
 from xailab.core.errors import CheckpointError, ModelError
 from xailab.core.registry import RegistryError
-from xailab.data.transforms import Preprocessing
 from xailab.models.checkpoint import is_torchscript, load_weights
 from xailab.models.external import is_external, load_external
-from xailab.models.registry import MODELS, ModelEntry, get_preprocessing, set_preprocessing
+from xailab.models.preprocessing import get_preprocessing, set_preprocessing
+from xailab.models.registry import MODELS, ModelEntry
 
 _FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -38,15 +42,6 @@ def _entry(name: str) -> ModelEntry:
     except RegistryError as e:
         raise ModelError(str(e)) from e
     return entry
-
-
-def _prep_for(prep: Preprocessing, in_channels: int) -> Preprocessing:
-    if in_channels == prep.channels:
-        return prep
-    mean = sum(prep.mean) / len(prep.mean)
-    std = sum(prep.std) / len(prep.std)
-    return Preprocessing(mean=(mean,) * in_channels, std=(std,) * in_channels,
-                         input_size=prep.input_size, resize=prep.resize, channels=in_channels)
 
 
 def create_model(
@@ -75,16 +70,7 @@ def create_model(
         if weights is not None:
             load_weights(model, weights)
         return model.eval()
-    entry = _entry(name)
-    if pretrained and not entry.weights:
-        raise ModelError(f"{entry.name} has no published weights; train it and pass weights=<file>")
-    nc = int(num_classes or entry.num_classes)
-    ic = int(in_channels or entry.in_channels)
-    model = entry.factory(num_classes=nc, in_channels=ic, pretrained=pretrained)
-    set_preprocessing(model, _prep_for(entry.preprocessing, ic))
-    if weights is not None:
-        load_weights(model, weights)
-    return model.eval()
+    return _entry(name)(num_classes=num_classes, in_channels=in_channels, pretrained=pretrained, weights=weights)
 
 
 def model_info(name: str) -> dict[str, Any]:
@@ -108,10 +94,7 @@ def model_info(name: str) -> dict[str, Any]:
 
 def _call_factory(spec: str, num_classes: int | None, in_channels: int | None) -> nn.Module:
     module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ModelError(f"cannot import {module_name} for model {spec!r}: {e}") from e
+    module = _import_user_module(module_name, spec)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelError(f"{module_name} has no callable {attr!r}")
@@ -124,10 +107,32 @@ def _call_factory(spec: str, num_classes: int | None, in_channels: int | None) -
     for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if value is not None and (key in params or takes_any):
             kwargs[key] = value
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except Exception as e:  # the user's code: one line that names it, not a traceback
+        raise ModelError(f"building model {spec!r} failed: {type(e).__name__}: {e}") from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _import_user_module(module_name: str, spec: str) -> Any:
+    """Import ``module_name`` with the working directory on the path (at its end, so a file there
+    never shadows an installed package), as ``python -m`` finds it; removed again afterwards."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.append(cwd)
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelError(f"cannot import {module_name} for model {spec!r} (looked in the installed "
+                         f"packages and in {cwd}): {e}") from e
+    except Exception as e:  # the user's module failed while importing
+        raise ModelError(f"importing {module_name} for model {spec!r} failed: {type(e).__name__}: {e}") from e
+    finally:
+        if added:
+            sys.path.remove(cwd)
 
 
 def load_model(
@@ -165,14 +170,18 @@ def load_model(
             )
         try:
             model: nn.Module = torch.jit.load(str(path), map_location="cpu")
-        except (RuntimeError, ValueError) as e:
-            raise CheckpointError(f"corrupt TorchScript file {path}: {e}") from e
+        except Exception as e:  # torch raises many kinds for a damaged archive
+            first = (str(e).splitlines() or [""])[0][:200]
+            raise CheckpointError(f"corrupt TorchScript file {path}: {type(e).__name__}: {first}") from e
     elif _FACTORY_SPEC.match(s):
         model = _call_factory(s, num_classes, in_channels)
     else:
+        close = difflib.get_close_matches(s.strip().lower().replace("-", "_"), MODELS.available(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
         known = ", ".join(MODELS.available())
+        missing = " (no such file)" if any(c in s for c in "/\\") or "." in Path(s).name else ""
         raise ModelError(
-            f"unknown model {s!r}: give a registry name ({known}), a TorchScript file, "
+            f"unknown model {s!r}{missing}.{hint} Give a registry name ({known}), a TorchScript file, "
             "'package.module:factory', 'timm:NAME' or 'hf:PATH'"
         )
     if weights is not None:

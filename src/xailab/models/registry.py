@@ -12,16 +12,24 @@ Every factory takes ``num_classes``, ``in_channels`` and ``pretrained`` keywords
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from xailab.core.pixels import record_pixel_space
+from xailab.core.errors import ModelError
 from xailab.core.registry import Registry
 from xailab.data.transforms import Preprocessing
+from xailab.models.checkpoint import load_weights
+from xailab.models.preprocessing import (
+    get_preprocessing,
+    preprocessing_for_channels,
+    set_preprocessing,
+)
+
+__all__ = ["MODELS", "Factory", "ModelEntry", "get_preprocessing", "register_model", "set_preprocessing"]
 
 MODELS: Registry[Any] = Registry("model", loader="xailab.models")
 
@@ -43,10 +51,19 @@ class ModelEntry:
     #: one module per nonlinearity, no in-place op, residual sums as modules: DeepLIFT / LRP can hook it
     hook_friendly: bool = True
 
-    def __call__(self, **kwargs: Any) -> nn.Module:
-        from xailab.models.loading import create_model
-
-        return create_model(self.name, **kwargs)
+    def __call__(self, *, num_classes: int | None = None, in_channels: int | None = None,
+                 pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
+        """The model, in eval mode, with its preprocessing recorded (see
+        :func:`xailab.models.create_model`, which calls this)."""
+        if pretrained and not self.weights:
+            raise ModelError(f"{self.name} has no published weights; train it and pass weights=<file>")
+        nc = int(num_classes or self.num_classes)
+        ic = int(in_channels or self.in_channels)
+        model = self.factory(num_classes=nc, in_channels=ic, pretrained=pretrained)
+        set_preprocessing(model, preprocessing_for_channels(self.preprocessing, ic))
+        if weights is not None:
+            load_weights(model, weights)
+        return model.eval()
 
 
 def register_model(
@@ -69,24 +86,3 @@ def register_model(
         return factory
 
     return deco
-
-
-# -- the preprocessing a model carries --------------------------------------------------------
-_PREP: weakref.WeakKeyDictionary[nn.Module, Preprocessing] = weakref.WeakKeyDictionary()
-
-
-def set_preprocessing(model: nn.Module, prep: Preprocessing) -> nn.Module:
-    """Record what ``model`` expects (kept beside the model, not written onto it); the
-    methods read its mean/std from :mod:`xailab.core.pixels` (what "black" is)."""
-    _PREP[model] = prep
-    record_pixel_space(model, prep.mean, prep.std)
-    return model
-
-
-def get_preprocessing(model: nn.Module, default: Preprocessing | None = None) -> Preprocessing | None:
-    """The preprocessing recorded for ``model`` (by :func:`create_model`, :func:`load_model`
-    or a weights file's metadata), else a ``preprocessing`` attribute, else ``default``."""
-    if model in _PREP:
-        return _PREP[model]
-    attr = getattr(model, "preprocessing", None)
-    return attr if isinstance(attr, Preprocessing) else default

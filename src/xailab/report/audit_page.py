@@ -144,11 +144,10 @@ def detection_section(site: Site, r: ReportRun) -> str:
         best = det.loc[det["spray_gap"].idxmax()] if "spray_gap" in det and det["spray_gap"].notna().any() else None
         sentence = f"No class of the {len(det)} examined is flagged"
         if best is not None:
-            sentence += (f"; the largest SpRAy eigengap is {best['spray_gap']:.2f} ({esc(best['name'])}), below the "
-                         f"threshold {thr.get('spray_gap', 0.9)}")
+            sentence += "; " + esc(largest_gap_sentence(best, thr))
         sentence += "."
     if len(check):
-        sentence += f" Activation clustering alone fired on {esc(', '.join(map(str, check['name'])))} (verdict check)."
+        sentence += " " + esc(check_sentence(check, thr))
     if "poisoned_n" in det and int(det["poisoned_n"].sum()):
         hit = det[det["poisoned_n"] > 0]
         where = ", ".join(f"{n}: {int(a)} of {int(b)}" for n, a, b in
@@ -179,6 +178,38 @@ def detection_section(site: Site, r: ReportRun) -> str:
     if others:
         parts.append(f"<details open><summary>The other {len(others)} classes</summary>{''.join(others)}</details>")
     return "".join(parts)
+
+
+def largest_gap_sentence(best: Any, thr: dict[str, Any]) -> str:
+    """Why the class with the largest SpRAy eigengap is not flagged, from its numbers: the gap
+    against the threshold, and when the gap passes, what else failed (one group, a large
+    cluster, or a rule that needs the other detector)."""
+    gap, limit = float(best["spray_gap"]), float(thr.get("spray_gap", 0.9))
+    head = f"the largest SpRAy eigengap is {gap:.2f} ({best['name']})"
+    if gap < limit:
+        return f"{head}, below the threshold {limit:g}"
+    why = []
+    if "spray_k" in best and int(best["spray_k"]) < 2:
+        why.append(f"the spectrum shows {int(best['spray_k'])} group")
+    share, most = best.get("spray_small_share"), thr.get("max_share")
+    if isinstance(share, int | float) and isinstance(most, int | float) and share > most:
+        why.append(f"its smaller cluster holds {_pct(share)} of the class, more than {_pct(most)}")
+    if not why and bool(best.get("spray_flag", False)):
+        why.append(f"SpRAy fired there, but the rule '{thr.get('rule', 'spray')}' also needs activation clustering")
+    return f"{head}, at or above the threshold {limit:g}, but " + " and ".join(why or ["the class was not flagged"])
+
+
+def check_sentence(check: pd.DataFrame, thr: dict[str, Any]) -> str:
+    """Which detector fired, alone, on the classes with verdict "check" (read from their flags)."""
+    groups: dict[str, list[str]] = {}
+    for _, row in check.iterrows():
+        spray, ac = bool(row.get("spray_flag", False)), bool(row.get("ac_flag", not row.get("spray_flag", False)))
+        who = "SpRAy" if spray and not ac else "Activation clustering" if ac and not spray else "Both detectors"
+        groups.setdefault(who, []).append(str(row["name"]))
+    rule = thr.get("rule", "spray")
+    return " ".join(f"{who} alone fired on {', '.join(names)} (verdict check: the rule '{rule}' does not flag it)."
+                    if who != "Both detectors" else f"Both detectors fired on {', '.join(names)} (verdict check)."
+                    for who, names in groups.items())
 
 
 def audit_page(site: Site, runs: list[ReportRun]) -> str:

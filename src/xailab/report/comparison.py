@@ -11,13 +11,8 @@ import pandas as pd
 
 from xailab.report.data import ReportRun
 from xailab.report.html import esc, figure, heat_table, kv, table
+from xailab.report.verdict_section import scoreboard_table, verdict_section
 from xailab.report.writer import Site
-
-SCORE_FORMATS = {
-    "seconds": "{:.3g}", "avg_time": "{:.3g}", "evaluations_per_image": "{:.0f}",
-    "deletion_auc": "{:.3f}", "insertion_auc": "{:.3f}", "faithfulness_corr": "{:.3f}",
-    "sanity_spearman": "{:.3f}", "agreement_iou": "{:.3f}", "agreement_spearman": "{:.3f}", "avg_iou": "{:.3f}",
-}
 
 FIGURES = [
     ("agreement_iou.png", "mean IoU of the top regions, every pair of methods"),
@@ -48,14 +43,6 @@ def agreement_matrix(agreement: pd.DataFrame, column: str = "iou") -> pd.DataFra
     return m
 
 
-FIRST = ["method", "avg_time", "avg_iou", "deletion_auc", "insertion_auc", "faithfulness_corr", "sanity"]
-
-
-def _key_columns_first(board: pd.DataFrame) -> pd.DataFrame:
-    first = [c for c in FIRST if c in board]
-    return board[first + [c for c in board.columns if c not in first]]
-
-
 def directions(r: ReportRun, columns: list[str]) -> str:
     """Which way is better for each of ``columns``, from the run's ``metrics`` section (what each
     metric declares about itself): `` Lower is better: a (faithfulness); higher is better: b.``,
@@ -83,12 +70,14 @@ def comparison_section(site: Site, r: ReportRun) -> str:
                          ("deletion/insertion steps", settings.get("steps")),
                          ("target column scored", settings.get("target")),
                          ("sanity test", "run" if settings.get("sanity") else ("skipped" if settings else None))]))
+    parts.append(verdict_section(r))
     board = r.table("scoreboard")
     if board is not None:
-        parts.append("<h3>Scoreboard</h3><p class=note>avg_time: seconds per image; avg_iou: IoU of the top "
-                     "region with the reference method; sanity: whether the maps change when the "
-                     f"model's weights are randomised.{esc(directions(r, list(board.columns)))}</p>"
-                     + table(_key_columns_first(board), SCORE_FORMATS))
+        parts.append("<h3>Scoreboard</h3><p class=note>IoU with reference: IoU of the top region with the "
+                     "reference method; sanity: whether the maps change when the model's weights are randomised; "
+                     "[low, high]: bootstrap interval over images (time is measured once per run: no interval); "
+                     f"highlighted: the best value of a column.{esc(directions(r, list(board.columns)))}</p>"
+                     + scoreboard_table(r, board))
     agreement = r.table("agreement")
     if agreement is not None and {"method_a", "method_b"} <= set(agreement.columns):
         for col, what in (("iou", "IoU of the top regions"), ("spearman", "Spearman rank correlation")):

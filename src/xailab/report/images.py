@@ -1,7 +1,7 @@
 """Per-image pages of an explain run and the index of all images with thumbnails.
 
 Each image page shows the image, the model's top classes, the explained targets and one grid:
-methods as rows, targets as columns, each row on one colour scale (``overlay.grid_figure``).
+methods as rows, targets as columns, each row on one colour scale (``drawing.grid_png``).
 The grid ``xailab explain`` already wrote (``files/overlays/<i>_grid.png``) is copied when
 present, otherwise drawn from the saved maps; per-method overlays with colour bars are copied
 when present.
@@ -14,11 +14,13 @@ from pathlib import PurePath
 import numpy as np
 import pandas as pd
 
-from xailab.plotting import grid_figure, save_png, target_title
+from xailab.drawing import grid_png
+from xailab.plotting import target_title
 from xailab.report.data import ReportRun
 from xailab.report.figures import image_png
 from xailab.report.html import esc, figure, table
 from xailab.report.writer import Site
+from xailab.runs.store import atomic_write_bytes
 
 TOP_K = 5
 
@@ -154,5 +156,5 @@ def _grid(site: Site, r: ReportRun, i: int, image: np.ndarray, probs: np.ndarray
                            float(probs[i, int(targets[i, j])]) if probs is not None else float("nan"))
               for j, t in enumerate(names)]
     dest, src = site.img(f"{r.slug}/grids/{i:05d}.png")
-    save_png(grid_figure(image.astype(np.float32) / 255.0, maps, titles), dest)
+    atomic_write_bytes(dest, grid_png(image, maps, titles))
     return figure(src, caption)

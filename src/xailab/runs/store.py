@@ -124,11 +124,17 @@ class Run:
     @property
     def manifest(self) -> dict[str, Any]:
         try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise RunError(f"{self.path} is not an xailab run (no manifest.json)") from None
-        except json.JSONDecodeError as e:
+        except IsADirectoryError:
+            raise RunError(f"{self.path} is not an xailab run (manifest.json is a folder)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RunError(f"{self.manifest_path} is corrupt: {e}") from None
+        if not isinstance(data, dict):
+            raise RunError(f"{self.manifest_path} is not an xailab run manifest (a JSON {type(data).__name__}, "
+                           "not an object)")
+        return data
 
     @contextmanager
     def _lock(self) -> Iterator[None]:

@@ -7,7 +7,7 @@ See docs/training.md.
 """
 
 from xailab.core.hooks import resolve_device
-from xailab.train._common import check_model_fits
+from xailab.train.batches import check_model_fits
 from xailab.train.callbacks import Callback, CallbackList, TrainState
 from xailab.train.checkpoint import load_weights, save_weights
 from xailab.train.config import TrainConfig

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from xailab.runs.store import Run
-from xailab.train._common import classes_of, predict_batches
+from xailab.train.batches import classes_of, predict_batches
 
 
 def confusion_matrix(labels: Any, predicted: Any, num_classes: int) -> np.ndarray:

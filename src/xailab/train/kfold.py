@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from xailab.core.errors import InputError
 from xailab.runs.store import Run
-from xailab.train._common import classes_of, labels_of, subset
+from xailab.train.batches import classes_of, labels_of, subset
 from xailab.train.callbacks import Callback
 from xailab.train.config import TrainConfig
 from xailab.train.evaluation import evaluate, save_evaluation

@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 
 from xailab.core.errors import InputError
 from xailab.runs.store import Run, RunError
-from xailab.train._common import classes_of, predict_batches, subset
+from xailab.train.batches import classes_of, predict_batches, subset
 from xailab.train.callbacks import Callback, TrainState
 from xailab.train.checkpoint import epoch_weights, load_weights
 

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from xailab.core.errors import DataError, ModelError
 from xailab.core.hooks import resolve_device
 from xailab.runs.store import Run, RunError, atomic_write
-from xailab.train._common import (
+from xailab.train.batches import (
     as_logits,
     batches,
     check_model_fits,

@@ -86,7 +86,9 @@ class AblationCAM(CAM):
         index = torch.tensor([0, 1] if len(x) >= 2 else [0, 0], device=x.device)
         self._split, self.split_reason = None, "split=False"
         acts = None
-        if self.split:
+        if self.split and self.grid is not None:
+            self.split_reason = "a transformer's token layer: ablated through a forward hook"
+        elif self.split:
             try:
                 split = SplitModel.build(self.model, self.layer_name)
                 acts = split.check(x.index_select(0, index), logits.index_select(0, index))

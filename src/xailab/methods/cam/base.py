@@ -42,7 +42,9 @@ from xailab.core.explainer import (
     repeat_rows,
     row_targets,
 )
+from xailab.methods.cam.choose import CamLayer, choose_cam_layer
 from xailab.methods.cam.layers import LayerTap, conv_layer_hint, resolve_cam_layer
+from xailab.methods.cam.tokens import TokenGrid, find_token_grid
 
 
 class CAM(Explainer):
@@ -66,8 +68,12 @@ class CAM(Explainer):
     def __init__(self, model: nn.Module, *, layer: str | nn.Module | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self._layer_spec = layer
+        self._user_model = model  # self.model may become its traced copy (see choose_cam_layer)
         self.layer_name: str | None = None
         self.layer_module: nn.Module | None = None
+        self.layer_note = ""  # how the default layer was found
+        self.grid: TokenGrid | None = None  # a transformer's patch grid (tokens read as maps)
+        self._grid_key: tuple[Any, ...] | None = None
         if layer is not None:  # a wrong name fails here, with the candidates listed
             self.layer_name, self.layer_module = resolve_cam_layer(model, layer)
         self._parts: dict[str, list[Tensor]] = {}
@@ -87,7 +93,8 @@ class CAM(Explainer):
 
     # -- Explainer hooks ------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "layer": self.layer_name or "auto"}
+        note = {"layer_note": self.layer_note} if self.layer_note else {}
+        return {**super().params(), "layer": self.layer_name or "auto", **note}
 
     def samples_per_image(self, n_targets: int) -> int:
         return n_targets
@@ -113,7 +120,19 @@ class CAM(Explainer):
         for p in self.model.parameters():
             p.requires_grad_(False)
         if self._layer_spec is None:
-            self.layer_name, self.layer_module = resolve_cam_layer(self.model, None, x[:1])
+            self.use_layer(choose_cam_layer(self._user_model, x[:1]))
+        else:
+            key = (id(self.model), tuple(x.shape[1:]))
+            if key != self._grid_key:  # one dry run: is the model a transformer on patches?
+                self.grid, self._grid_key = find_token_grid(self.model, x[:1]), key
+
+    def use_layer(self, chosen: CamLayer) -> None:
+        """Explain ``chosen`` (from :func:`~xailab.methods.cam.choose.choose_cam_layer`): its layer,
+        patch grid and the model to run (the user's, or its traced copy)."""
+        self.model, self.layer_name, self.layer_module = chosen.model, chosen.name, chosen.module
+        self.grid, self.layer_note = chosen.grid, chosen.note
+        for p in self.model.parameters():
+            p.requires_grad_(False)
 
     def _extras(self) -> dict[str, Tensor]:
         return {k: torch.cat(v) for k, v in self._parts.items()}
@@ -138,7 +157,7 @@ class CAM(Explainer):
     def tap(self, replace: Tensor | None = None) -> LayerTap:
         """A :class:`LayerTap` on this explainer's layer (resolved by ``_prepare``)."""
         assert self.layer_name is not None and self.layer_module is not None, "layer not resolved"
-        return LayerTap(self.layer_name, self.layer_module, replace, hint=conv_layer_hint(self.model))
+        return LayerTap(self.layer_name, self.layer_module, replace, hint=conv_layer_hint(self.model), grid=self.grid)
 
     def activations_and_gradients(
         self, rows: Tensor, targets: Tensor | RowTargets, *, input_gradient: bool = False

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import LayerError
 from xailab.core.hooks import HookScope, conv_layers, resolve_layer
+from xailab.methods.cam.tokens import TokenGrid
 
 
 def find_cam_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module]:
@@ -58,17 +59,22 @@ def find_cam_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module]:
     name, shape = events[last_conv]
     chosen = name
     open_blocks = set(_ancestors(name))  # blocks holding the conv that have not ended yet
+    diverted = False  # inside a block, the map was reshaped (ConvNeXt's channels-last MLP)
     for later, later_shape in events[last_conv + 1 :]:
+        inside = any(later.startswith(b + ".") for b in open_blocks)
         if later_shape != shape:
+            if inside and later not in open_blocks:  # the block still runs and comes back to the map
+                diverted = True
+                continue
             break
         if later in open_blocks:  # the block or stage that holds the conv ends: its output
             open_blocks.discard(later)
+            diverted = False
             if calls[later] == 1:
                 chosen = later
             continue
-        inside = any(later.startswith(b + ".") for b in open_blocks)
         if isinstance(modules[later], _PER_POSITION):
-            if calls[later] == 1:
+            if calls[later] == 1 and not diverted:
                 chosen = later
         elif not inside:  # pooling, a head, anything else after the conv's blocks: stop
             break
@@ -117,12 +123,14 @@ class LayerTap:
     """
 
     def __init__(
-        self, name: str, module: nn.Module, replace: Tensor | None = None, *, hint: str = ""
+        self, name: str, module: nn.Module, replace: Tensor | None = None, *, hint: str = "",
+        grid: TokenGrid | None = None,
     ) -> None:
         self.name = name
         self.module = module
         self.replace = replace
         self.hint = hint
+        self.grid = grid  # a transformer's tokens [N, T, D] are read as maps [N, D, h, w]
         self.calls = 0
         self._activation: Tensor | None = None
         self._scope = HookScope()
@@ -134,6 +142,8 @@ class LayerTap:
                 f"layer '{self.name}' runs more than once in one forward pass (a reused module); "
                 "its output is ambiguous: name a layer that runs once"
             )
+        if self.grid is not None and isinstance(output, Tensor) and output.dim() == 3:
+            return self._tokens(output)
         check_map(self.name, output, self.module, self.hint)
         if self.replace is not None:
             if self.replace.shape != output.shape:
@@ -147,6 +157,20 @@ class LayerTap:
             out = out.detach().requires_grad_(True)
         self._activation = out if torch.is_grad_enabled() else out.detach()
         return out.clone()
+
+    def _tokens(self, output: Tensor) -> Tensor:
+        """The token version of the hook: record or replace the patch tokens as a map."""
+        assert self.grid is not None
+        if self.replace is not None:
+            want = (len(output), output.shape[2], self.grid.h, self.grid.w)
+            if tuple(self.replace.shape) != want:
+                raise LayerError(f"layer '{self.name}': replacement {tuple(self.replace.shape)} is not {want}")
+            return self.grid.to_tokens(self.replace, output)
+        amap = self.grid.to_map(output, self.name)
+        if torch.is_grad_enabled() and not amap.requires_grad:
+            amap = amap.detach().requires_grad_(True)
+        self._activation = amap if torch.is_grad_enabled() else amap.detach()
+        return self.grid.to_tokens(amap.clone(), output)
 
     @property
     def activation(self) -> Tensor:

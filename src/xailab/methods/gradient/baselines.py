@@ -23,7 +23,7 @@ Kinds (``Baseline.parse`` reads the strings, an optional ``:value`` sets the mai
 
     space = PixelSpace(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     b = Baseline.parse("blur:4")
-    baselines, info = make_baselines(b, images, space, explainer)
+    baselines, info = make_baselines(b, images, space, explainer, first=0)  # images 0.. of the call
 """
 
 from __future__ import annotations
@@ -227,11 +227,13 @@ class Baseline:
 
 
 def make_baselines(
-    spec: Baseline, x: Tensor, space: PixelSpace, explainer: Explainer
+    spec: Baseline, x: Tensor, space: PixelSpace, explainer: Explainer, *, first: int
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Baselines ``[B, C, H, W]`` for the chunk ``x`` and extras (the adversarial probabilities).
 
-    Random kinds draw from ``explainer.generator(i)``, so a baseline does not depend on batching.
+    ``first`` is the index of ``x[0]`` in the whole call (a method passes its ``chunk_start``).
+    Random kinds draw image ``first + i`` from ``explainer.image_generator(first + i)``, and
+    per-image tensors are taken from that index, so a baseline does not depend on batching.
     """
     lo, hi = space.bounds(x)
     if spec.kind == "black":
@@ -241,27 +243,27 @@ def make_baselines(
     if spec.kind == "zeros":
         return torch.zeros_like(x), {}
     if spec.kind == "uniform":
-        return lo + (hi - lo) * _draw(x, explainer, torch.rand), {}
+        return lo + (hi - lo) * _draw(x, explainer, torch.rand, first), {}
     if spec.kind == "gaussian":
         sigma = 0.2 if spec.sigma is None else spec.sigma
-        return space.clip(x + sigma * space.span(x) * _draw(x, explainer, torch.randn)), {}
+        return space.clip(x + sigma * space.span(x) * _draw(x, explainer, torch.randn, first)), {}
     if spec.kind == "blur":
         sigma = max(x.shape[-2:]) / 16 if spec.sigma is None else spec.sigma
         return gaussian_blur(x, sigma), {}
     if spec.kind == "tensor":
-        return _user_tensor(spec.tensor, x, explainer._offset), {}
+        return _user_tensor(spec.tensor, x, first), {}
     if spec.tensor is not None:  # from a given data image
-        start = _user_tensor(spec.tensor, x, explainer._offset)
+        start = _user_tensor(spec.tensor, x, first)
     elif spec.start == "input":
         start = x
     else:
-        start = lo + (hi - lo) * _draw(x, explainer, torch.rand)
+        start = lo + (hi - lo) * _draw(x, explainer, torch.rand, first)
     base, probs, classes = adversarial_5050(explainer, start, space, spec)
     return base, {"baseline_probs": probs, "baseline_classes": classes}
 
 
-def _draw(x: Tensor, explainer: Explainer, fn: Any) -> Tensor:
-    out = [fn(x.shape[1:], generator=explainer.generator(i), dtype=x.dtype) for i in range(len(x))]
+def _draw(x: Tensor, explainer: Explainer, fn: Any, first: int) -> Tensor:
+    out = [fn(x.shape[1:], generator=explainer.image_generator(first + i), dtype=x.dtype) for i in range(len(x))]
     return torch.stack(out).to(x.device)
 
 

@@ -18,9 +18,11 @@ and multiplies the gradient by the multiplier. Pairing *calls*, not modules, kee
 applied several times (torchvision ResNet's ``self.relu``) exact; Captum stores one input per
 module and raises on such models. In-place activations are fed a copy of their input.
 
-Refused with :class:`~xailab.core.errors.UnsupportedModelError`: activations applied as
-functions (``F.relu(x)``: no module, no hook, so the plain gradient would be used silently;
-found by :func:`xailab.core.structure.require_supported`), and modules with a nonlinearity
+Activations and max-pools applied as functions (``F.relu(x)``, ``x.relu()``, ``F.max_pool2d``:
+no module, so no hook) are handled by running a hook-friendly copy of the model, traced with
+torch.fx (:func:`xailab.core.rewrite.hook_friendly`; the user's model is not modified); where the
+model cannot be traced, the refusal names the line. Refused with
+:class:`~xailab.core.errors.UnsupportedModelError`: modules with a nonlinearity
 the rule does not cover (LayerNorm, GroupNorm, softmax, attention, ...). The summation error
 is in ``extras["delta"]``; a warning is raised when it exceeds 1 % of ``|S_t(x) - S_t(b)|``,
 the sign of a nonlinearity not seen (e.g. the product of two activations in a
@@ -44,6 +46,7 @@ from xailab.core.explainer import Explainer, RowTargets, keep_format
 from xailab.core.hooks import HookScope
 from xailab.core.params import Limit
 from xailab.core.registry import register
+from xailab.core.rewrite import hook_ready
 from xailab.core.structure import ACTIVATIONS, require_supported
 from xailab.methods.gradient.base import flat_sum, gradient_card
 from xailab.methods.gradient.baselines import Baseline, PixelSpace, make_baselines
@@ -200,8 +203,9 @@ class DeepLift(Explainer):
         cost="Two forward passes (input and reference) and one backward pass per image and "
              "target.",
         limits=(
-            "Needs a hook-friendly model: each ReLU its own module, not reused or functional; "
-            "xailab refuses models it would get wrong rather than return a silent wrong answer.",
+            "Functional activations (F.relu) are rewritten into modules with torch.fx; a model that "
+            "cannot be traced, or has LayerNorm, attention or softmax, is refused rather than "
+            "explained wrongly.",
             "The reference (baseline) input decides the answer, as for IG.",
             "The rescale rule ignores interactions; the reveal-cancel rule is not implemented.",
         ),
@@ -228,6 +232,7 @@ class DeepLift(Explainer):
         self._tracked: list[nn.Module] = []
         self._parts: dict[str, list[Tensor]] = {}
         self._checked: tuple[Any, ...] | None = None
+        self._user_model = model  # self.model becomes its hook-friendly copy (core.rewrite) when needed
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "baseline": self.baseline.describe(), "eps": self.eps,
@@ -246,15 +251,14 @@ class DeepLift(Explainer):
         if self.output != "logit":
             raise InputError("DeepLIFT explains logits (summation-to-delta holds for the model's "
                              f"output, not its softmax); use output='logit', not {self.output!r}")
-        for p in self.model.parameters():
+        for p in self._user_model.parameters():
             p.requires_grad_(False)
-        modules = list(self.model.modules())
-        key = (tuple(x.shape[1:]), tuple(id(m) for m in modules))
-        if key != self._checked:  # one forward pass; again only if the model or input shape changed
-            check_model(self.model, x[:1])
+        key = (tuple(x.shape[1:]), tuple(id(m) for m in self._user_model.modules()))
+        if key != self._checked:  # trace + one forward pass; again only if the model or input shape changed
+            self.model = check_model(self._user_model, x[:1])
             self._checked = key
         check_batchnorm(self.model)
-        self._tracked = [m for m in modules if isinstance(m, (*ELEMENTWISE, *POOLS))]
+        self._tracked = [m for m in self.model.modules() if isinstance(m, (*ELEMENTWISE, *POOLS))]
         self._parts = {}
 
     def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
@@ -264,7 +268,7 @@ class DeepLift(Explainer):
         """Maps of ``x`` against ``base`` (default: this explainer's baseline of each image)."""
         info: dict[str, Tensor] = {}
         if base is None:
-            base, info = make_baselines(self.baseline, x, self.space, self)
+            base, info = make_baselines(self.baseline, x, self.space, self, first=self.chunk_start)
         # the baselines in the images' memory format: paired activations then share it (mixed
         # channels-last / NCHW differences are several times slower)
         base = keep_format(base, x)
@@ -320,9 +324,10 @@ class DeepLift(Explainer):
         return out
 
 
-def check_model(model: nn.Module, example: Tensor) -> None:
-    """Raise UnsupportedModelError when DeepLIFT's rules do not cover the model."""
-    require_supported(model, example, "deeplift", {"functional_activation"})
+def check_model(model: nn.Module, example: Tensor) -> nn.Module:
+    """The model DeepLIFT hooks: ``model``, or its hook-friendly copy where activations or max-pools
+    are functions (:func:`xailab.core.rewrite.hook_friendly`); raises UnsupportedModelError when
+    DeepLIFT's rules do not cover the model."""
     bad = [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
            if isinstance(m, UNSUPPORTED)]
     if bad:
@@ -334,6 +339,9 @@ def check_model(model: nn.Module, example: Tensor) -> None:
     pools = [name for name, m in model.named_modules() if isinstance(m, POOLS) and getattr(m, "return_indices", False)]
     if pools:
         raise UnsupportedModelError(f"deeplift cannot rescale max-pools that return indices: {', '.join(pools)}")
+    run = hook_ready(model, example, "deeplift", frozenset({"functional_activation"})).model
+    require_supported(run, example, "deeplift", {"functional_activation"})
+    return run
 
 
 def check_batchnorm(model: nn.Module) -> None:

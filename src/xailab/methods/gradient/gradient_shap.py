@@ -144,7 +144,7 @@ class GradientShap(GradientExplainer):
             seeds.append(torch.randint(0, 2**62, (s,), generator=g).tolist())
         base = None
         if self.kind is not None and not self._random_kind:
-            base, _ = make_baselines(self.kind, x, self.space, self)
+            base, _ = make_baselines(self.kind, x, self.space, self, first=self.chunk_start)
         return _State(
             index=torch.stack(index).to(x.device) if index else None,
             alpha=torch.stack(alpha).to(x),
@@ -182,12 +182,9 @@ class GradientShap(GradientExplainer):
 
     def draws(self, x: Tensor) -> dict[str, Tensor]:
         """The draws an ``explain(x)`` call makes: ``index`` or ``baselines``, ``alpha``, ``noise``."""
-        saved, self._offset = self._offset, 0
-        try:
+        with self.at_chunk(0):
             st = self._chunk_state(x)
             pairs = [[self._sample(x[i], st, i, k) for k in range(self.n_samples)] for i in range(len(x))]
-        finally:
-            self._offset = saved
         out = {"alpha": st.alpha,
                "baselines": torch.stack([torch.stack([b for b, _ in row]) for row in pairs]),
                "noise": torch.stack([torch.stack([xn - x[i] for _, xn in row]) for i, row in enumerate(pairs)])}
@@ -227,7 +224,7 @@ class GradientShap(GradientExplainer):
             rows = torch.tensor([i for i, _ in part], device=x.device)
             scores.append(self._target_scores(bases, targets[rows]))
         fb = torch.cat(scores).reshape(len(x), s, t).mean(1)
-        logits = self._logits[self._offset : self._offset + len(x)]
+        logits = self._logits[self.chunk_start : self.chunk_start + len(x)]
         fx = self.score(logits.repeat_interleave(t, dim=0), targets.reshape(-1)).reshape(-1, t)
         self._deltas.append((flat_sum(maps) - (fx - fb)).detach().cpu())
 

@@ -143,22 +143,20 @@ class SmoothGrad(GradientExplainer):
 
     def noise(self, x: Tensor) -> Tensor:
         """``[N, n_samples, C, H, W]``: the noise an ``explain(x)`` call adds to each image."""
-        saved, self._offset = self._offset, 0
-        try:
+        with self.at_chunk(0):
             seeds = self._seeds(len(x))
-            sigma = self.noise_level * self.space.span(x)
-            return torch.stack([
-                torch.stack([self._one_noise(int(s), x[i], sigma[i]) for s in seeds[i]])
-                for i in range(len(x))
-            ])
-        finally:
-            self._offset = saved
+        sigma = self.noise_level * self.space.span(x)
+        return torch.stack([
+            torch.stack([self._one_noise(int(s), x[i], sigma[i]) for s in seeds[i]])
+            for i in range(len(x))
+        ])
 
     # -- the stream ---------------------------------------------------------------------------
     def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
         inner = self.inner
-        inner._offset, inner.evaluations = self._offset, 0
-        state = inner._chunk_state(x)
+        inner.evaluations = 0
+        with inner.at_chunk(self.chunk_start):  # the inner method's draws: those of this chunk
+            state = inner._chunk_state(x)
         seeds = self._seeds(len(x)).tolist()
         sigma = self.noise_level * self.space.span(x)
         b, t = targets.shape

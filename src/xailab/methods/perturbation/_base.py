@@ -76,7 +76,7 @@ class PerturbationExplainer(Explainer):
 
     def clean_scores(self, targets: Tensor) -> Tensor:
         """``[B, T]``: scores of the unperturbed images of this chunk (from the first pass, free)."""
-        logits = self._clean_logits[self._offset : self._offset + len(targets)]
+        logits = self._clean_logits[self.chunk_start : self.chunk_start + len(targets)]
         return torch.stack([self.target_scores(logits[b : b + 1], targets[b])[0] for b in range(len(targets))])
 
     def evaluate(self, counts: Sequence[int], build: Build, consume: Consume, targets: Tensor) -> None:

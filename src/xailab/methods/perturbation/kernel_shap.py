@@ -26,7 +26,8 @@ Captum draws independent coalitions (``sampler="plain"``).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Iterator
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -34,8 +35,9 @@ from torch import Tensor, nn
 from xailab.core.registry import register
 from xailab.methods.perturbation._base import perturbation_card
 from xailab.methods.perturbation.regression import constrained_wls
-from xailab.methods.perturbation.sampling import shapley_kernel_coalitions
+from xailab.methods.perturbation.sampling import shapley_kernel_coalitions, shapley_stream
 from xailab.methods.perturbation.superpixel import SuperpixelExplainer
+from xailab.methods.perturbation.uncertainty import shapley_with_covariance
 
 
 @register("kernel_shap", family="perturbation", aliases=("kernelshap", "shap"))
@@ -45,7 +47,11 @@ class KernelShap(SuperpixelExplainer):
     Args:
         num_samples: coalitions in the data set, the full and the empty one included (as Captum
             counts): ``num_samples - 1`` evaluations per image, fewer when coalitions repeat or
-            all ``2^S - 2`` fit in the budget (then the values are exact).
+            all ``2^S - 2`` fit in the budget (then the values are exact). ``"auto"``: rounds of
+            complement pairs whose sizes follow the kernel's mass exactly (stratified), until
+            the ranking is stable to ``tol`` (see :mod:`~xailab.methods.perturbation.adaptive`).
+        tol, max_samples, top_k: the ``"auto"`` stopping rule, see
+            :class:`~xailab.methods.perturbation.superpixel.SuperpixelExplainer`.
         segmentation, segmentation_params, hide_color, sampler: see
             :class:`~xailab.methods.perturbation.superpixel.SuperpixelExplainer`;
             ``hide_color`` is the baseline ``x_0``.
@@ -70,11 +76,11 @@ class KernelShap(SuperpixelExplainer):
     quick_params: ClassVar[dict[str, Any]] = {"num_samples": 48}
     intercept_name: ClassVar[str] = "base_value"
 
-    def __init__(self, model: nn.Module, *, num_samples: int = 1000, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, *, num_samples: int | Literal["auto"] = 1000, **kwargs: Any) -> None:
         super().__init__(model, num_samples=num_samples, **kwargs)
 
     def coalitions(self, n_segments: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        z, w = shapley_kernel_coalitions(self.num_samples - 2, n_segments, g, self.sampler)
+        z, w = shapley_kernel_coalitions(self.budget - 2, n_segments, g, self.sampler)
         empty = torch.zeros(1, n_segments, dtype=torch.bool)  # row 0: x_0, evaluated, weight 0
         return torch.cat([empty, z]), torch.cat([torch.zeros(1, dtype=w.dtype), w])
 
@@ -82,3 +88,17 @@ class KernelShap(SuperpixelExplainer):
         f_empty = y[0]
         phi = constrained_wls(z[1:], y[1:], w[1:], f_empty, clean)
         return phi, f_empty
+
+    def coalition_stream(self, n_segments: int, g: torch.Generator) -> Iterator[Tensor]:
+        yield torch.zeros(1, n_segments, dtype=torch.bool)  # x_0, evaluated, weight 0
+        if n_segments >= 2:
+            yield from shapley_stream(n_segments, g)
+
+    def sample_weights(self, z: Tensor) -> Tensor:
+        return z.any(dim=1).to(torch.float64)  # drawn in proportion to the kernel: equal weights
+
+    def fit_with_covariance(self, z: Tensor, w: Tensor, y: Tensor, clean: Tensor,
+                            clusters: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        f_empty = y[0]
+        phi, cov = shapley_with_covariance(z[1:], y[1:], w[1:], f_empty, clean, clusters[1:])
+        return phi, f_empty, cov

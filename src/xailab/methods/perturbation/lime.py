@@ -24,6 +24,7 @@ scheme), the image itself is not re-evaluated, and every target is fitted from t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -34,8 +35,9 @@ from xailab.core.params import Limit
 from xailab.core.registry import register
 from xailab.methods.perturbation._base import perturbation_card
 from xailab.methods.perturbation.regression import weighted_ridge
-from xailab.methods.perturbation.sampling import lime_coalitions
+from xailab.methods.perturbation.sampling import lime_coalitions, lime_stream
 from xailab.methods.perturbation.superpixel import SuperpixelExplainer
+from xailab.methods.perturbation.uncertainty import ridge_with_covariance
 
 Distance = Literal["cosine", "euclidean", "hamming", "manhattan"]
 DISTANCES = ("cosine", "euclidean", "hamming", "manhattan")
@@ -61,7 +63,8 @@ class Lime(SuperpixelExplainer):
     """LIME: a weighted ridge fit of the score on superpixels kept or hidden (Ribeiro et al. 2016).
 
     Args:
-        num_samples, segmentation, segmentation_params, hide_color, sampler: see
+        num_samples, tol, max_samples, top_k, segmentation, segmentation_params, hide_color,
+            sampler: see
             :class:`~xailab.methods.perturbation.superpixel.SuperpixelExplainer`.
         kernel_width: width of the exponential kernel on the distance (lime: 0.25).
         distance: ``"cosine"`` (lime's default), ``"euclidean"``, ``"hamming"`` or ``"manhattan"``
@@ -93,7 +96,7 @@ class Lime(SuperpixelExplainer):
         self,
         model: nn.Module,
         *,
-        num_samples: int = 1000,
+        num_samples: int | Literal["auto"] = 1000,
         kernel_width: float = 0.25,
         distance: Distance = "cosine",
         alpha: float = 1.0,
@@ -115,8 +118,28 @@ class Lime(SuperpixelExplainer):
                 "alpha": self.alpha}
 
     def coalitions(self, n_segments: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        z = lime_coalitions(self.num_samples, n_segments, g, self.sampler)
+        z = lime_coalitions(self.budget, n_segments, g, self.sampler)
         return z, lime_kernel(z, self.kernel_width, self.distance)
 
     def fit(self, z: Tensor, w: Tensor, y: Tensor, clean: Tensor) -> tuple[Tensor, Tensor]:
         return weighted_ridge(z, y, w, self.alpha)
+
+    def coalition_stream(self, n_segments: int, g: torch.Generator) -> Iterator[Tensor]:
+        if self.sampler == "plain":
+            return _plain_stream(n_segments, g)
+        return lime_stream(n_segments, g)
+
+    def sample_weights(self, z: Tensor) -> Tensor:
+        return lime_kernel(z, self.kernel_width, self.distance)
+
+    def fit_with_covariance(self, z: Tensor, w: Tensor, y: Tensor, clean: Tensor,
+                            clusters: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return ridge_with_covariance(z, y, w, self.alpha, clusters)
+
+
+def _plain_stream(n_features: int, g: torch.Generator) -> Iterator[Tensor]:
+    """lime's own scheme in rounds: the all-ones row, then fair coins (rows paired only as
+    clusters of the covariance, which independent rows do not need)."""
+    yield torch.ones(1, n_features, dtype=torch.bool)
+    while True:
+        yield torch.rand(64, n_features, generator=g, dtype=torch.float64) < 0.5

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -179,3 +180,34 @@ def _paired(budget: int, s: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
         rows.append(z)
         weights.append(counts * float(weight[full:].sum()) / len(inverse))
     return torch.cat(rows), torch.cat(weights)
+
+
+def lime_stream(n_features: int, g: torch.Generator) -> Iterator[Tensor]:
+    """LIME's paired coalitions for sampling in rounds: the all-ones row, then whole blocks of
+    :func:`orthogonal_pairs` (complement pairs, each block balanced), one block at a time."""
+    s = n_features
+    yield torch.ones(1, s, dtype=torch.bool)
+    p = 1
+    while 2 ** (p - 1) < s:
+        p += 1
+    while True:
+        yield orthogonal_pairs(2**p, s, g)
+
+
+def shapley_stream(n_features: int, g: torch.Generator, pairs: int = 64) -> Iterator[Tensor]:
+    """KernelSHAP's coalitions for sampling in rounds, drawn in proportion to the Shapley kernel.
+
+    Chunks of ``pairs`` complement pairs ``(z, 1 - z)``: the sizes of a chunk are allocated to
+    the kernel's mass of each size exactly (systematic sampling, :func:`stratified`, the pair of
+    sizes ``k`` and ``S - k`` counted together), each ``z`` a uniform subset of its size, the
+    pairs in a random order (so a round that takes part of a chunk is not biased to some
+    sizes). Drawn in proportion to the kernel, every row weighs the same in the fit.
+    """
+    s = n_features
+    n_sizes = math.ceil((s - 1) / 2)
+    weight = torch.tensor([(s - 1) / (k * (s - k)) for k in range(1, n_sizes + 1)], dtype=_F64)
+    weight[: (s - 1) // 2] *= 2  # sizes k < S/2 stand for k and S - k
+    while True:
+        sizes = stratified(weight, pairs, g) + 1
+        half = random_subsets(sizes[torch.randperm(pairs, generator=g)], s, g)
+        yield torch.stack([half, ~half], dim=1).reshape(2 * pairs, s)

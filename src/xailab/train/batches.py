@@ -1,4 +1,4 @@
-"""Helpers shared by the trainer, the recorder and evaluation (plain torch datasets welcome)."""
+"""Datasets in batches, their labels and class names, the device: what the trainer, the recorder and evaluation share (plain torch datasets welcome)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,127 @@
+"""The verdict at the top of the comparison page, and tables of scores with their intervals.
+
+Reads what ``xailab compare`` wrote: table ``verdict`` (methods ranked, intervals, ties, sanity
+reason, caveats), the rule and the recommendation in the manifest's ``compare.verdict``, and
+which way each score is better from the metrics' own data (manifest section ``metrics``); the
+best value of every column with a better side is highlighted and its header carries ↑ or ↓. Nothing here is computed again: a run compared before the verdict existed shows
+its scoreboard only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from xailab.report.data import ReportRun
+from xailab.report.html import esc, fmt, table
+
+INTERVAL_COLUMNS = {
+    "faithfulness": "faithfulness = insertion − deletion",
+    "deletion_auc": "deletion AUC",
+    "insertion_auc": "insertion AUC",
+}
+ARROWS = {"higher": " ↑", "lower": " ↓"}
+
+
+def directions(r: ReportRun) -> dict[str, str]:
+    """Column -> ``"higher"`` / ``"lower"`` / ``"neither"``, as the run's metrics declare."""
+    declared = r.manifest.get("metrics") or {}
+    return {str(k): str(v.get("direction")) for k, v in declared.items() if isinstance(v, dict)}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _best(df: pd.DataFrame, col: str, directions: Mapping[str, str]) -> float | None:
+    way = directions.get(col)
+    if way not in ("lower", "higher") or col not in df:
+        return None
+    vals = [float(v) for v in df[col] if _finite(v)]
+    if len(vals) < 2:
+        return None
+    return min(vals) if way == "lower" else max(vals)
+
+
+def _cell(rec: Mapping[str, Any], col: str, spec: str, best: float | None) -> str:
+    v: Any = rec.get(col)
+    if not _finite(v):
+        return f"<td>{esc(fmt(v))}</td>"
+    text = fmt(float(v), spec)
+    lo: Any = rec.get(f"{col}_low")
+    hi: Any = rec.get(f"{col}_high")
+    if _finite(lo) and _finite(hi):
+        text += f" [{fmt(float(lo), spec)}, {fmt(float(hi), spec)}]"
+    cls = "num best" if best is not None and float(v) == best else "num"
+    return f'<td class="{cls}">{esc(text)}</td>'
+
+
+def interval_table(df: pd.DataFrame, columns: Mapping[str, str], formats: Mapping[str, str],
+                   directions: Mapping[str, str], *, caption: str = "") -> str:
+    """``df`` with ``columns`` (name -> header) shown as ``mean [low, high]`` when the table has
+    ``<col>_low`` / ``<col>_high``, the best value of each column (by ``directions``) highlighted."""
+    bests = {c: _best(df, c, directions) for c in columns}
+    head = "".join(f"<th>{esc(h + ARROWS.get(directions.get(c, ''), ''))}</th>" for c, h in columns.items())
+    rows = []
+    for rec in df.to_dict("records"):
+        cells = []
+        for col in columns:
+            if col in formats:
+                cells.append(_cell(rec, col, formats[col], bests[col]))
+            else:
+                cells.append(f"<td>{esc(fmt(rec.get(col)))}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
+    return f'<div class="tw"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def verdict_section(r: ReportRun) -> str:
+    """The recommendation, the ranked methods with intervals, and the rule; ``""`` without a verdict."""
+    ranked = r.table("verdict")
+    info = (r.manifest.get("compare") or {}).get("verdict") or {}
+    if ranked is None or not len(ranked):
+        return ""
+    n = int(ranked["images"].max()) if "images" in ranked else None
+    level = next((x.get("value") for x in info.get("rule", []) if x.get("name") == "level"), 0.95)
+    ranked = ranked.assign(sanity=[f"{v}: {why}" if v != "n/a" else f"n/a ({why})"
+                                   for v, why in zip(ranked["sanity"], ranked["sanity_reason"], strict=True)])
+    columns = {"position": "#", "method": "method", "rank": "rank (ties share)", **INTERVAL_COLUMNS,
+               "tied_with": "tied with", "sanity": "sanity check", "agreement_iou": "mean IoU with others",
+               "avg_time": "s / image", "caveats": "caveats"}
+    formats = {"faithfulness": "{:.3f}", "deletion_auc": "{:.3f}", "insertion_auc": "{:.3f}",
+               "agreement_iou": "{:.2f}", "avg_time": "{:.3g}"}
+    parts = [
+        "<h3>Verdict: which method to trust here</h3>",
+        f'<p class="recommend"><b>Recommendation:</b> {esc(info.get("recommendation", ""))}</p>',
+        f"<p class=note>Means over {esc(n)} images with {float(level):.0%} bootstrap intervals; a method's rank "
+        "is one plus the number of methods significantly better (paired sign-flip tests over the same images, "
+        "Holm-corrected), so methods that cannot be told apart share a rank. Highlighted: the best value of "
+        "each column.</p>",
+        interval_table(ranked, columns, formats, directions(r)),
+    ]
+    rule = pd.DataFrame(info.get("rule") or [])
+    if len(rule):
+        parts.append("<h4>The rule behind the verdict</h4><p class=note>Data, not prose: rerun "
+                     "<code>xailab.metrics.verdict.verdict</code> with another <code>VerdictRule</code> to "
+                     "weigh differently.</p>" + table(rule))
+    return "".join(parts)
+
+
+SCOREBOARD_COLUMNS = {
+    "method": "method", "avg_time": "s / image", "avg_iou": "IoU with reference",
+    "deletion_auc": "deletion AUC", "insertion_auc": "insertion AUC", "faithfulness_corr": "faithfulness corr.",
+    "sanity": "sanity", "sanity_spearman": "Spearman after randomisation",
+    "agreement_iou": "mean IoU with others", "agreement_spearman": "mean Spearman with others",
+    "evaluations_per_image": "model evaluations / image",
+}
+
+
+def scoreboard_table(r: ReportRun, board: pd.DataFrame) -> str:
+    """The scoreboard with intervals beside every score that has per-image values."""
+    columns = {c: h for c, h in SCOREBOARD_COLUMNS.items() if c in board}
+    formats = {c: ("{:.3g}" if c in ("avg_time",) else "{:.0f}" if c == "evaluations_per_image" else "{:.3f}")
+               for c in columns if c not in ("method", "sanity")}
+    return interval_table(board, columns, formats, directions(r))
