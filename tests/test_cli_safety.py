@@ -198,3 +198,11 @@ def test_f21_adaptive_ig_at_its_step_budget_warns_and_records_the_error(tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loose.explain(torch.rand(1, 1, 28, 28))
+
+
+@pytest.mark.parametrize(("command", "name", "alias"), [("methods", "integrated_gradients", "ig"),
+                                                        ("models", "small_cnn", "fashion_cnn")])
+def test_f12_listings_show_aliases(capsys: pytest.CaptureFixture[str], command: str, name: str, alias: str) -> None:
+    assert main([command]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(name + " "))
+    assert re.search(rf"\(also: .*\b{alias}\b", line), line

@@ -24,10 +24,22 @@ def test_registry_is_not_empty() -> None:
     assert "saliency" in METHOD_NAMES
 
 
-@pytest.fixture
-def model() -> torch.nn.Module:
+def tiny_transformer() -> torch.nn.Module:
+    """A 16x16-input ViT (timm), for the methods that explain transformers only."""
+    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    m = _randomise_bn(TinyBNCNN(), 1)
+    return timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, depth=2, embed_dim=16,
+                             num_heads=2, num_classes=5)
+
+
+@pytest.fixture
+def model(request: pytest.FixtureRequest) -> torch.nn.Module:
+    torch.manual_seed(0)
+    name = getattr(request.node, "callspec", None) and request.node.callspec.params.get("name")
+    if name and getattr(METHODS.get(name), "family", "") == "attention":
+        m = tiny_transformer()
+    else:
+        m = _randomise_bn(TinyBNCNN(), 1)
     m.train()  # the explainer must switch to eval and back
     return m
 

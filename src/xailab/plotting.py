@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -25,10 +26,14 @@ from matplotlib.figure import Figure
 from xailab.runs.store import atomic_write_bytes
 
 
-def to_hwc(image: np.ndarray) -> np.ndarray:
-    """``[C,H,W]`` or ``[H,W,C]`` or ``[H,W]`` in [0,1] -> ``[H,W,3]`` float in [0,1]."""
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+def to_hwc(image: Any) -> np.ndarray:
+    """``[C,H,W]`` or ``[H,W,C]`` or ``[H,W]`` in [0,1] -> ``[H,W,3]`` float in [0,1].
+
+    A torch tensor is channels-first (torch's layout, even a ``[3, h, 3]`` crop); an array is
+    read as ``[C,H,W]`` unless its last axis could hold the channels."""
+    tensor = hasattr(image, "detach")
+    img = np.asarray(image.detach().cpu() if tensor else image, dtype=np.float32)
+    if img.ndim == 3 and img.shape[0] in (1, 3) and (tensor or img.shape[-1] not in (1, 3)):
         img = img.transpose(1, 2, 0)
     if img.ndim == 2:
         img = img[..., None]

@@ -19,5 +19,6 @@ def run(args: argparse.Namespace) -> int:
     for n in names:
         cls = METHODS.get(n)
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        print(f"{n:24s} {METHODS.family(n):13s} {doc}")
+        aliases = METHODS.aliases(n)
+        print(f"{n:24s} {METHODS.family(n):13s} {doc}" + (f" (also: {', '.join(aliases)})" if aliases else ""))
     return 0

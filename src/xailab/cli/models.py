@@ -33,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
         size = info["input_size"]
         shape = f"{info['in_channels']}x{size[0]}x{size[1]}" if size else f"{info['in_channels']}xHxW"
         pre = "yes" if info["weights"] else "-"
-        print(f"{n:20s} {info['family']:13s} {shape:10s} {info['num_classes']:7d}  {pre:10s} {info['description']}")
+        aliases = MODELS.aliases(n)
+        also = f" (also: {', '.join(aliases)})" if aliases else ""
+        print(f"{n:20s} {info['family']:13s} {shape:10s} {info['num_classes']:7d}  {pre:10s} {info['description']}{also}")
         if args.details:
             mean = ", ".join(f"{v:.4f}" for v in info["mean"])
             std = ", ".join(f"{v:.4f}" for v in info["std"])

@@ -22,19 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from xailab.plotting import heat_rgba, plain
-
-
-def to_hwc(image: Tensor | np.ndarray) -> np.ndarray:
-    """``[C, H, W]`` in [0, 1] -> ``[H, W, 3]`` float."""
-    img = np.asarray(image.detach().cpu() if isinstance(image, Tensor) else image, dtype=np.float32)
-    if img.ndim == 3 and img.shape[0] in (1, 3):
-        img = img.transpose(1, 2, 0)
-    if img.ndim == 2:
-        img = img[..., None]
-    if img.shape[-1] == 1:
-        img = np.repeat(img, 3, axis=-1)
-    return np.clip(img, 0.0, 1.0)
+from xailab.plotting import heat_rgba, plain, to_hwc
 
 
 def _show(ax: Axes, img: np.ndarray, heat: np.ndarray | None, vmax: float, title: str = "") -> None:

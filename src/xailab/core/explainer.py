@@ -47,12 +47,14 @@ from xailab.core.rows import (
     keep_format,
     repeat_rows,
     row_targets,
+    target_scores,
+    unpack_logits,
 )
 from xailab.core.targets import TargetPlan, TargetSpec, resolve_targets
 
 __all__ = [
     "Explainer", "Output", "RowTargets", "all_ranges", "cat", "ceil_div", "check_logits", "chunked",
-    "expand_targets", "full_pass_images", "keep_format", "repeat_rows", "row_targets",
+    "expand_targets", "full_pass_images", "keep_format", "repeat_rows", "row_targets", "target_scores", "unpack_logits",
 ]
 
 Output = Literal["logit", "probability", "log_probability"]
@@ -173,16 +175,24 @@ class Explainer:
                     maps, targets, names, logits = self._explain_scored(x, target, labels, bar)
         finally:
             bar.close()
+        return self.result(maps, targets, names, logits, seconds=time.perf_counter() - start,
+                           evaluations=self.evaluations)
+
+    def result(self, maps: Tensor, targets: Tensor, target_names: Sequence[str], logits: Tensor, *,
+               seconds: float, evaluations: int) -> Explanation:
+        """The :class:`Explanation` of a call: the maps, targets and logits computed, with this
+        method's name, parameters and the extras it collected over the call's chunks (a driver
+        such as :mod:`xailab.methods.shared` that runs the chunks itself ends with this too)."""
         extras = self._extras()
         return Explanation(
             maps=maps,
             targets=targets.cpu(),
-            target_names=tuple(names),
+            target_names=tuple(target_names),
             logits=logits.detach().cpu(),
             method=self.name or type(self).__name__,
             params=self.params(),
-            seconds=time.perf_counter() - start,
-            evaluations=self.evaluations,
+            seconds=seconds,
+            evaluations=evaluations,
             extras=extras,
         )
 
@@ -272,11 +282,7 @@ class Explainer:
 
     def score(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The explained score of each row: ``logits[i, targets[i]]`` (or its probability)."""
-        if self.output == "probability":
-            logits = torch.softmax(logits, dim=1)
-        elif self.output == "log_probability":
-            logits = torch.log_softmax(logits, dim=1)
-        return logits.gather(1, targets.reshape(-1, 1)).squeeze(1)
+        return target_scores(logits, targets, self.output)
 
     def target_gradients(
         self, x: Tensor, targets: Tensor | RowTargets, first_row: int = 0

@@ -14,6 +14,7 @@ does not understand (``Any``, a ``Literal`` alias) accept anything. Ranges are d
 
 from __future__ import annotations
 
+import ast
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -39,9 +40,20 @@ def _members(annotation: object) -> list[str] | None:
         return None
     names = [a.strip() for a in _split_union(annotation)]
     for n in names:
-        if n not in SIMPLE and not n.startswith(CONTAINERS):
+        if n not in SIMPLE and not n.startswith(CONTAINERS) and _literal(n) is None:
             return None
     return names
+
+
+def _literal(name: str) -> tuple[object, ...] | None:
+    """The values of ``Literal["a", 1]``, or ``None`` for another name."""
+    if not (name.startswith("Literal[") and name.endswith("]")):
+        return None
+    try:
+        values = ast.literal_eval(f"({name[len('Literal['):-1]},)")
+    except (ValueError, SyntaxError):
+        return None
+    return tuple(values)
 
 
 def _split_union(text: str) -> list[str]:
@@ -85,10 +97,15 @@ def check_value(name: str, value: object, annotation: object, limit: Limit | Non
     kind = _kind(value)
     if names is None or kind is None:
         return
+    literals = [v for n in names for v in (_literal(n) or ())]
+    if any(value == v and type(value) is type(v) for v in literals):
+        return
     accepted = kind in names or (kind == "int" and "float" in names)
-    wanted = next((n for n in names if n != "None"), "None")
+    wanted = next((n for n in names if n != "None" and _literal(n) is None), "None")
     noun = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
             "None": "none"}.get(wanted, "a " + wanted.split("[")[0])
+    if literals:
+        noun = f"{' or '.join(repr(v) for v in literals)} or {noun}"
     if not accepted:
         raise InputError(f"{name} must be {noun}{_range_text(limit)}, got {value!r}")
     if kind == "float" and math.isnan(value):  # type: ignore[arg-type]

@@ -87,6 +87,11 @@ class Registry(Generic[T]):
         key = name.strip().lower().replace("-", "_")
         return key in self._entries or key in self._aliases
 
+    def aliases(self, name: str) -> list[str]:
+        """The other names ``name`` is registered under (``"ig"`` for ``integrated_gradients``)."""
+        key = self.canonical(name)
+        return sorted(a for a, target in self._aliases.items() if target == key)
+
     def family(self, name: str) -> str:
         return self._family[self.canonical(name)]
 

@@ -137,9 +137,9 @@ def expand_targets(targets: Tensor, samples: int) -> Tensor:
     return targets.reshape(-1, 1).expand(-1, samples).reshape(-1)
 
 
-def check_logits(out: Any, n: int) -> Tensor:
-    """The model's output ``out`` for ``n`` images as checked logits ``[n, K]`` (first element of
-    a tuple, ``.logits`` of an output object); refuses any other shape and NaN or infinite values."""
+def unpack_logits(out: Any, n: int) -> Tensor:
+    """The logits ``[n, K]`` in a model's output ``out`` for ``n`` images (the first element of a
+    tuple, ``.logits`` of an output object); refuses anything else."""
     if isinstance(out, (tuple, list)):
         out = out[0]
     if hasattr(out, "logits") and not isinstance(out, Tensor):  # HF-style output objects
@@ -148,10 +148,26 @@ def check_logits(out: Any, n: int) -> Tensor:
         raise ModelError(f"the model returned {type(out).__name__}, expected a tensor of logits")
     if out.dim() != 2 or out.shape[0] != n:
         raise ModelError(f"the model must return logits [N, classes]; for {n} images it returned {tuple(out.shape)}")
+    return out
+
+
+def check_logits(out: Any, n: int) -> Tensor:
+    """:func:`unpack_logits`, and refuses NaN or infinite values (explaining them would be silently wrong)."""
+    out = unpack_logits(out, n)
     if not torch.isfinite(out).all():
         bad = int((~torch.isfinite(out)).any(dim=1).sum())
         raise ModelError(f"the model returned NaN or infinite logits for {bad} of {n} images")
     return out
+
+
+def target_scores(logits: Tensor, targets: Tensor, output: str) -> Tensor:
+    """The explained score of each row: ``logits[i, targets[i]]``, or its softmax probability
+    (``output="probability"``) or log-probability (``"log_probability"``)."""
+    if output == "probability":
+        logits = torch.softmax(logits, dim=1)
+    elif output == "log_probability":
+        logits = torch.log_softmax(logits, dim=1)
+    return logits.gather(1, targets.reshape(-1, 1)).squeeze(1)
 
 
 def full_pass_images(samples_per_image: int, batch_size: int) -> int:

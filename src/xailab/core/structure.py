@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from xailab.core.errors import UnsupportedModelError
-from xailab.core.hooks import HookScope
+from xailab.core.hooks import HookScope, model_session
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -94,18 +94,12 @@ def inspect_structure(model: nn.Module, example: Tensor) -> list[StructureIssue]
         if stack:
             stack.pop()
 
-    training = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with HookScope() as hooks, torch.no_grad():
-            for m in model.modules():
-                hooks.add(m.register_forward_pre_hook(pre))
-                hooks.add(m.register_forward_hook(post))
-            with rec:
-                model(example[:1])
-    finally:
-        for m, flag in training.items():
-            m.training = flag
+    with model_session(model), HookScope() as hooks, torch.no_grad():
+        for m in model.modules():
+            hooks.add(m.register_forward_pre_hook(pre))
+            hooks.add(m.register_forward_hook(post))
+        with rec:
+            model(example[:1])
 
     issues: list[StructureIssue] = []
     for mod, n in calls.items():

@@ -34,15 +34,13 @@ from xailab.core.registry import METHODS
 from xailab.core.targets import TargetPlan, TargetSpec
 from xailab.methods.cam.base import CAM
 from xailab.methods.cam.choose import choose_cam_layer
+from xailab.methods.gradient.base import GradientExplainer
 
-#: methods made from the input gradient: name -> (rows x, gradient, explainer) -> maps
-_FROM_INPUT_GRADIENT = {
-    "saliency": lambda x, g, e: g.abs() if getattr(e, "absolute", True) else g,
-    "input_x_gradient": lambda x, g, e: x * g,
-}
-#: the CAMs made from the layer gradient (their own ``_finish``)
-_FROM_LAYER_GRADIENT = ("gradcam", "gradcam_pp", "xgradcam", "layercam")
-SHARED_METHODS: tuple[str, ...] = (*_FROM_INPUT_GRADIENT, *_FROM_LAYER_GRADIENT)
+#: methods made from the input gradient (their own ``GradientExplainer.gradient_maps``)
+FROM_INPUT_GRADIENT = ("saliency", "input_x_gradient")
+#: the CAMs made from the layer gradient (their own ``CAM.maps_from_activations``)
+FROM_LAYER_GRADIENT = ("gradcam", "gradcam_pp", "xgradcam", "layercam")
+SHARED_METHODS: tuple[str, ...] = (*FROM_INPUT_GRADIENT, *FROM_LAYER_GRADIENT)
 
 
 def explain_shared(
@@ -104,11 +102,11 @@ class SharedGradientPass(Explainer):
         self.explainers: dict[str, Explainer] = {}
         for name in names:
             kw = {**common, **extra.get(name, {})}
-            if name in _FROM_LAYER_GRADIENT:
+            if name in FROM_LAYER_GRADIENT:
                 kw.setdefault("layer", layer)
             self.explainers[name] = METHODS.create(name, model, **kw)
         self.cams = {n: e for n, e in self.explainers.items() if isinstance(e, CAM)}
-        self.input_methods = [n for n in names if n in _FROM_INPUT_GRADIENT]
+        self.input_methods = {n: e for n, e in self.explainers.items() if isinstance(e, GradientExplainer)}
 
     def samples_per_image(self, n_targets: int) -> int:
         return n_targets  # one (image, target) row each, as every shared method
@@ -149,17 +147,8 @@ class SharedGradientPass(Explainer):
         names = plan.names(all_logits.shape[1])
         seconds = time.perf_counter() - start
         return {
-            name: Explanation(
-                maps=cat(maps[name]),
-                targets=all_targets,
-                target_names=tuple(names),
-                logits=all_logits,
-                method=e.name,
-                params=e.params(),
-                seconds=seconds,
-                evaluations=self.evaluations,
-                extras=e._extras(),
-            )
+            name: e.result(cat(maps[name]), all_targets, names, all_logits, seconds=seconds,
+                           evaluations=self.evaluations)
             for name, e in self.explainers.items()
         }
 
@@ -173,11 +162,7 @@ class SharedGradientPass(Explainer):
         for cam in self.cams.values():
             if cam.layer_module is not None and cam.layer_module is not module:
                 raise InputError("the CAMs of one shared pass must explain the same layer")
-            if chosen is not None:
-                cam.use_layer(chosen)
-            cam._layer_spec = module
-            cam._prepare_one_pass(x)
-            cam.evaluations = 0
+            cam.begin_call(x, chosen)
         return first
 
     def _explain_chunk(self, driver: CAM | None, x: Tensor, targets: RowTargets) -> dict[str, Tensor]:
@@ -195,9 +180,8 @@ class SharedGradientPass(Explainer):
             acts = acts.reshape(b, t, *acts.shape[1:])
             grads = grads.reshape(acts.shape)
             for name, cam in self.cams.items():
-                out[name] = cam._finish(x, targets.targets, acts, grads)
+                out[name] = cam.maps_from_activations(x, targets.targets, acts, grads)
             input_grads = maybe if maybe is not None else rows
-        for name in self.input_methods:
-            maps = _FROM_INPUT_GRADIENT[name](rows, input_grads, self.explainers[name])
-            out[name] = maps.reshape(b, t, *x.shape[1:])
+        for name, e in self.input_methods.items():
+            out[name] = e.gradient_maps(rows, input_grads).reshape(b, t, *x.shape[1:])
         return {name: out[name] for name in self.explainers}

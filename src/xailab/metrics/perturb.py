@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError, ModelError
 from xailab.core.hooks import model_device, model_session
+from xailab.core.rows import target_scores, unpack_logits
 
 Output = Literal["probability", "logit"]
 #: what replaces a removed pixel: "blur" (a Gaussian blur of the image), "mean" (the image's
@@ -27,24 +28,17 @@ Fill = Literal["blur", "mean"] | float | Tensor
 
 
 def logits_of(out: object, n: int) -> Tensor:
-    """The logits tensor of a model's output (tuples and ``.logits`` objects unpacked), checked."""
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if hasattr(out, "logits") and not isinstance(out, Tensor):
-        out = out.logits
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != n:
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ModelError(f"the model must return logits [N, classes]; for {n} images it returned {shape}")
-    return out
+    """The logits tensor of a model's output (tuples and ``.logits`` objects unpacked), checked
+    (:func:`xailab.core.rows.unpack_logits`)."""
+    return unpack_logits(out, n)
 
 
 def class_scores(logits: Tensor, targets: Tensor, output: Output) -> Tensor:
-    """``logits[i, targets[i]]``, or its softmax probability."""
-    if output == "probability":
-        logits = torch.softmax(logits.double(), dim=1)
-    elif output != "logit":
+    """``logits[i, targets[i]]``, or its softmax probability, in float64 (the explainers' own
+    :func:`~xailab.core.rows.target_scores`)."""
+    if output not in ("probability", "logit"):
         raise InputError(f"output must be 'probability' or 'logit', not {output!r}")
-    return logits.gather(1, targets.reshape(-1, 1).to(logits.device)).squeeze(1).double()
+    return target_scores(logits.double(), targets.to(logits.device), output)
 
 
 def scores_of_rows(

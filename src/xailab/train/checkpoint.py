@@ -63,17 +63,13 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def save_weights(path: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``model.state_dict()`` to ``path`` atomically, with ``meta`` as JSON metadata and the
-    model's preprocessing (if recorded) under ``xailab.preprocessing``, which
-    :func:`xailab.models.load_weights` restores, so an explanation later normalises as training did."""
-    from xailab.models import get_preprocessing
+    """Write ``model.state_dict()`` to ``path`` atomically, with ``meta`` as JSON metadata (read
+    back by :func:`load_weights`): :func:`xailab.models.save_weights`, the one weights writer,
+    which also stores the model's preprocessing, so an explanation later normalises as training did."""
+    from xailab.models.checkpoint import save_weights as write_weights
 
     header = {"format": WEIGHTS_FORMAT, "xailab": json.dumps(meta or {}, default=str)}
-    prep = get_preprocessing(model)
-    if prep is not None:
-        header["xailab.preprocessing"] = json.dumps(prep.to_dict())
-    data = st_save(_cpu_copies(model.state_dict()), metadata=header)
-    return atomic_write_bytes(Path(path), data)
+    return write_weights(model, Path(path), metadata=header)
 
 
 def load_weights(path: str | os.PathLike[str], model: nn.Module) -> dict[str, Any]:

@@ -142,7 +142,7 @@ class CAM(Explainer):
             return self._explain_rows(x, RowTargets.known(targets))
         b, t = targets.shape
         acts = self._activations(x)
-        return self._finish(x, targets, acts[:, None].expand(b, t, *acts.shape[1:]), None)
+        return self.maps_from_activations(x, targets, acts[:, None].expand(b, t, *acts.shape[1:]), None)
 
     def _explain_rows(self, x: Tensor, rows: RowTargets) -> Tensor:
         """Gradient CAMs: one forward + backward of the (image, target) rows; with one-pass
@@ -151,7 +151,18 @@ class CAM(Explainer):
         xs = repeat_rows(x, t)  # (image, target) rows, as saliency does
         acts, grads, _ = self.activations_and_gradients(xs, rows)
         acts5 = acts.reshape(b, t, *acts.shape[1:])
-        return self._finish(x, rows.targets, acts5, grads.reshape(acts5.shape))
+        return self.maps_from_activations(x, rows.targets, acts5, grads.reshape(acts5.shape))
+
+    # -- driven from outside explain (a shared pass) ---------------------------------------------
+    def begin_call(self, x: Tensor, chosen: CamLayer | None = None) -> None:
+        """Start a call over images ``x`` whose chunks someone else drives (as ``explain`` does
+        before its chunks: extras cleared, parameters without gradients), on the layer this
+        explainer was given or on ``chosen`` (one choice shared by several CAMs), kept from now on."""
+        if chosen is not None:
+            self.use_layer(chosen)
+        self._layer_spec = self.layer_module
+        self._prepare_one_pass(x)
+        self.evaluations = 0
 
     # -- the shared machinery -------------------------------------------------------------------
     def tap(self, replace: Tensor | None = None) -> LayerTap:
@@ -197,8 +208,11 @@ class CAM(Explainer):
                 acts.append(tap.activation)
         return torch.cat(acts)
 
-    def _finish(self, x: Tensor, targets: Tensor, acts: Tensor, grads: Tensor | None) -> Tensor:
-        """Weights -> ``ReLU(sum_k w_k A_k)`` -> upsampled maps ``[B, T, H, W]``; keeps the extras."""
+    def maps_from_activations(self, x: Tensor, targets: Tensor, acts: Tensor, grads: Tensor | None) -> Tensor:
+        """Weights -> ``ReLU(sum_k w_k A_k)`` -> upsampled maps ``[B, T, H, W]``; keeps the extras.
+
+        ``acts``/``grads`` ``[B, T, K, h, w]`` of the images ``x [B, ...]`` and ``targets [B, T]``,
+        from this explainer's passes or from a pass shared with other methods."""
         weights = self._channel_weights(x, acts, grads, targets)
         if weights.dim() == 3:
             self._parts.setdefault("weights", []).append(weights.detach().cpu())

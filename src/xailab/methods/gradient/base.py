@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from xailab.core.card import MethodCard
+from xailab.core.errors import InputError
 from xailab.core.explainer import Explainer, RowTargets, cat, full_pass_images, keep_format
 
 #: ``points(xs, img, step) -> (z, m)`` for a pass of samples (see GradientExplainer._points)
@@ -69,6 +70,17 @@ class GradientExplainer(Explainer):
 
     def _after_chunk(self, x: Tensor, targets: Tensor, state: Any, maps: Tensor) -> None:
         """Called with the chunk's maps (IG's completeness error)."""
+
+    def gradient_maps(self, rows: Tensor, grads: Tensor) -> Tensor:
+        """The maps of one-point methods (saliency, input x gradient) for (image, target) ``rows``
+        from ``grads = d score / d rows`` computed elsewhere (e.g. by a pass shared with other
+        methods): the engine's own formula, ``post(m * grads)`` with the method's multiplier."""
+        if self.n_points() != 1:
+            raise InputError(f"{self.name} needs {self.n_points()} gradients per row, not one given")
+        idx = torch.zeros(len(rows), dtype=torch.long, device=rows.device)
+        _, m = self._points(rows, None, idx, idx)
+        plain = isinstance(m, float) and m == 1.0  # saliency: the gradient itself
+        return self._post(grads if plain else m * grads)
 
     # -- the engine -------------------------------------------------------------------------
     def samples_per_image(self, n_targets: int) -> int:

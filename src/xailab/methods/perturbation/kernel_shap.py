@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.registry import register
-from xailab.methods.perturbation._base import perturbation_card
+from xailab.methods.perturbation.base import perturbation_card
 from xailab.methods.perturbation.regression import constrained_wls
 from xailab.methods.perturbation.sampling import shapley_kernel_coalitions, shapley_stream
 from xailab.methods.perturbation.superpixel import SuperpixelExplainer

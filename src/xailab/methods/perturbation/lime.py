@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from xailab.core.errors import InputError
 from xailab.core.params import Limit
 from xailab.core.registry import register
-from xailab.methods.perturbation._base import perturbation_card
+from xailab.methods.perturbation.base import perturbation_card
 from xailab.methods.perturbation.regression import weighted_ridge
 from xailab.methods.perturbation.sampling import lime_coalitions, lime_stream
 from xailab.methods.perturbation.superpixel import SuperpixelExplainer

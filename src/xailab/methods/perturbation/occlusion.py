@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError
 from xailab.core.registry import register
-from xailab.methods.perturbation._base import (
+from xailab.methods.perturbation.base import (
     PerturbationExplainer,
     as_fill,
     pair,

@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError
 from xailab.core.params import Limit
-from xailab.methods.perturbation._base import PerturbationExplainer, plain_value
 from xailab.methods.perturbation.adaptive import ImageSamples, Schedule, sample_in_rounds
+from xailab.methods.perturbation.base import PerturbationExplainer, plain_value
 from xailab.methods.perturbation.sampling import SAMPLERS, Sampler
 from xailab.methods.perturbation.segmentation import (
     SEGMENTATIONS,

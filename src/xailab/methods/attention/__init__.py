@@ -1,0 +1,1 @@
+"""Attention-based methods for vision transformers: attention rollout, gradient-weighted attention."""

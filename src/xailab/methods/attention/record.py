@@ -1,0 +1,72 @@
+"""Record a transformer's attention probabilities during a forward pass, in the autograd graph.
+
+Attention is computed either by ``F.scaled_dot_product_attention`` (timm, Hugging Face's
+``sdpa``, PyTorch 2 models), whose probabilities never exist as a tensor, or by an explicit
+``softmax(q k^T / sqrt(d))`` (Hugging Face's ``eager``, timm with ``fused_attn=False``).
+:class:`AttentionRecorder` is a ``TorchFunctionMode``: it computes each scaled-dot-product
+attention explicitly (the same result, to float rounding) and keeps its probabilities, and keeps
+the output of every softmax over the last dimension of a square ``[N, heads, T, T]`` score
+tensor. The model is not modified; the maps are in the graph, so ``torch.autograd.grad(score,
+recorder.maps)`` gives the gradients that gradient-weighted attention methods need.
+
+    with AttentionRecorder() as rec:
+        logits = model(x)
+    len(rec.maps), rec.maps[0].shape        # (depth, [N, heads, T, T])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+_SOFTMAX = {F.softmax, torch.softmax, Tensor.softmax}
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
+          is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> tuple[Tensor, Tensor]:
+    """``(output, probabilities)`` of ``F.scaled_dot_product_attention``, computed explicitly."""
+    if enable_gqa and k.shape[-3] != q.shape[-3]:
+        rep = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
+    s = (q @ k.transpose(-2, -1)) * (scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
+    if is_causal:
+        t, u = s.shape[-2:]
+        s = s.masked_fill(torch.ones(t, u, dtype=torch.bool, device=s.device).triu(1), float("-inf"))
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
+    a = torch.softmax(s, dim=-1)
+    out = (F.dropout(a, dropout_p) if dropout_p > 0 else a) @ v
+    return out, a
+
+
+def _is_attention(out: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    return (isinstance(out, Tensor) and out.dim() == 4 and out.shape[-1] == out.shape[-2]
+            and dim in (-1, 3))
+
+
+class AttentionRecorder(TorchFunctionMode):
+    """Keeps every attention probability tensor ``[N, heads, T, T]`` of the forward passes it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maps: list[Tensor] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            out, a = _sdpa(*args, **kwargs)
+            self.maps.append(a)
+            return out
+        out = func(*args, **kwargs)
+        if func in _SOFTMAX and _is_attention(out, args, kwargs):
+            self.maps.append(out)
+        return out
+
+
+__all__ = ["AttentionRecorder"]
