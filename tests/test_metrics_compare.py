@@ -182,3 +182,20 @@ def test_compare_loads_a_pretrained_run_with_its_published_weights(tmp_path, mon
     with pytest.raises(Stop):
         main(["compare", str(tmp_path / "r"), "--model", "efficientnet_lite0", "--random-weights"])
     assert calls == [("efficientnet_lite0", True), ("efficientnet_lite0", False)]
+
+
+def test_sampling_methods_get_the_cheap_sanity_schedule(patch_run: tuple[Run, torch.nn.Module]) -> None:
+    run, model = patch_run
+    from dataclasses import replace
+
+    logs: list[str] = []
+    # saliency costs 1 evaluation per image: above 0 it counts as "sampling" here
+    cheap = replace(QUICK, sanity_images=4, sanity_steps=4, sanity_sampling_above=0,
+                    sanity_sampling_images=1, sanity_sampling_steps=1)
+    compare_run(run, model, methods=["saliency"], settings=cheap, log=logs.append)
+    table = run.read_table("sanity")
+    assert len(table) == 1 and table["schedule"].iloc[0] == "cheap: 1 images, 1 of 2 steps"  # PatchNet: 2 layers
+    assert any("cheap schedule" in line for line in logs)
+    compare_run(run, model, methods=["saliency"], settings=replace(cheap, sanity_sampling_above=100), log=logs.append)
+    table = run.read_table("sanity")
+    assert len(table) == 2 and table["schedule"].iloc[0] == "full: 4 images, 2 of 2 steps"

@@ -108,11 +108,11 @@ def test_randomise_layer_is_seeded_and_leaves_the_global_rng() -> None:
 def test_randomisation_rebuilds_a_method_from_its_recorded_params() -> None:
     # SmoothGrad records a parameter named "method" (its inner method): it must reach the method
     from xailab.core.registry import METHODS
-    from xailab.metrics.scoreboard import accepted_params
+    from xailab.metrics.compare_parts import accepted_params as _accepted_params
 
     model = PatchNet().eval()
     x = patch_images(2)
     res = explain_or_skip("smoothgrad", model, x, 0, **METHODS.get("smoothgrad").quick_params)
-    params = accepted_params("smoothgrad", dict(res.params))
+    params = _accepted_params("smoothgrad", dict(res.params))
     out = randomisation_test(model, x, "smoothgrad", 0, method_params=params, max_steps=1)
     assert out.method == "smoothgrad" and out.steps == [1]

@@ -67,6 +67,7 @@ def faithfulness_on_ray(run: Run, model: nn.Module, settings: Any, *, backend: A
     """
     from dataclasses import asdict
 
+    from xailab.metrics import compare_parts as parts
     from xailab.metrics import scoreboard as sb
 
     expl = sb.load_explanations(run, methods)
@@ -76,10 +77,10 @@ def faithfulness_on_ray(run: Run, model: nn.Module, settings: Any, *, backend: A
     cfg = asdict(settings)
     fspec = settings.spec("steps", "deletion_fill", "insertion_fill", "faithfulness_runs", "faithfulness_subset",
                           "batch_size", "target", "seed")
-    done = sb.parts_done(run)
+    done = parts.parts_done(run)
     todo: dict[str, str] = {}
     for m in expl:
-        mspec = f"{fspec}:{sb.explanation_key(run, m)}"
+        mspec = f"{fspec}:{parts.explanation_key(run, m)}"
         if not (run.has_part("faithfulness", m) and done.get(f"faithfulness/{m}") == mspec):
             todo[m] = mspec
     if not todo:
@@ -127,7 +128,7 @@ def faithfulness_on_ray(run: Run, model: nn.Module, settings: Any, *, backend: A
             "fraction": np.concatenate([_fractions(run, stage[m], plan, fractions)] * 2),
             "score": np.concatenate([dcurve, icurve]),
         }), part=m)
-        sb.mark_done(run, f"faithfulness/{m}", mspec)
+        parts.mark_done(run, f"faithfulness/{m}", mspec)
         remove(run.path, stage[m])
         log(f"{m}: deletion AUC {float(rows['deletion_auc'].mean()):.4f}, insertion AUC "
             f"{float(rows['insertion_auc'].mean()):.4f} (on ray)")

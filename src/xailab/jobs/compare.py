@@ -30,20 +30,11 @@ from xailab.jobs.common import job_lock
 from xailab.jobs.model import load, spec_from_config
 from xailab.metrics import agreement, figures
 from xailab.metrics.columns import COLUMNS
+from xailab.metrics.compare_parts import explanation_key, mark_done, parts_done, sanity_part
 from xailab.metrics.distribution import histogram, scatter_data
-from xailab.metrics.faithfulness import deletion, faithfulness_correlation, insertion
+from xailab.metrics.faithfulness import faithfulness_all
 from xailab.metrics.maps import nanmean
-from xailab.metrics.sanity import randomisation_test
-from xailab.metrics.scoreboard import (
-    CompareSettings,
-    accepted_params,
-    column,
-    explanation_key,
-    image_names,
-    load_explanations,
-    mark_done,
-    parts_done,
-)
+from xailab.metrics.scoreboard import CompareSettings, column, image_names, load_explanations
 from xailab.metrics.verdict import FAITHFULNESS, VerdictRule, board_intervals, verdict
 from xailab.runs.store import Run, RunError, atomic_write_bytes
 
@@ -131,7 +122,7 @@ def compare_run(
     faith = _faithfulness(run, model, x, expl, maps, cols, names, cfg, log)
     if figures_on:
         _faithfulness_figures(run, list(expl), len(x), files)
-    sanity_rows = _sanity(run, model, x, expl, cols, cfg, log) if cfg.sanity else {}
+    sanity_rows = sanity_part(run, model, x, expl, cols, cfg, log) if cfg.sanity else {}
     if figures_on and cfg.sanity and run.table_parts("sanity"):
         tables = {m: g for m, g in run.read_table("sanity").groupby("method", sort=False) if m in expl}
         if tables:
@@ -210,19 +201,22 @@ def _faithfulness(run: Run, model: nn.Module, x: Tensor, expl: dict[str, Explana
     fspec = cfg.spec("steps", "deletion_fill", "insertion_fill", "faithfulness_runs", "faithfulness_subset",
                      "batch_size", "target", "seed")
     done = parts_done(run)
-    for m, res in expl.items():
+    todo: dict[str, str] = {}
+    for m in expl:
         mspec = f"{fspec}:{explanation_key(run, m)}"
         if run.has_part("faithfulness", m) and done.get(f"faithfulness/{m}") == mspec:
             log(f"{m}: faithfulness already in the run, skipped")
-            continue
-        t = res.targets[:, cols[m]].to(x.device)
-        d = deletion(model, x, maps[m], t, steps=cfg.steps, fill=cfg.deletion_fill, batch_size=cfg.batch_size)
-        i = insertion(model, x, maps[m], t, steps=cfg.steps, fill=cfg.insertion_fill, batch_size=cfg.batch_size)
-        fc = faithfulness_correlation(model, x, maps[m], t, runs=cfg.faithfulness_runs,
-                                      subset=cfg.faithfulness_subset, fill=cfg.deletion_fill,
-                                      seed=cfg.seed, batch_size=cfg.batch_size)
+        else:
+            todo[m] = mspec
+    scored = faithfulness_all(  # one pass: shared perturbed images scored once for every method
+        model, x, {m: maps[m] for m in todo}, {m: expl[m].targets[:, cols[m]].to(x.device) for m in todo},
+        steps=cfg.steps, deletion_fill=cfg.deletion_fill, insertion_fill=cfg.insertion_fill,
+        runs=cfg.faithfulness_runs, subset=cfg.faithfulness_subset, seed=cfg.seed, batch_size=cfg.batch_size,
+    ) if todo else {}
+    for m, mspec in todo.items():
+        d, i, fc = scored[m].deletion, scored[m].insertion, scored[m].correlation
         run.write_table("faithfulness", pd.DataFrame({
-            "image": np.arange(len(x)), "name": names, "method": m, "target": t.cpu().numpy(),
+            "image": np.arange(len(x)), "name": names, "method": m, "target": d.targets.numpy(),
             "deletion_auc": d.auc.numpy(), "insertion_auc": i.auc.numpy(), "faithfulness_corr": fc.numpy(),
         }), part=m)
         run.write_table("faithfulness_curves", pd.DataFrame({
@@ -255,44 +249,6 @@ def _reference(reference: str | None, methods: list[str], log: Callable[[str], N
         return DEFAULT_REFERENCE
     log(f"reference: the run has no {DEFAULT_REFERENCE}; comparing with {methods[0]}")
     return methods[0]
-
-
-def _sanity(
-    run: Run, model: nn.Module, x: Tensor, expl: dict[str, Explanation], cols: dict[str, int],
-    cfg: CompareSettings, log: Callable[[str], None],
-) -> dict[str, dict[str, Any]]:
-    sspec = cfg.spec("sanity_images", "sanity_steps", "sanity_threshold", "target")
-    done = parts_done(run)
-    out: dict[str, dict[str, Any]] = {}
-    k = min(len(x), cfg.sanity_images)
-    for m, res in expl.items():
-        mspec = f"{sspec}:{explanation_key(run, m)}"
-        if run.has_part("sanity", m) and done.get(f"sanity/{m}") == mspec:
-            t = run.read_table("sanity", filters=[("method", "==", m)])
-            out[m] = {"sanity_spearman": float(t["spearman"].iloc[-1]), "sanity": str(t["verdict"].iloc[-1])}
-            log(f"{m}: sanity check already in the run, skipped")
-            continue
-        kind = res.method if res.method in METHODS.available() else m  # a run may name a method NAME=METHOD
-        if kind not in METHODS.available():
-            log(f"{m}: not a registered method, sanity check skipped")
-            out[m] = {"sanity_spearman": float("nan"), "sanity": "n/a"}
-            continue
-        params = accepted_params(kind, dict(res.params))
-        try:
-            r = randomisation_test(model, x[:k], kind, res.targets[:k, cols[m]], max_steps=cfg.sanity_steps,
-                                   threshold=cfg.sanity_threshold, method_params=params)
-        except Exception as e:  # one method's failure must not lose the others' scores
-            log(f"{m}: sanity check failed ({type(e).__name__}: {e}); marked n/a")
-            out[m] = {"sanity_spearman": float("nan"), "sanity": "n/a"}
-            continue
-        t = r.table()
-        t["method"] = m
-        t["verdict"] = r.verdict
-        run.write_table("sanity", t, part=m)
-        mark_done(run, f"sanity/{m}", mspec)
-        out[m] = {"sanity_spearman": r.final_spearman, "sanity": r.verdict}
-        log(f"{m}: sanity {r.verdict} (Spearman after randomising all layers {r.final_spearman:.3f})")
-    return out
 
 
 def _board(

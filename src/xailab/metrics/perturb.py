@@ -35,9 +35,14 @@ def logits_of(out: object, n: int) -> Tensor:
 
 def class_scores(logits: Tensor, targets: Tensor, output: Output) -> Tensor:
     """``logits[i, targets[i]]``, or its softmax probability, in float64 (the explainers' own
-    :func:`~xailab.core.rows.target_scores`)."""
+    :func:`~xailab.core.rows.target_scores`); ``targets [B, K]`` gives ``[B, K]`` (several classes
+    scored from one forward)."""
     if output not in ("probability", "logit"):
         raise InputError(f"output must be 'probability' or 'logit', not {output!r}")
+    if targets.dim() == 2:
+        k = targets.shape[1]
+        rows = logits.double().repeat_interleave(k, 0)
+        return target_scores(rows, targets.reshape(-1).to(logits.device), output).view(-1, k)
     return target_scores(logits.double(), targets.to(logits.device), output)
 
 
@@ -52,12 +57,13 @@ def scores_of_rows(
     """Scores ``[n_rows]`` of perturbed images built by ``make(rows) -> (images, targets)``.
 
     ``make`` receives the row indices of one batch (at most ``batch_size`` of them) and returns
-    their images ``[B, C, H, W]`` and target classes ``[B]``.
+    their images ``[B, C, H, W]`` and target classes ``[B]`` (scores ``[n_rows]``) or ``[B, K]``
+    (scores ``[n_rows, K]``: K classes scored from each forward).
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     device = model_device(model)
-    out = torch.empty(n_rows, dtype=torch.float64)
+    out: Tensor | None = None
     with model_session(model), torch.no_grad():
         for lo in range(0, n_rows, batch_size):
             rows = torch.arange(lo, min(n_rows, lo + batch_size))
@@ -65,8 +71,11 @@ def scores_of_rows(
             logits = logits_of(model(x.to(device)), len(x))
             if not torch.isfinite(logits).all():
                 raise ModelError("the model returned NaN or infinite logits on a perturbed image")
-            out[lo : lo + len(rows)] = class_scores(logits, t, output).cpu()
-    return out
+            scores = class_scores(logits, t, output).cpu()
+            if out is None:
+                out = torch.empty((n_rows, *scores.shape[1:]), dtype=torch.float64)
+            out[lo : lo + len(rows)] = scores
+    return out if out is not None else torch.empty(0, dtype=torch.float64)
 
 
 def gaussian_blur(images: Tensor, sigma: float = 5.0, kernel_size: int = 11) -> Tensor:

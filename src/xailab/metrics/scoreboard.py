@@ -1,4 +1,4 @@
-"""The scoreboard's parts: settings, a run's explanations, resume keys, the printed board.
+"""The scoreboard's parts: settings, a run's explanations, image names, the printed board.
 
 What :func:`xailab.jobs.compare.compare_run` (the job behind ``xailab compare RUN``) uses. That
 job reads what ``xailab explain`` wrote (the images in
@@ -33,10 +33,9 @@ A rerun with the same settings skips the per-method work already written (resume
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -63,6 +62,12 @@ class CompareSettings:
     sanity_images: int = 4
     sanity_steps: int = 6
     sanity_threshold: float = 0.5
+    #: a sampling method (more model evaluations per image than this, e.g. LIME, KernelSHAP, RISE)
+    #: is sanity-checked on a cheap schedule: its first ``sanity_sampling_images`` images, re-explained
+    #: after ``sanity_sampling_steps`` of the randomisation steps (recorded in table ``sanity``)
+    sanity_sampling_above: int = 100
+    sanity_sampling_images: int = 2
+    sanity_sampling_steps: int = 3
     batch_size: int = 64
     target: str | int = 0
     seed: int = 0
@@ -105,50 +110,6 @@ def column(res: Explanation, target: str | int) -> int:
     if target not in res.target_names:
         raise InputError(f"{res.method} was not explained for target {target!r}; its targets: {', '.join(res.target_names)}")
     return res.target_names.index(target)
-
-
-def accepted_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The recorded ``params`` of an explanation that ``method``'s constructor takes again.
-
-    A recorded dict under the name of a ``**kwargs`` parameter (e.g. SmoothGrad's
-    ``method_params``, the wrapped method's settings) is expanded back into keywords.
-    """
-    from xailab.core.registry import METHODS
-
-    cls = METHODS.get(method)
-    names: set[str] = set()
-    var_kw: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        for p in inspect.signature(init).parameters.values():
-            if p.kind is p.VAR_KEYWORD:
-                var_kw.add(p.name)
-            elif p.kind is not p.VAR_POSITIONAL and p.name not in ("self", "model"):
-                names.add(p.name)
-    out = {k: v for k, v in params.items() if k in names}
-    for k in var_kw:
-        if isinstance(params.get(k), dict):
-            out.update({kk: vv for kk, vv in params[k].items() if kk not in out})
-    return out
-
-
-def explanation_key(run: Run, method: str) -> str:
-    """Changes whenever the method's explanation is written again (its manifest records the
-    parameters and the seconds taken), so parts computed from older maps are recomputed."""
-    text = (run.path / "explanations" / method / "manifest.json").read_bytes()
-    return hashlib.sha1(text).hexdigest()[:12]
-
-
-def parts_done(run: Run) -> dict[str, str]:
-    return dict(run.manifest.get("compare_parts", {}))
-
-
-def mark_done(run: Run, key: str, spec: str) -> None:
-    parts = parts_done(run)
-    parts[key] = spec
-    run.update_manifest("compare_parts", parts)
 
 
 def image_names(run: Run, n: int) -> list[str]:
