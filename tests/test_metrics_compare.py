@@ -12,7 +12,7 @@ import xailab
 from xailab.cli import main
 from xailab.core.errors import InputError
 from xailab.jobs.compare import compare_run
-from xailab.metrics import baselines
+from xailab.metrics import calibration_maps
 from xailab.metrics.scoreboard import CompareSettings, format_board
 from xailab.runs import Run, RunError
 
@@ -28,7 +28,7 @@ def patch_run(tmp_path: Path) -> tuple[Run, torch.nn.Module]:
     x = patch_images(5)
     sal = xailab.create("saliency", model).explain(x, target=0)
     ixg = xailab.create("input_x_gradient", model).explain(x, target=0)
-    edge = as_explanation(baselines.edge_maps(x), model, x, "edges", seconds=0.5)
+    edge = as_explanation(calibration_maps.edge_maps(x), model, x, "edges", seconds=0.5)
     run = save_run(tmp_path / "run", x, {"saliency": sal, "input_x_gradient": ixg, "edges": edge},
                    config={"model": MODEL_SPEC, "weights": None})
     return run, model

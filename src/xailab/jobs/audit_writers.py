@@ -48,7 +48,7 @@ def adversarial_images(
     config: Mapping[str, Any] | None = None,
 ) -> tuple[Run, AttackResult, ShiftResult | None]:
     """Attack ``images`` (pixels in [0, 1]), explain both versions, write it all to ``out``."""
-    from xailab.audit.figures import shift_figure
+    from xailab.audit.audit_figures import shift_figure
     from xailab.plotting import save_png
 
     result = run_attack(attack, model, images, labels, **dict(attack_params))
@@ -94,8 +94,8 @@ def backdoor_dataset(
     ``dataset.denormalize``); ``truth`` (bool ``[len(dataset)]``, e.g. ``PoisonedDataset.poisoned``)
     adds, when known, how many truly poisoned items each class and its suspicious cluster hold.
     """
+    from xailab.audit.audit_figures import cluster_figure, scores_figure
     from xailab.audit.detection import dataset_items
-    from xailab.audit.figures import cluster_figure, scores_figure
     from xailab.plotting import save_png
 
     report = detect_backdoor(model, dataset, **detect)

@@ -28,7 +28,8 @@ from xailab.core.hooks import model_device
 from xailab.core.registry import METHODS, RegistryError
 from xailab.jobs.common import job_lock
 from xailab.jobs.model import load, spec_from_config
-from xailab.metrics import agreement, figures
+from xailab.metrics import agreement
+from xailab.metrics import metric_figures as figures
 from xailab.metrics.columns import COLUMNS
 from xailab.metrics.compare_parts import explanation_key, mark_done, parts_done, sanity_part
 from xailab.metrics.distribution import histogram, scatter_data

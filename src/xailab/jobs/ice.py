@@ -211,7 +211,7 @@ def write_ice_figures(
     batch_size: int = 64,
 ) -> None:
     """The PNG figures of an analysis (see the module docstring), written atomically."""
-    from xailab.concepts.figures import (
+    from xailab.concepts.concept_figures import (
         bars_figure,
         crop,
         fidelity_figure,
@@ -286,7 +286,7 @@ def apply_concepts(
     per image under ``RUN/files/ice/explain/`` showing the ``top`` concepts that add most to the
     predicted class.
     """
-    from xailab.concepts.figures import explanation_figure
+    from xailab.concepts.concept_figures import explanation_figure
     from xailab.plotting import save_png
 
     run = run if isinstance(run, Run) else Run.open(run)
