@@ -134,7 +134,8 @@ def explain_images(
         "class_names": list(class_names) if class_names is not None else None,
         "n_images": len(images), "identity": plan.identity,
     })
-    run.update_manifest("cards", method_cards(plan.kinds.values()))  # the report reads them from here
+    # the report reads the cards from here; those of methods an earlier call put in the run stay
+    run.update_manifest("cards", {**(run.manifest.get("cards") or {}), **method_cards(plan.kinds.values())})
     shown = display if display is not None else _minmax(images)
     _write_images(run, images, shown, names, labels)
     results, refused = _compute(run, model, images, plan, targets, labels, names, class_names, log, backend)
