@@ -8,7 +8,7 @@ from torch import nn
 
 import xailab
 from xailab.core.errors import InputError
-from xailab.metrics import baselines
+from xailab.metrics import calibration_maps
 from xailab.metrics.faithfulness import _step_counts, deletion, faithfulness_correlation, insertion
 from xailab.metrics.perturb import fill_images, gaussian_blur, pixel_ranks
 from xailab.metrics.sensitivity import max_sensitivity, uniform_noise
@@ -61,7 +61,7 @@ def test_deletion_plus_insertion_is_constant_on_a_linear_model() -> None:
 def test_batch_size_does_not_change_the_curves() -> None:
     model = PatchNet().eval()
     x = patch_images(3)
-    maps = baselines.random_maps(x)
+    maps = calibration_maps.random_maps(x)
     big = insertion(model, x, maps, 0, steps=8, batch_size=1000)
     small = insertion(model, x, maps, 0, steps=8, batch_size=1)
     torch.testing.assert_close(big.scores, small.scores)
@@ -71,7 +71,7 @@ def test_good_map_beats_random_map_on_the_patch_model() -> None:
     model = PatchNet().eval()
     x = patch_images(6)
     sal = xailab.create("saliency", model).explain(x, target=0)
-    rnd = baselines.random_maps(x)
+    rnd = calibration_maps.random_maps(x)
     d_sal = deletion(model, x, sal, steps=16, output="logit")
     d_rnd = deletion(model, x, rnd, 0, steps=16, output="logit")
     assert d_sal.targets.tolist() == [0] * 6  # taken from the explanation

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xailab.core.errors import InputError, LayerError
-from xailab.metrics import baselines
+from xailab.metrics import calibration_maps
 from xailab.metrics.localisation import pointing_game, relevance_mass, relevance_rank
 from xailab.metrics.sanity import randomisable_layers, randomisation_test, randomise_layer
 
@@ -55,7 +55,7 @@ def test_good_methods_localise_the_patch_and_random_maps_do_not(name: str) -> No
     assert pointing_game(res, masks).mean() == 1.0
     assert relevance_mass(res, masks).mean() > 0.9
     assert relevance_rank(res, masks).mean() > 0.9
-    rnd = baselines.random_maps(x)
+    rnd = calibration_maps.random_maps(x)
     assert relevance_mass(rnd, masks).mean() < 0.15  # the patch is 16 / 256 = 6 % of the image
     assert relevance_rank(rnd, masks).mean() < 0.3
     assert pointing_game(rnd, masks).mean() <= 0.5
@@ -66,7 +66,7 @@ def test_randomisation_flags_the_edge_detector_not_saliency() -> None:
     x = patch_images(4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sal = randomisation_test(model, x, "saliency", 0)
-    edge = randomisation_test(model, x, baselines.edge_explain, 0)
+    edge = randomisation_test(model, x, calibration_maps.edge_explain, 0)
     assert sal.layers == ["fc", "conv"] and sal.steps == [0, 1]
     assert not sal.flagged and sal.final_spearman < 0.3
     assert edge.flagged and edge.final_spearman == pytest.approx(1.0)

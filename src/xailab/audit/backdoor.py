@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from xailab.audit.triggers import Trigger, parse_trigger
 from xailab.core.errors import InputError
-from xailab.data.dataset import ImageDataset
+from xailab.data.image_dataset import ImageDataset
 
 ClassRef = int | str
 

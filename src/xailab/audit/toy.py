@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from xailab.data.dataset import ImageDataset
+from xailab.data.image_dataset import ImageDataset
 
 TOY_CLASSES = ("horizontal", "vertical", "block")
 

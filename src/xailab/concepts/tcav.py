@@ -263,7 +263,7 @@ def tcav_to_run(result: TCAVResult, out: str | Path | Run, *, config: dict[str, 
     run.update_manifest("tcav", {"layer": layer, "cav_rows": names, "seconds": result.seconds,
                                  "n_runs": int(result.table["n_runs"].iloc[0]) if len(result.table) else 0})
     if png and len(result.table):
-        from xailab.concepts.figures import tcav_figure
+        from xailab.concepts.concept_figures import tcav_figure
         from xailab.plotting import save_png
 
         save_png(tcav_figure(result.table), run.file("tcav/scores.png"))

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from xailab.core.errors import DataError
-from xailab.data.dataset import ImageDataset
 from xailab.data.decode import check_upscale, decode_image, warn_notes
 from xailab.data.folder import (
     FolderListing,
@@ -33,6 +32,7 @@ from xailab.data.folder import (
     is_image_name,
     list_image_folder,
 )
+from xailab.data.image_dataset import ImageDataset
 from xailab.data.transforms import Preprocessing
 
 
@@ -52,7 +52,7 @@ def balanced_indices(targets: Tensor | np.ndarray, n: int) -> np.ndarray:
 
 def _dataset_spec(spec: str) -> tuple[str, str, int | None] | None:
     """``name:split[:N]`` / ``folder:path[:split][:N]`` -> (name, split, N), or None."""
-    from xailab.data.datasets import DATASETS
+    from xailab.data.registry import DATASETS
 
     if spec.startswith("folder:"):
         body = spec[len("folder:") :]
@@ -156,7 +156,7 @@ def _load(
     spec: str | Sequence[str], preprocessing: Preprocessing | None, root: str | Path | None,
     max_images: int | None, notes: list[str], skip_bad: bool,
 ) -> tuple[Tensor, Tensor | None, list[str], ImageDataset | None]:
-    from xailab.data.datasets import load_dataset
+    from xailab.data.registry import load_dataset
 
     if not isinstance(spec, str):
         x, names = _files([str(s) for s in spec], preprocessing, notes, skip_bad)

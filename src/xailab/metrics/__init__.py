@@ -21,7 +21,7 @@ from xailab.metrics.agreement import (
     spearman,
     top_region,
 )
-from xailab.metrics.baselines import edge_explain, edge_maps, random_explain, random_maps
+from xailab.metrics.calibration_maps import edge_explain, edge_maps, random_explain, random_maps
 from xailab.metrics.distribution import Histogram, histogram, scatter_data
 from xailab.metrics.faithfulness import Curves, deletion, faithfulness_correlation, insertion
 from xailab.metrics.localisation import pointing_game, relevance_mass, relevance_rank

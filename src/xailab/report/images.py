@@ -17,8 +17,8 @@ import pandas as pd
 from xailab.drawing import grid_png
 from xailab.plotting import target_title
 from xailab.report.data import ReportRun
-from xailab.report.figures import image_png
 from xailab.report.html import esc, figure, table
+from xailab.report.report_figures import image_png
 from xailab.report.writer import Site
 from xailab.runs.store import atomic_write_bytes
 

@@ -10,8 +10,8 @@ import shutil
 import pandas as pd
 
 from xailab.report.data import ReportRun
-from xailab.report.figures import confusion_png, curves_png
 from xailab.report.html import esc, figure, kv, table
+from xailab.report.report_figures import confusion_png, curves_png
 from xailab.report.writer import Site
 
 

@@ -31,8 +31,8 @@ from xailab.report.evidence import (
     pick_split,
     weakest_classes,
 )
-from xailab.report.figures import object_share_png
 from xailab.report.html import esc, figure, table
+from xailab.report.report_figures import object_share_png
 from xailab.report.writer import Site
 
 

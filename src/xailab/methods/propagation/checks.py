@@ -7,6 +7,8 @@ through ``Sum`` modules), :func:`prepare_model` refuses, with :class:`Unsupporte
 * an element-wise sum, difference, product or quotient of two activations (a gate,
   squeeze-excitation, attention, a broadcast residual add) left in the autograd graph: its
   gradient copies or scales relevance instead of dividing it, so relevance is not conserved;
+* a layer normalisation, or a fused softmax attention (``F.scaled_dot_product_attention``):
+  they have no LRP rule here (AttnLRP's are not implemented), so a transformer is refused;
 * a module whose rule stores its input (conv, linear, pooling, Sum) called more than once per
   forward pass: the second call overwrites what the first call's rule needs;
 * a functional non-ReLU activation (``torch.sigmoid``, ``F.gelu``...) outside a module: its
@@ -53,6 +55,16 @@ _MIXING = {
     "AddmmBackward0": "a matrix product of two activations (attention)",
 }
 _RELU_NAMES = ("relu(", "relu_(")
+#: autograd nodes with no LRP rule here, even with one input-dependent operand (transformers)
+_NO_RULE = {
+    "NativeLayerNormBackward0": "a layer normalisation (it divides by the activations' own spread; "
+                                "the AttnLRP rules for LayerNorm and attention are not implemented)",
+    "ScaledDotProduct": "a fused softmax attention (F.scaled_dot_product_attention)",
+}
+
+
+def _no_rule(name: str) -> str | None:
+    return next((k for k in _NO_RULE if name.startswith(k)), None)
 
 
 def mixing_operations(output: Tensor) -> Counter[str]:
@@ -68,6 +80,8 @@ def mixing_operations(output: Tensor) -> Counter[str]:
         nexts = [f for f, _ in node.next_functions if f is not None]
         if node.name() in _MIXING and len(nexts) >= 2:
             found[node.name()] += 1
+        elif (key := _no_rule(node.name())) is not None and nexts:
+            found[key] += 1
         todo.extend(nexts)
     return found
 
@@ -174,7 +188,7 @@ def _check_same_function(out: Tensor, reference: Tensor, method: str) -> None:
 
 def _graph_problems(out: Tensor) -> list[str]:
     mixing = mixing_operations(out)
-    return [f"{k} x {_MIXING[name]}" for name, k in sorted(mixing.items())]
+    return [f"{k} x {_MIXING.get(name) or _NO_RULE[name]}" for name, k in sorted(mixing.items())]
 
 
 def _warnings(model: nn.Module) -> list[str]:

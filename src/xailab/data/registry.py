@@ -22,8 +22,8 @@ import torch
 
 from xailab.core.errors import DataError
 from xailab.core.registry import Registry
-from xailab.data.dataset import ImageDataset, compute_mean_std
 from xailab.data.folder import SPLIT_NAMES, FolderData, is_archive, is_image_name, read_image_folder
+from xailab.data.image_dataset import ImageDataset, compute_mean_std
 from xailab.data.locate import candidate_roots, search_dirs
 from xailab.data.locate import download as download_files
 from xailab.data.readers import (

@@ -1,0 +1,95 @@
+"""Every registered method over the models people train in 2026 (issue 13): a tiny timm ViT, a tiny
+Hugging Face ViTForImageClassification, a timm ConvNeXt and a CNN written with F.relu. Each method
+either keeps the contract (shapes, finite maps, model left as found) or refuses with the reason
+listed in REFUSED; a refusal not listed, or a listed one that does not happen, fails."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import xailab
+from xailab.core.errors import UnsupportedModelError
+from xailab.core.hooks import count_hooks
+from xailab.core.registry import METHODS
+
+from .test_rewrite import FunctionalCNN
+
+timm = pytest.importorskip("timm")
+transformers = pytest.importorskip("transformers")
+
+
+def timm_vit() -> nn.Module:
+    return timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, depth=2, embed_dim=16,
+                             num_heads=2, num_classes=5, reg_tokens=1)
+
+
+def hf_vit() -> nn.Module:
+    from xailab.models.external import HFLogits
+
+    cfg = transformers.ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=32, num_labels=5)
+    return HFLogits(transformers.ViTForImageClassification(cfg))
+
+
+def convnext() -> nn.Module:
+    return timm.create_model("convnext_atto", num_classes=5, dims=(8, 16, 24, 32), depths=(1, 1, 1, 1))
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]] = {
+    "timm_vit": (timm_vit, (3, 16, 16)),
+    "hf_vit": (hf_vit, (3, 16, 16)),
+    "convnext": (convnext, (3, 64, 64)),
+    "frelu_cnn": (FunctionalCNN, (1, 16, 16)),
+}
+NO_DEEPLIFT = "deeplift has no rule for the nonlinear modules .*LayerNorm"
+NOT_CONSERVED = "would not conserve relevance"
+NOT_A_VIT = "needs a vision transformer"
+#: (model, method family or name) -> the reason it is refused
+REFUSED = {
+    ("timm_vit", "deeplift"): NO_DEEPLIFT, ("timm_vit", "deeplift_shap"): NO_DEEPLIFT,
+    ("timm_vit", "propagation"): "layer normalisation.*fused softmax attention",
+    ("hf_vit", "deeplift"): NO_DEEPLIFT, ("hf_vit", "deeplift_shap"): NO_DEEPLIFT,
+    ("hf_vit", "propagation"): NOT_CONSERVED,
+    ("convnext", "deeplift"): NO_DEEPLIFT, ("convnext", "deeplift_shap"): NO_DEEPLIFT,
+    ("convnext", "propagation"): NOT_CONSERVED, ("convnext", "attention"): NOT_A_VIT,
+    ("frelu_cnn", "attention"): NOT_A_VIT,
+}
+
+
+def refusal(model: str, method: str) -> str | None:
+    return REFUSED.get((model, method)) or REFUSED.get((model, METHODS.family(method)))
+
+
+@pytest.mark.parametrize("method", xailab.available())
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_method_on_modern_model(model_name: str, method: str) -> None:
+    build, shape = MODELS[model_name]
+    torch.manual_seed(0)
+    model = build().train()  # the explainer must switch to eval and back
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(1))
+    flags = {n: m.training for n, m in model.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    hooks = count_hooks(model)
+    explainer = xailab.create(method, model, **METHODS.get(method).quick_params)
+    reason = refusal(model_name, method)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if reason is not None:
+            with pytest.raises(UnsupportedModelError) as e:
+                explainer.explain(x, target=["top1", "least"])
+            assert re.search(reason, str(e.value)), str(e.value)
+            assert "\n" not in str(e.value)
+        else:
+            res = explainer.explain(x, target=["top1", "least"])
+            assert res.maps.shape[:2] == (2, 2) and res.maps.shape[-2:] == x.shape[-2:]
+            assert res.maps.dtype == x.dtype and bool(torch.isfinite(res.maps).all())
+            assert float(res.maps.abs().sum()) > 0
+    assert count_hooks(model) == hooks
+    assert {n: m.training for n, m in model.named_modules()} == flags
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
