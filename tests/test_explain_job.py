@@ -141,6 +141,8 @@ def test_named_settings_of_one_method_sit_side_by_side(tiny_cnn, images, labels,
     cards = (site / "methods.html").read_text()
     assert "ig_black = integrated_gradients" in cards and "No card in this run" not in cards
     assert "Sundararajan" in cards and set(run.manifest["cards"]) == {"integrated_gradients", "saliency"}
+    compare = (site / "compare.html").read_text()  # which way is better: the metrics' own data, via the run
+    assert "Lower is better: seconds (cost), avg_time (cost)" in compare and "insertion_auc (faithfulness)" in compare
 
     with pytest.raises(InputError, match="given twice"):
         explain_to_run(tiny_cnn, x, out=tmp_path / "bad", methods=["a=saliency", "a=gradcam"], targets="top1",

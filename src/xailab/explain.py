@@ -132,7 +132,8 @@ def explain_to_run(
         "class_names": list(class_names) if class_names is not None else None,
         "n_images": len(images),
     })
-    run.update_manifest("cards", method_cards(kinds.values()))  # the report reads them from here
+    # the report reads the cards from here; those of methods an earlier call put in the run stay
+    run.update_manifest("cards", {**(run.manifest.get("cards") or {}), **method_cards(kinds.values())})
     run.write_array("images", images.detach().cpu().float())
     shown = display if display is not None else _minmax(images)
     run.write_array("display", (shown.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8))

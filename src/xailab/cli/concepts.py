@@ -13,7 +13,7 @@ Examples:
   xailab concepts explain runs/ice --images my_cat.png
   xailab concepts tcav --model resnet20 --weights resnet20.safetensors --layer layer2.2 \\
       --concept stripes=concepts/striped --random cifar10:train:2000 --images cifar10:test:1000 \\
-      --data-root ../shared/data/cifar10-jpg.tar.gz --classes zebra,cat --runs 10 --out runs/tcav
+      --data-root ../shared/data/cifar10-jpg.tar.gz --classes cat,dog --runs 10 --out runs/tcav
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Examples:
   xailab explain --model resnet20 --weights resnet20.safetensors --images cifar10:test:16 \\
       --data-root ../shared/data/cifar10-jpg.tar.gz --methods saliency,integrated_gradients,gradcam \\
       --targets true,top1,top2,least --out runs/explain
-  xailab explain --model efficientnet_lite0 --images photos/ --methods lime --set lime.num_samples=500
+  xailab explain --model efficientnet_lite0 --pretrained --images photos/ --methods lime \\
+      --set lime.num_samples=500 --out runs/photos
   xailab explain --model small_cnn --weights best.safetensors --images fashion_mnist:test:16 \\
-      --methods gradient_shap --set gradient_shap.background=fashion_mnist:train:100
+      --methods gradient_shap --set gradient_shap.background=fashion_mnist:train:100 --out runs/shap
   xailab explain ... --backend ray --workers 2 --shard-size 256     # shards over Ray workers, resumable
 """
 

@@ -34,6 +34,7 @@ from xailab.core.explainer import chunked
 from xailab.core.registry import register
 from xailab.methods.cam.base import CAM, cam_card
 from xailab.methods.cam.layers import check_map, conv_layer_hint
+from xailab.methods.cam.screening import Channels, check_channels, screen
 from xailab.methods.cam.split import SplitError, SplitModel
 
 
@@ -44,6 +45,8 @@ class AblationCAM(CAM):
     Args:
         split: run only the layers after ``layer`` for the ablated copies (torch.fx split,
             default); ``False`` re-runs the whole model for every copy (the slow definition).
+        channels: screen channels by activation energy and ablate only the kept ones (a skipped
+            channel weighs 0; ``None``: all); see :mod:`~xailab.methods.cam.screening`.
     """
 
     card = cam_card(
@@ -64,9 +67,10 @@ class AblationCAM(CAM):
     uses_gradients = False
     one_pass = False
 
-    def __init__(self, model: nn.Module, *, split: bool = True, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, *, split: bool = True, channels: Channels = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.split = split
+        self.channels = check_channels(channels)
         self.split_used = False
         self.split_reason = ""  # why the split was not used
         self._split: SplitModel | None = None
@@ -74,7 +78,7 @@ class AblationCAM(CAM):
         self._carried: list[Any] = []
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "split": self.split}
+        return {**super().params(), "split": self.split, "channels": self.channels}
 
     def samples_per_image(self, n_targets: int) -> int:
         return self._channels + 1
@@ -125,18 +129,22 @@ class AblationCAM(CAM):
         t = targets.shape[1]
         # rows (image i, channel j) with j = k meaning "nothing ablated": the reference score
         n_rows = b * (k + 1)
+        keep = torch.cat([screen(maps, self.channels), torch.ones(b, 1, dtype=torch.bool, device=maps.device)], 1)
+        kept = keep.reshape(-1).nonzero().squeeze(1)
         scores = torch.empty(n_rows, t, dtype=maps.dtype, device=maps.device)
         with torch.no_grad():
-            for sl in chunked(n_rows, self.batch_size):
-                rows = torch.arange(sl.start, sl.stop, device=maps.device)
+            for sl in chunked(len(kept), self.batch_size):
+                rows = kept[sl]
                 image, channel = rows // (k + 1), rows % (k + 1)
                 ablated = maps.index_select(0, image)  # a copy: zeroed in place below
                 zeroed = (channel < k).nonzero().squeeze(1)
                 ablated[zeroed, channel[zeroed]] = 0
                 logits = self._ablated_logits(ablated, image, x)
                 row_targets = targets.index_select(0, image).reshape(-1)
-                scores[sl] = self.score(logits.repeat_interleave(t, dim=0), row_targets).reshape(-1, t)
+                scores[rows] = self.score(logits.repeat_interleave(t, dim=0), row_targets).reshape(-1, t)
         scores = scores.reshape(b, k + 1, t).permute(0, 2, 1)  # [B, T, K + 1]
-        reference, ablated_scores = scores[..., k:], scores[..., :k]
+        reference = scores[..., k:]
+        # a screened-out channel keeps the reference score: weight 0
+        ablated_scores = torch.where(keep[:, None, :k], scores[..., :k], reference)
         denominator = torch.where(reference == 0, torch.ones_like(reference), reference)
         return (reference - ablated_scores) / denominator

@@ -27,11 +27,17 @@ from torch import Tensor, nn
 from xailab.core.explainer import chunked
 from xailab.core.registry import register
 from xailab.methods.cam.base import CAM, cam_card
+from xailab.methods.cam.screening import Channels, check_channels, screen
 
 
 @register("score_cam", family="cam", aliases=("scorecam",))
 class ScoreCAM(CAM):
-    """Score-CAM: channels weighted by the softmaxed scores of the images they mask."""
+    """Score-CAM: channels weighted by the softmaxed scores of the images they mask.
+
+    Args:
+        channels: screen channels by activation energy and run only the kept ones (``None``:
+            all, the published method); see :mod:`~xailab.methods.cam.screening`.
+    """
 
     card = cam_card(
         "Score-CAM",
@@ -50,9 +56,13 @@ class ScoreCAM(CAM):
     uses_gradients = False
     one_pass = False
 
-    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, *, channels: Channels = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
+        self.channels = check_channels(channels)
         self._channels = 1
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "channels": self.channels}
 
     def samples_per_image(self, n_targets: int) -> int:
         return self._channels + 1
@@ -68,14 +78,17 @@ class ScoreCAM(CAM):
         b, k = maps.shape[:2]
         t = targets.shape[1]
         flat = maps.reshape(b * k, 1, *maps.shape[-2:])
-        scores = torch.empty(b * k, t, dtype=maps.dtype, device=maps.device)
+        kept = screen(maps, self.channels).reshape(-1).nonzero().squeeze(1)  # rows (image, channel)
+        # a screened-out channel scores -inf: no share of the softmax
+        scores = torch.full((b * k, t), float("-inf"), dtype=maps.dtype, device=maps.device)
         with torch.no_grad():
-            for sl in chunked(b * k, self.batch_size):
-                image = torch.arange(sl.start, sl.stop, device=maps.device) // k
-                masks = masks_from(flat[sl], x.shape[-2:])
+            for sl in chunked(len(kept), self.batch_size):
+                rows = kept[sl]
+                image = rows // k
+                masks = masks_from(flat.index_select(0, rows), x.shape[-2:])
                 logits = self.forward(x.index_select(0, image) * masks, grad=False)
                 row_targets = targets.index_select(0, image).reshape(-1)
-                scores[sl] = self.score(logits.repeat_interleave(t, dim=0), row_targets).reshape(-1, t)
+                scores[rows] = self.score(logits.repeat_interleave(t, dim=0), row_targets).reshape(-1, t)
         return torch.softmax(scores.reshape(b, k, t).permute(0, 2, 1), dim=-1)
 
 
