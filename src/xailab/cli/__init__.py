@@ -30,6 +30,7 @@ def _commands() -> dict[str, ModuleType]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``xailab`` parser with one subcommand per module of this package."""
     from xailab import __version__
 
     parser = argparse.ArgumentParser(
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``xailab ARGV``; a user error prints one line and returns 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

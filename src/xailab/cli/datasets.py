@@ -19,6 +19,7 @@ HELP = "list the registered datasets and where their files are"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter")
     p.add_argument("--root", help="check this folder / archive instead of the default places")
     p.add_argument("--classes", action="store_true", help="also print the class names")
@@ -30,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     from xailab.core.errors import DataError
     from xailab.data import DATASETS, dataset_info, load_dataset
     from xailab.data.locate import search_dirs

@@ -121,6 +121,7 @@ def export_flat(source: Path, dest: Path, n: int | None) -> int:
 
 
 def selected_classes(select: str | None, classes: list[str]) -> list[int]:
+    """Class names or indices, comma-separated, as sorted indices (default: every class)."""
     from xailab.core.errors import InputError
 
     if not select:
