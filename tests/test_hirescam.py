@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 import xailab
-from xailab.explain import explain_to_run
+from xailab.jobs.explain_images import explain_images
 from xailab.report.site import build_site
 
 from .conftest import TinyBNCNN, _randomise_bn
@@ -59,6 +59,17 @@ def test_with_a_linear_head_the_map_is_each_positions_share_of_the_score() -> No
     torch.testing.assert_close(res.extras["cam"][:, 0].sum(dim=(-2, -1)), logits[:, 1] - model.fc.bias[1].detach())
 
 
+def test_it_equals_gradcam_before_global_average_pooling_and_not_elsewhere(images: Tensor) -> None:
+    torch.manual_seed(0)
+    model = _randomise_bn(TinyBNCNN(), 1).eval().double()  # relu2 -> avgpool -> fc
+    x = images[:3].double()
+    same = [xailab.create(m, model, layer="relu2").explain(x, target=["top1", "least"]).maps
+            for m in ("hirescam", "gradcam")]
+    torch.testing.assert_close(same[0], same[1])  # the gradient is constant over positions
+    early = [xailab.create(m, model, layer="relu1").explain(x, target="top1").maps for m in ("hirescam", "gradcam")]
+    assert (early[0] - early[1]).abs().max() > 1e-3 * early[1].abs().max()
+
+
 @pytest.mark.reference
 @pytest.mark.parametrize("case", ["tiny", "resnet"])
 def test_agrees_with_pytorch_grad_cam(case: str) -> None:
@@ -68,7 +79,7 @@ def test_agrees_with_pytorch_grad_cam(case: str) -> None:
     torch.manual_seed(0)
     if case == "tiny":
         model: nn.Module = _randomise_bn(TinyBNCNN(), 1).eval()
-        layer, x = model.relu2, torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+        layer, x = model.relu1, torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))  # not before GAP
     else:
         import torchvision
 
@@ -102,7 +113,7 @@ def minmax(maps: Tensor) -> np.ndarray:
 def test_its_card_reaches_the_report(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = _randomise_bn(TinyBNCNN(), 1).eval()
-    run = explain_to_run(model, torch.randn(2, 3, 16, 16), out=tmp_path / "r", methods=["hirescam"],
+    run = explain_images(model, torch.randn(2, 3, 16, 16), out=tmp_path / "r", methods=["hirescam"],
                          targets="top1", png=False, log=lambda _: None)
     assert run.manifest["cards"]["hirescam"]["title"] == "HiResCAM"
     page = (build_site([run.path], tmp_path / "site") / "methods.html").read_text(encoding="utf-8")

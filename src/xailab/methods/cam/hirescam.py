@@ -9,7 +9,9 @@ convolutional neural networks" (arXiv:2011.08891). With ``A [K, h, w]`` the laye
 Grad-CAM averages ``G_k`` over the positions before multiplying; HiResCAM keeps the element-wise
 product, so when the layers after ``A`` are a linear map (a flatten and a dense layer, as in
 many CNN heads) ``sum_k G_k ⊙ A_k`` at a position is exactly that position's contribution to the
-score, and its sum over positions is the score minus the bias. Unlike LayerCAM it keeps negative
+score, and its sum over positions is the score minus the bias. On a layer followed directly by
+global average pooling and a dense layer (ResNet's last block) ``G_k`` is the same at every
+position, so HiResCAM equals Grad-CAM there. Unlike LayerCAM it keeps negative
 gradients, so evidence against the class cancels evidence for it before the ReLU. The weights are
 per location, so the Explanation has no ``extras["weights"]``; ``extras["cam"]`` holds the map
 at the layer's resolution. The numbers agree with pytorch-grad-cam's ``HiResCAM``.
@@ -33,7 +35,8 @@ class HiResCAM(CAM):
         "HiResCAM",
         summary="Every activation weighted by its own gradient, summed over the channels and "
                 "ReLU'd: ReLU(Σ_k ∂S_c/∂A^k ⊙ A^k). With a linear head after the layer, the "
-                "unrectified map sums to the score minus the bias.",
+                "unrectified map sums to the score minus the bias; right before global average "
+                "pooling it equals Grad-CAM.",
         paper="Draelos, Carin (2020), \"Use HiResCAM instead of Grad-CAM for faithful explanations "
               "of convolutional neural networks\" (arXiv:2011.08891).",
         where="arXiv 2020; CNNs, exact for a layer followed by a linear head.",
