@@ -113,26 +113,33 @@ def faithfulness_on_ray(run: Run, model: nn.Module, settings: Any, *, backend: A
     if tasks:
         backend.drive(model, run, tasks, put, submit, store, what="faithfulness", n_shards=len(plan))
     for m, mspec in todo.items():
-        rows = read_rows(run.path, stage[m], plan, mspec)
-        t = tgts[m].numpy()
-        run.write_table("faithfulness", pd.DataFrame({
-            "image": np.arange(n), "name": names, "method": m, "target": t,
-            "deletion_auc": rows["deletion_auc"].to_numpy(), "insertion_auc": rows["insertion_auc"].to_numpy(),
-            "faithfulness_corr": rows["faithfulness_corr"].to_numpy(),
-        }), part=m)
-        dcurve = np.stack(rows["deletion_curve"].to_list()).mean(axis=0)
-        icurve = np.stack(rows["insertion_curve"].to_list()).mean(axis=0)
-        fractions = np.linspace(0.0, 1.0, len(dcurve))
-        run.write_table("faithfulness_curves", pd.DataFrame({
-            "method": m, "kind": ["deletion"] * len(dcurve) + ["insertion"] * len(icurve),
-            "fraction": np.concatenate([_fractions(run, stage[m], plan, fractions)] * 2),
-            "score": np.concatenate([dcurve, icurve]),
-        }), part=m)
-        parts.mark_done(run, f"faithfulness/{m}", mspec)
-        remove(run.path, stage[m])
-        log(f"{m}: deletion AUC {float(rows['deletion_auc'].mean()):.4f}, insertion AUC "
-            f"{float(rows['insertion_auc'].mean()):.4f} (on ray)")
+        _join(run, m, stage[m], plan, mspec, names, tgts[m].numpy(), log)
     return list(todo)
+
+
+def _join(run: Run, m: str, stage: str, plan: list[Shard], mspec: str, names: Any, t: np.ndarray,
+          log: Callable[[str], None]) -> None:
+    """Write method ``m``'s complete shards as the run's faithfulness tables, then drop the shards."""
+    from xailab.metrics import compare_parts as parts
+
+    rows = read_rows(run.path, stage, plan, mspec)
+    run.write_table("faithfulness", pd.DataFrame({
+        "image": np.arange(len(t)), "name": names, "method": m, "target": t,
+        "deletion_auc": rows["deletion_auc"].to_numpy(), "insertion_auc": rows["insertion_auc"].to_numpy(),
+        "faithfulness_corr": rows["faithfulness_corr"].to_numpy(),
+    }), part=m)
+    dcurve = np.stack(rows["deletion_curve"].to_list()).mean(axis=0)
+    icurve = np.stack(rows["insertion_curve"].to_list()).mean(axis=0)
+    fractions = np.linspace(0.0, 1.0, len(dcurve))
+    run.write_table("faithfulness_curves", pd.DataFrame({
+        "method": m, "kind": ["deletion"] * len(dcurve) + ["insertion"] * len(icurve),
+        "fraction": np.concatenate([_fractions(run, stage, plan, fractions)] * 2),
+        "score": np.concatenate([dcurve, icurve]),
+    }), part=m)
+    parts.mark_done(run, f"faithfulness/{m}", mspec)
+    remove(run.path, stage)
+    log(f"{m}: deletion AUC {float(rows['deletion_auc'].mean()):.4f}, insertion AUC "
+        f"{float(rows['insertion_auc'].mean()):.4f} (on ray)")
 
 
 def _fractions(run: Run, name: str, plan: list[Shard], default: np.ndarray) -> np.ndarray:
