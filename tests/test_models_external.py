@@ -126,4 +126,4 @@ def test_models_command_lists_timm(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["models", "timm:vit_tiny_patch16_2*"]) == 0
     assert "timm:vit_tiny_patch16_224" in capsys.readouterr().out
-    assert main(["models", "timm:nothing_like_this*"]) == 1
+    assert main(["models", "timm:nothing_like_this*"]) == 2
