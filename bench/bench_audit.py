@@ -87,8 +87,8 @@ def _detect_row(seed: int, kind: str, ev: Any, report: Any, truth: Any, seconds:
 def bench_backdoor(seeds: list[int], n_train: int, epochs: int, max_per_class: int, out: Path,
                    method: str) -> tuple[list[dict[str, Any]], Any]:
     from xailab.audit import evaluate_backdoor, train_poisoned
-    from xailab.audit.jobs import backdoor_to_run
     from xailab.data import load_dataset, train_val_split
+    from xailab.jobs.audit_writers import backdoor_dataset
     from xailab.models import create_model
     from xailab.train import TrainConfig, Trainer
     from xailab.train.recipe import stratified_sample
@@ -104,7 +104,7 @@ def bench_backdoor(seeds: list[int], n_train: int, epochs: int, max_per_class: i
         res = train_poisoned(create_model("small_cnn"), sub, test, trigger="patch:4", target=7, source=5,
                              fraction=0.1, config=cfg, run=out / f"seed{seed}-poisoned", seed=seed)
         t1 = time.perf_counter()
-        _, report = backdoor_to_run(res.model, res.train, out=out / f"seed{seed}-poisoned-audit",
+        _, report = backdoor_dataset(res.model, res.train, out=out / f"seed{seed}-poisoned-audit",
                                     truth=res.train.poisoned, method=method, max_per_class=max_per_class, seed=seed)
         t2 = time.perf_counter()
         assert res.evaluation is not None
@@ -124,7 +124,7 @@ def bench_backdoor(seeds: list[int], n_train: int, epochs: int, max_per_class: i
         clean.eval()
         t1 = time.perf_counter()
         ev = evaluate_backdoor(clean, test, "patch:4", target=7, source=5)
-        _, report = backdoor_to_run(clean, sub.subset(tr), out=out / f"seed{seed}-clean-audit", method=method,
+        _, report = backdoor_dataset(clean, sub.subset(tr), out=out / f"seed{seed}-clean-audit", method=method,
                                     max_per_class=max_per_class, seed=seed)
         t2 = time.perf_counter()
         rows.append(_detect_row(seed, "clean", ev, report, None, {"train": t1 - t0, "detect": t2 - t1}))
@@ -144,7 +144,7 @@ def test_pixels(n: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
 
 
 def bench_patch(model: Any, n: int, out: Path, quick: bool) -> tuple[list[dict[str, Any]], list[Row]]:
-    from xailab.audit.jobs import adversarial_to_run
+    from xailab.jobs.audit_writers import adversarial_images
     from xailab.models import set_preprocessing
 
     x, y, test = test_pixels(n)
@@ -153,7 +153,7 @@ def bench_patch(model: Any, n: int, out: Path, quick: bool) -> tuple[list[dict[s
     rows, timing = [], []
     for size in (4, 5):
         t0 = time.perf_counter()
-        run, res, shift = adversarial_to_run(
+        run, res, shift = adversarial_images(
             model, x, y, attack="patch", attack_params={"size": size, "steps": 50 if quick else 100},
             methods=methods if size == 5 else {}, out=out / f"patch{size}", class_names=test.classes,
             png=4 if size == 5 else 0)

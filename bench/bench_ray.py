@@ -74,10 +74,10 @@ def _children_cpu() -> float:
 
 def _explain(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, out: Path,
              backend: Any) -> float:
-    from xailab.explain import explain_to_run
+    from xailab.jobs.explain_images import explain_images
 
     t0 = time.perf_counter()
-    explain_to_run(model, images, out=out, methods=METHODS, targets="top1", labels=labels,
+    explain_images(model, images, out=out, methods=METHODS, targets="top1", labels=labels,
                    method_params=PARAMS, batch_size=64, png=False, log=lambda _: None, backend=backend)
     return time.perf_counter() - t0
 

@@ -11,7 +11,7 @@ import torch
 
 from xailab.core.card import HOHMAN, MethodCard, card_of, method_cards
 from xailab.core.registry import METHODS, available
-from xailab.explain import explain_to_run
+from xailab.jobs.explain_images import explain_images
 from xailab.report.site import build_site
 
 METHOD_NAMES = available()
@@ -52,7 +52,7 @@ def test_subclasses_declare_their_own_card_and_aliases_resolve() -> None:
 
 def test_the_report_shows_the_card_the_run_holds(tiny_cnn: torch.nn.Module, tmp_path: Path) -> None:
     x = torch.randn(2, 3, 8, 8)
-    run = explain_to_run(tiny_cnn, x, out=tmp_path / "r", methods=["saliency", "cam=gradcam"], targets="top1",
+    run = explain_images(tiny_cnn, x, out=tmp_path / "r", methods=["saliency", "cam=gradcam"], targets="top1",
                          png=False, log=lambda _: None)
     cards = run.manifest["cards"]
     assert cards == method_cards(["saliency", "gradcam"])
@@ -74,6 +74,6 @@ def test_a_second_explain_call_into_the_run_keeps_the_first_calls_cards(tiny_cnn
                                                                         tmp_path: Path) -> None:
     x = torch.randn(2, 3, 8, 8)
     for method in ("gradcam", "saliency"):
-        run = explain_to_run(tiny_cnn, x, out=tmp_path / "r", methods=[method], targets="top1", png=False,
+        run = explain_images(tiny_cnn, x, out=tmp_path / "r", methods=[method], targets="top1", png=False,
                              log=lambda _: None)
     assert set(run.manifest["cards"]) == {"gradcam", "saliency"}

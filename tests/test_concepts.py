@@ -284,7 +284,7 @@ def test_model_state_is_restored(images: torch.Tensor) -> None:
 
 
 def test_default_ice_layer_is_the_relu_after_a_bare_last_conv() -> None:
-    from xailab.concepts.ice_run import default_ice_layer
+    from xailab.jobs.ice import default_ice_layer
 
     # the last conv block is a bare Conv2d: ICE takes the ReLU after it, not the signed conv
     seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5), nn.ReLU(),

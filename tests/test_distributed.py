@@ -21,7 +21,7 @@ from torch import nn
 
 from xailab.core.explanation import Explanation
 from xailab.distributed.shards import Shard, marker_path, shard_dir, shard_plan
-from xailab.explain import explain_to_run
+from xailab.jobs.explain_images import explain_images
 from xailab.runs import Run
 
 METHODS = ["saliency", "integrated_gradients", "smoothgrad", "gradcam", "rise"]
@@ -52,7 +52,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _explain(model: nn.Module, out: Path, backend: Any = None, methods: list[str] = METHODS) -> Run:
     x, y = _data()
-    return explain_to_run(model, x, out=out, methods=methods, targets=TARGETS, labels=y, quick=True,
+    return explain_images(model, x, out=out, methods=methods, targets=TARGETS, labels=y, quick=True,
                           png=False, batch_size=8, log=lambda _: None, backend=backend)
 
 
@@ -168,7 +168,7 @@ def _sentinel_data() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _explain_s(model: nn.Module, out: Path, backend: Any = None) -> Run:
     x, y = _sentinel_data()
-    return explain_to_run(model, x, out=out, methods=["saliency", "rise"], targets=TARGETS, labels=y,
+    return explain_images(model, x, out=out, methods=["saliency", "rise"], targets=TARGETS, labels=y,
                           quick=True, png=False, batch_size=8, log=lambda _: None, backend=backend)
 
 
@@ -218,7 +218,7 @@ def test_rerun_skips_complete_shards_and_redoes_incomplete_ones(pool: Any, local
     out = tmp_path / "ray"
     x, y = _data()
     run = Run.create(out, kind="explain")
-    from xailab.explain import method_kwargs, method_spec
+    from xailab.jobs.explain_images import method_kwargs, method_spec
 
     methods = {m: method_kwargs(m, {}, None, True) for m in ("saliency", "rise")}
     specs = {m: method_spec(kw, 8, 0) for m, kw in methods.items()}
@@ -244,8 +244,9 @@ def test_faithfulness_on_two_workers_matches_compare_in_one_process(pool: Any, l
     import shutil
 
     from xailab.distributed.faithfulness import faithfulness_on_ray, global_subsets
+    from xailab.jobs.compare import compare_run
     from xailab.metrics.faithfulness import random_subsets
-    from xailab.metrics.scoreboard import CompareSettings, compare_run
+    from xailab.metrics.scoreboard import CompareSettings
 
     assert torch.equal(global_subsets(5, 9, 64, 3, 7, seed=2), random_subsets(9, 64, 3, 7, seed=2)[5:9])
     a, b = tmp_path / "a", tmp_path / "b"
@@ -306,12 +307,12 @@ from torch import nn
 from xailab.cli import build_parser
 from xailab.distributed.options import backend_from_args
 import xailab.distributed, xailab.distributed.shards
-from xailab.explain import explain_to_run
+from xailab.jobs.explain_images import explain_images
 args = build_parser().parse_args(["explain", "--model", "m", "--images", "i", "--methods", "saliency", "--out", "o"])
 assert backend_from_args(args) is None
 m = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(3))
 x = torch.rand(2, 3, 8, 8); m(x)
-explain_to_run(m, x, out={str(tmp_path / "run")!r}, methods=["saliency"], targets="top1", png=False)
+explain_images(m, x, out={str(tmp_path / "run")!r}, methods=["saliency"], targets="top1", png=False)
 print("ray" in sys.modules)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -324,9 +325,9 @@ def test_named_settings_of_one_method_run_on_ray(pool: Any, tmp_path: Path) -> N
     methods = ["rise_a=rise", "rise_b=rise", "saliency"]
     params = {"rise_a": {"n_masks": 8}, "rise_b": {"n_masks": 16}}
     x, y = _data()
-    local = explain_to_run(_model(), x, out=tmp_path / "local", methods=methods, method_params=params,
+    local = explain_images(_model(), x, out=tmp_path / "local", methods=methods, method_params=params,
                            targets=TARGETS, labels=y, png=False, batch_size=8, log=lambda _: None)
-    ray_run = explain_to_run(_model(), x, out=tmp_path / "ray", methods=methods, method_params=params,
+    ray_run = explain_images(_model(), x, out=tmp_path / "ray", methods=methods, method_params=params,
                              targets=TARGETS, labels=y, png=False, batch_size=8, log=lambda _: None, backend=pool)
     for m in ("rise_a", "rise_b", "saliency"):
         a = Explanation.load(local.path / "explanations" / m)
@@ -349,7 +350,7 @@ def test_the_cli_runs_explain_and_compare_on_ray(pool_: Any, tmp_path: Path) -> 
     for i in range(6):
         px = (torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()
         Image.fromarray(px).save(folder / f"im{i}.png")
-    base = ["explain", "--model", "cifar_cnn", "--images", str(folder), "--methods", "saliency,gradcam",
+    base = ["explain", "--model", "cifar_cnn", "--random-weights", "--images", str(folder), "--methods", "saliency,gradcam",
             "--targets", "top1,least", "--no-png", "--batch-size", "8"]
     torch.manual_seed(0)  # the same random weights in both commands
     assert main([*base, "--out", str(tmp_path / "local")]) == 0

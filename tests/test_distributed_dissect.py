@@ -203,7 +203,7 @@ def test_the_cli_dissects_on_ray_as_the_local_exact_range_command(pool: Any, tmp
     g = torch.Generator().manual_seed(3)
     for i in range(12):
         Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()).save(folder / f"{i}.png")
-    base = ["dissect", "--model", "cifar_cnn", "--images", str(folder), "--layers", "features.2,features.9",
+    base = ["dissect", "--model", "cifar_cnn", "--random-weights", "--images", str(folder), "--layers", "features.2,features.9",
             "--no-png", "--batch-size", "4", "--threshold", "0.01"]
     torch.manual_seed(0)
     assert main([*base, "--out", str(tmp_path / "local"), "--exact-range"]) == 0

@@ -11,7 +11,7 @@ from PIL import Image
 
 from xailab.core.errors import InputError
 from xailab.drawing import color_limits, grid_png, heat_rgba8, overlay_png, ticks
-from xailab.explain import explain_to_run
+from xailab.jobs.explain_images import explain_images
 from xailab.plotting import grid_figure, heat_rgba, overlay_figure
 
 RNG = np.random.default_rng(0)
@@ -70,7 +70,7 @@ def test_ticks_are_round_and_inside_the_scale() -> None:
 def test_explain_png_modes(tiny_cnn, images, tmp_path: Path) -> None:
     def pngs(mode: str | bool) -> list[str]:
         out = tmp_path / str(mode)
-        explain_to_run(tiny_cnn, images[:2], out=out, methods=["saliency", "gradcam"], targets="top1",
+        explain_images(tiny_cnn, images[:2], out=out, methods=["saliency", "gradcam"], targets="top1",
                        png=mode, log=lambda _: None)
         folder = out / "files" / "overlays"
         return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []

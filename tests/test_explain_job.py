@@ -7,14 +7,14 @@ import torch
 
 from xailab.core.errors import InputError
 from xailab.core.explanation import Explanation
-from xailab.explain import explain_to_run
+from xailab.jobs.explain_images import explain_images
 from xailab.runs import Run
 
 
 def test_explain_to_run_writes_everything_and_resumes(tiny_cnn, images, labels, tmp_path: Path) -> None:
     out = tmp_path / "run"
     logs: list[str] = []
-    run = explain_to_run(
+    run = explain_images(
         tiny_cnn, images[:3], out=out, methods=["saliency", "input_x_gradient"],
         targets=["true", "top1", "least"], labels=labels[:3], names=["a", "b", "c"],
         class_names=["<script>", "b", "c", "d", "e"], log=logs.append,
@@ -30,7 +30,7 @@ def test_explain_to_run_writes_everything_and_resumes(tiny_cnn, images, labels, 
     assert pngs == [f"{i:05d}_grid.png" for i in range(3)]  # the default: one grid per image
 
     logs.clear()
-    explain_to_run(
+    explain_images(
         tiny_cnn, images[:3], out=out, methods=["saliency"], targets=["true", "top1", "least"],
         labels=labels[:3], log=logs.append, png=False,
     )
@@ -39,7 +39,7 @@ def test_explain_to_run_writes_everything_and_resumes(tiny_cnn, images, labels, 
 
 def test_unknown_parameter_lists_the_known_ones(tiny_cnn, images, tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"has no parameter n_stepz.*absolute"):
-        explain_to_run(tiny_cnn, images[:1], out=tmp_path / "r", methods=["saliency"], targets="top1",
+        explain_images(tiny_cnn, images[:1], out=tmp_path / "r", methods=["saliency"], targets="top1",
                        method_params={"saliency": {"n_stepz": 3}})
     assert not (tmp_path / "r").exists()
 
@@ -62,7 +62,7 @@ def test_run_store_reads_and_refuses(tmp_path: Path) -> None:
 def test_normalisation_reaches_pixel_space_methods(tiny_cnn, images, tmp_path: Path) -> None:
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
     x = (images[:2] - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    explain_to_run(tiny_cnn, x, out=tmp_path / "r", methods=["integrated_gradients", "saliency"],
+    explain_images(tiny_cnn, x, out=tmp_path / "r", methods=["integrated_gradients", "saliency"],
                    targets="top1", mean=mean, std=std, quick=True, png=False)
     ig = Explanation.load(tmp_path / "r" / "explanations" / "integrated_gradients")
     assert tuple(ig.params["mean"]) == mean and tuple(ig.params["std"]) == std
@@ -113,11 +113,12 @@ def test_named_settings_of_one_method_sit_side_by_side(tiny_cnn, images, labels,
     """``NAME=METHOD``: two IG baselines in one run, each equal to its own explainer; parameters
     under the method's name apply to both; compare, the sanity check and the report follow."""
     import xailab
-    from xailab.metrics.scoreboard import CompareSettings, compare_run
+    from xailab.jobs.compare import compare_run
+    from xailab.metrics.scoreboard import CompareSettings
     from xailab.report.site import build_site
 
     x = images[:3]
-    run = explain_to_run(
+    run = explain_images(
         tiny_cnn, x, out=tmp_path / "r", methods=["ig_black=integrated_gradients", "ig_noise=integrated_gradients",
                                                   "saliency"],
         method_params={"integrated_gradients": {"n_steps": 8}, "ig_black": {"baseline": "black"},
@@ -145,8 +146,8 @@ def test_named_settings_of_one_method_sit_side_by_side(tiny_cnn, images, labels,
     assert "Lower is better: seconds (cost), avg_time (cost)" in compare and "insertion_auc (faithfulness)" in compare
 
     with pytest.raises(InputError, match="given twice"):
-        explain_to_run(tiny_cnn, x, out=tmp_path / "bad", methods=["a=saliency", "a=gradcam"], targets="top1",
+        explain_images(tiny_cnn, x, out=tmp_path / "bad", methods=["a=saliency", "a=gradcam"], targets="top1",
                        png=False, log=lambda _: None)
     with pytest.raises(InputError, match="registered method"):
-        explain_to_run(tiny_cnn, x, out=tmp_path / "bad", methods=["gradcam=saliency"], targets="top1",
+        explain_images(tiny_cnn, x, out=tmp_path / "bad", methods=["gradcam=saliency"], targets="top1",
                        png=False, log=lambda _: None)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 import xailab
-from xailab.explain import explain_to_run
+from xailab.jobs.explain_images import explain_images
 from xailab.report.site import build_site
 
 from .conftest import TinyBNCNN, _randomise_bn
@@ -113,7 +113,7 @@ def minmax(maps: Tensor) -> np.ndarray:
 def test_its_card_reaches_the_report(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = _randomise_bn(TinyBNCNN(), 1).eval()
-    run = explain_to_run(model, torch.randn(2, 3, 16, 16), out=tmp_path / "r", methods=["hirescam"],
+    run = explain_images(model, torch.randn(2, 3, 16, 16), out=tmp_path / "r", methods=["hirescam"],
                          targets="top1", png=False, log=lambda _: None)
     assert run.manifest["cards"]["hirescam"]["title"] == "HiResCAM"
     page = (build_site([run.path], tmp_path / "site") / "methods.html").read_text(encoding="utf-8")

@@ -11,8 +11,9 @@ import torch
 import xailab
 from xailab.cli import main
 from xailab.core.errors import InputError
+from xailab.jobs.compare import compare_run
 from xailab.metrics import calibration_maps
-from xailab.metrics.scoreboard import CompareSettings, compare_run, format_board
+from xailab.metrics.scoreboard import CompareSettings, format_board
 from xailab.runs import Run, RunError
 
 from .test_metrics_support import PatchNet, as_explanation, patch_images, save_run
@@ -134,14 +135,14 @@ def test_evaluate_on_an_explain_run_gives_the_scoreboard(tmp_path, capsys) -> No
 
     from tests.conftest import TinyCNN
     from xailab.cli import main
-    from xailab.explain import explain_to_run
+    from xailab.jobs.explain_images import explain_images
     from xailab.runs import Run
 
     torch.manual_seed(0)
     model = TinyCNN().eval()
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     torch.save(model.state_dict(), tmp_path / "w.pt")
-    explain_to_run(model, x, out=tmp_path / "run", methods=["saliency", "input_x_gradient"],
+    explain_images(model, x, out=tmp_path / "run", methods=["saliency", "input_x_gradient"],
                    targets="top1", png=False,
                    config={"model": "tests.conftest:TinyCNN", "weights": str(tmp_path / "w.pt")})
     assert main(["evaluate", "--run", str(tmp_path / "run"), "--device", "cpu"]) == 0
@@ -175,8 +176,11 @@ def test_compare_loads_a_pretrained_run_with_its_published_weights(tmp_path, mon
     monkeypatch.setattr(xailab.models, "load_model", load_model)
     with pytest.raises(Stop):
         main(["compare", str(tmp_path / "r")])
+    # another model named without weights is refused (#16: no random weights by default) ...
+    assert main(["compare", str(tmp_path / "r"), "--model", "efficientnet_lite0"]) == 2
+    # ... unless asked for: then the bare architecture, not the run's pretrained weights
     with pytest.raises(Stop):
-        main(["compare", str(tmp_path / "r"), "--model", "efficientnet_lite0"])
+        main(["compare", str(tmp_path / "r"), "--model", "efficientnet_lite0", "--random-weights"])
     assert calls == [("efficientnet_lite0", True), ("efficientnet_lite0", False)]
 
 

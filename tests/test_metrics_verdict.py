@@ -11,9 +11,10 @@ import scipy.stats
 import torch
 
 import xailab
+from xailab.jobs.compare import compare_run
 from xailab.metrics import deletion, edge_maps, insertion, random_maps, randomisation_test
 from xailab.metrics.calibration_maps import edge_explain
-from xailab.metrics.scoreboard import CompareSettings, compare_run
+from xailab.metrics.scoreboard import CompareSettings
 from xailab.metrics.stats import bootstrap_ci, holm, paired_test, significance_ranks
 from xailab.metrics.verdict import VerdictRule, sanity_reason, verdict
 

@@ -112,7 +112,7 @@ def test_cli_explains_timm_and_hf_models_and_records_preprocessing(tmp_path: Pat
     w = save_weights(load_model(TINY_VIT, num_classes=10), tmp_path / "vit.safetensors")
     folder = tiny_hf_vit(tmp_path / "hf")
     for spec, weights in ((TINY_VIT, ["--weights", str(w)]), (f"hf:{folder}", [])):
-        out = tmp_path / spec[:2]
+        out = tmp_path / f"run-{spec[:2]}"  # not the HF folder itself: --out a folder of files is refused
         assert main(["explain", "--model", spec, *weights, "--num-classes", "10", "--images", str(tmp_path / "x"),
                      "--methods", "saliency", "--no-png", "--out", str(out)]) == 0
         config = json.loads((out / "manifest.json").read_text())["config"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from xailab.cli import main
-from xailab.explain import explain_to_run
+from xailab.jobs.explain_images import explain_images
 from xailab.report import site as site_mod
 from xailab.report.comparison import agreement_matrix
 from xailab.report.html import CSP, esc
@@ -31,7 +31,7 @@ def make_explain(path: Path, png: bool = False) -> Run:
     torch.manual_seed(0)
     model = TinyCNN().eval()
     x = torch.randn(3, 3, 8, 8)
-    return explain_to_run(model, x, out=path, methods=["saliency", "gradcam"], targets=["true", "top1"],
+    return explain_images(model, x, out=path, methods=["saliency", "gradcam"], targets=["true", "top1"],
                           labels=torch.tensor([0, 1, 4]), names=["a", "<b>bold</b>", "c"],
                           class_names=CLASSES, png=png, log=lambda s: None)
 

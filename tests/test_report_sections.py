@@ -37,13 +37,13 @@ HOSTILE_RUN = "<img src=x onerror=alert(1)>"  # a folder name may hold this (no 
 
 # -- runs --------------------------------------------------------------------------------------------------
 def make_concepts(path: Path) -> Run:
-    from xailab.concepts.ice_run import ice_to_run
     from xailab.concepts.tcav import run_tcav, tcav_to_run
+    from xailab.jobs.ice import ice_images
 
     torch.manual_seed(0)
     model = TinyCNN().eval()
     x = torch.rand(12, 3, 8, 8)
-    run = ice_to_run(model, x, out=path, labels=torch.arange(12) % 5, class_names=CLASSES, n_concepts=3,
+    run = ice_images(model, x, out=path, labels=torch.arange(12) % 5, class_names=CLASSES, n_concepts=3,
                      layer="features.3", curve=(2, 3), curve_images=12, png=True, gallery=2, log=lambda s: None)
     g = torch.Generator().manual_seed(1)
     concepts = {EVIL: torch.rand(6, 3, 8, 8, generator=g), "stripes": torch.rand(6, 3, 8, 8, generator=g)}
@@ -65,12 +65,12 @@ def make_dissection(path: Path) -> Run:
 
 
 def make_audit(path: Path) -> Run:
-    from xailab.audit.jobs import adversarial_to_run
+    from xailab.jobs.audit_writers import adversarial_images
 
     torch.manual_seed(0)
     model = TinyCNN().eval()
     x = torch.rand(4, 3, 8, 8)
-    run, _, _ = adversarial_to_run(model, x, torch.tensor([0, 1, 2, 3]), attack="fgsm", attack_params={"eps": 0.1},
+    run, _, _ = adversarial_images(model, x, torch.tensor([0, 1, 2, 3]), attack="fgsm", attack_params={"eps": 0.1},
                                    methods=["saliency"], out=path, class_names=CLASSES, png=1)
     run.write_table("detection", pd.DataFrame({
         "class": [0, 1], "name": [EVIL, "dog"], "n": [50, 50], "spray_k": [2, 1], "spray_gap": [0.95, 0.4],

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from xailab.cli import build_parser, main
-from xailab.recipe import Step, command_line
+from xailab.steps import Step, command_line
 from xailab.studies import STUDIES
 
 NAMES = ("cifar10_cnn", "fashion_mnist")

@@ -76,7 +76,7 @@ def test_dry_run_prints_every_command_and_runs_nothing(
 def test_every_step_parses_with_the_real_cli(name: str, extra: list[str], tmp_path: Path) -> None:
     """A renamed flag, command or method breaks this test, not a user's run."""
     from xailab.core.registry import METHODS
-    from xailab.explain import method_names
+    from xailab.jobs.explain_images import method_names
     from xailab.methods.gradient.baselines import Baseline
 
     parser = build_parser()
@@ -172,12 +172,12 @@ def tiny_factory(num_classes: int = 3, in_channels: int = 3) -> torch.nn.Module:
 
 
 def _ig_run(path: Path, baseline: str, dtype: torch.dtype = torch.float64, methods: str = "integrated_gradients") -> Run:
-    from xailab.explain import explain_to_run
+    from xailab.jobs.explain_images import explain_images
 
     model = tiny_factory().to(dtype)
     images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1)).to(dtype)  # float32-exact
     params = {"integrated_gradients": {"n_steps": 8, "baseline": baseline}} if "integrated" in methods else {}
-    return explain_to_run(model, images, out=path, methods=methods.split(","), targets=["top1", "top2"],
+    return explain_images(model, images, out=path, methods=methods.split(","), targets=["top1", "top2"],
                           method_params=params, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), batch_size=20,
                           png=False, config={"model": "tests.test_studies_b:tiny_factory"}, log=lambda _: None)
 
@@ -185,7 +185,7 @@ def _ig_run(path: Path, baseline: str, dtype: torch.dtype = torch.float64, metho
 @pytest.mark.reference
 @pytest.mark.parametrize("baseline", ["black", "uniform", "gaussian", "adversarial"])
 def test_crosscheck_matches_captum_in_float64(baseline: str, tmp_path: Path) -> None:
-    from xailab.crosscheck import crosscheck_run
+    from xailab.jobs.crosscheck import crosscheck_run
 
     run = _ig_run(tmp_path / "run", baseline)
     model = tiny_factory().double()
@@ -213,7 +213,7 @@ def test_crosscheck_cli_float32_run(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_crosscheck_without_ig_says_how_to_make_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from xailab.crosscheck import crosscheck_run
+    from xailab.jobs.crosscheck import crosscheck_run
 
     run = _ig_run(tmp_path / "run", "black", methods="saliency")
     with pytest.raises(RunError, match=r"no integrated_gradients explanation \(it has: saliency\).*xailab explain"):
@@ -225,7 +225,7 @@ def test_crosscheck_without_ig_says_how_to_make_it(tmp_path: Path, capsys: pytes
 
 
 def test_crosscheck_without_captum_names_the_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from xailab.crosscheck import crosscheck_run
+    from xailab.jobs.crosscheck import crosscheck_run
 
     run = _ig_run(tmp_path / "run", "black")
     monkeypatch.setitem(sys.modules, "captum.attr", None)  # import fails as if not installed
@@ -271,7 +271,7 @@ def test_crosscheck_refuses_a_rule_captum_does_not_have(tmp_path: Path) -> None:
     import json
 
     from xailab.core.errors import InputError
-    from xailab.crosscheck import crosscheck_run
+    from xailab.jobs.crosscheck import crosscheck_run
 
     run = _ig_run(tmp_path / "run", "black")
     manifest = run.path / "explanations" / "integrated_gradients" / "manifest.json"

@@ -11,7 +11,7 @@
 5. explains photos shipped inside scikit-image with the pretrained EfficientNet-Lite0 (PyPI);
 6. publishes it all as a static report and prints its path.
 
-It is a recipe of CLI commands (each printed before it runs), so every step can be rerun or
+It is a list of CLI command steps (:mod:`xailab.steps`, each printed before it runs), so every step can be rerun or
 changed by hand; a rerun resumes and skips what is finished.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from xailab.core.errors import DataError
-from xailab.recipe import Step, run_steps
+from xailab.steps import Command, Step, run_steps
 
 GRADIENT_AND_CAM = "saliency,input_x_gradient,integrated_gradients,smoothgrad,deeplift,lrp_epsilon_plus,gradcam,gradcam_pp,score_cam"
 PERTURBATION = "occlusion,lime,kernel_shap"
@@ -48,7 +48,9 @@ def write_photos(folder: Path) -> Path:
     return folder
 
 
-def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, log: Callable[[str], None] = print) -> Path:
+def run_demo(out: str | Path = "runs/demo", *, command: Command, quick: bool = False,
+             log: Callable[[str], None] = print) -> Path:
+    """Run the demo's steps with ``command`` (``xailab.cli.main``); returns ``out``."""
     out = Path(out)
     fmnist = Path("/usr/share/datasets/fashion-mnist")
     if not fmnist.is_dir():
@@ -96,7 +98,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, log: Callabl
           str(out / "patch"), str(out / "backdoor-audit"), str(out / "photos-explain"),
           "--out", str(out / "report"), "--title", "xailab demo"]),
     ]
-    seconds = run_steps(steps, log=log)
+    seconds = run_steps(steps, command=command, log=log)
     log(f"\ndemo finished in {seconds:.0f} s.")
     log(f"report: {(out / 'report' / 'index.html').resolve()}   (open it in a browser; works offline)")
     return out

@@ -19,12 +19,12 @@ HELP = "compare a run's methods: agreement, deletion/insertion, sanity check, ti
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from xailab.cli.common import add_model_arguments
+    from xailab.distributed.options import add_backend_arguments
+
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("run", help="run directory written by `xailab explain`")
-    p.add_argument("--model", help="zoo name, TorchScript file, or package.module:factory (default: the run's)")
-    p.add_argument("--weights", help="weights file (default: the run's)")
-    p.add_argument("--pretrained", action="store_true", help="a zoo model with its published weights (default: as the run was made)")
-    p.add_argument("--num-classes", type=int, help="number of classes of a zoo model, if not its default")
+    add_model_arguments(p, from_run=True)
     p.add_argument("--methods", help="comma-separated subset of the run's methods (default: all)")
     p.add_argument("--reference", help="method avg_iou compares with (default: gradcam if present)")
     p.add_argument("--top", type=float, default=10.0, help="top region for IoU, in percent of pixels (default 10)")
@@ -39,66 +39,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--batch-size", type=int, default=64, help="most perturbed images in one forward pass")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
-    from xailab.distributed.options import add_backend_arguments
-
     add_backend_arguments(p)  # with --backend ray: faithfulness (the per-image part) runs on Ray
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from xailab.core.errors import InputError
+    from xailab.cli.common import model_override, names
     from xailab.distributed.options import backend_from_args
-    from xailab.metrics.scoreboard import CompareSettings, compare_run, format_board
-    from xailab.runs import Run, RunError
+    from xailab.jobs.compare import CompareSpec, compare_to_run
+    from xailab.metrics.scoreboard import CompareSettings, format_board
 
-    if not 0 < args.top <= 100:
-        raise InputError(f"--top is a percentage of pixels in (0, 100], got {args.top}")
-    run_ = Run.open(args.run)
-    config = run_.manifest.get("config", {})
-    spec = args.model or config.get("model")
-    weights = args.weights if args.weights is not None else (config.get("weights") if not args.model else None)
-    if not spec:
-        raise RunError(f"run {run_.path} does not record its model; pass --model (and --weights)")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    try:
-        from xailab.models import create_model, load_model
-    except ImportError as e:  # the model zoo is a separate room of the package
-        raise RunError(f"cannot load model {spec!r}: xailab.models is not available ({e})") from None
-    num_classes = args.num_classes or config.get("num_classes")
-    if args.pretrained or (not args.model and not weights and config.get("pretrained")):
-        model = create_model(spec, pretrained=True, num_classes=num_classes).to(device)
-    else:
-        model = load_model(spec, weights, num_classes=num_classes).to(device)
     target: str | int = int(args.target) if args.target.lstrip("-").isdigit() else args.target
     settings = CompareSettings(
         top=args.top / 100.0, steps=args.steps, deletion_fill=args.fill, faithfulness_runs=args.runs,
         sanity=not args.no_sanity, sanity_images=args.sanity_images, sanity_steps=args.sanity_steps,
         batch_size=args.batch_size, target=target, seed=args.seed,
     )
-    methods = [_canonical(m) for m in args.methods.split(",") if m.strip()] if args.methods else None
-    reference = _canonical(args.reference) if args.reference else None
-    backend = backend_from_args(args)
-    if backend is not None:
-        from xailab.distributed.faithfulness import faithfulness_on_ray
-
-        faithfulness_on_ray(run_, model, settings, backend=backend, methods=methods)
-    board = compare_run(run_, model, reference=reference, methods=methods, settings=settings,
-                        figures_on=not args.no_figures)
+    spec = CompareSpec(model=model_override(args), settings=settings, methods=names(args.methods) or None,
+                       reference=args.reference, figures=not args.no_figures, backend=backend_from_args(args))
+    run_ = compare_to_run(spec, args.run)
+    compare = run_.manifest.get("compare", {})
     print()
-    print(format_board(board, run_.manifest.get("compare", {}).get("reference", "")))
+    print(format_board(run_.read_table("scoreboard"), compare.get("reference", "")))
     print(f"\ntables: agreement, agreement_images, faithfulness, sanity, scoreboard in {run_.path / 'tables'}")
     if not args.no_figures:
         print(f"figures: {run_.path / 'files' / 'metrics'}")
     return 0
-
-
-def _canonical(name: str) -> str:
-    """The registered name of a method (aliases such as ``ig`` resolved), else ``name`` as given."""
-    from xailab.core.registry import METHODS, RegistryError
-
-    try:
-        return METHODS.canonical(name.strip())
-    except RegistryError:
-        return name.strip()

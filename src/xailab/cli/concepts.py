@@ -19,18 +19,16 @@ Examples:
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 HELP = "concepts of a layer: ICE discovery (NMF), applying fitted concepts, TCAV significance tests"
 
 
 def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required, help="zoo name, TorchScript file, or package.module:factory")
-    p.add_argument("--weights", help="weights file (safetensors, or a state dict; never unpickled)")
-    p.add_argument("--num-classes", type=int, help="number of classes of a zoo model, if not its default")
+    from xailab.cli.common import add_model_arguments
+
+    add_model_arguments(p, required=required, from_run=not required)
     p.add_argument("--data-root", help="where the dataset of --images lies (folder or archive)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     p.add_argument("--progress", action="store_true", help="show progress bars")
 
 
@@ -81,29 +79,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tc.add_argument("--out", required=True, help="run directory")
 
 
-def _setup(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    import torch
-
-    from xailab.models import get_preprocessing, load_model
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model = load_model(args.model, args.weights, num_classes=args.num_classes).to(device)
-    return model, get_preprocessing(model), device
-
-
-def _images(spec: str, prep: Any, root: str | None) -> tuple[Any, Any, list[str], list[str] | None, Any]:
-    from xailab.data import load_images
-
-    x, y, names, ds = load_images(spec, prep, root=root)
-    if prep is not None:
-        display = prep.denormalize
-    elif ds is not None and ds.normalize:
-        display = ds.preprocessing.denormalize
-    else:
-        display = None
-    return x, y, names, (list(ds.classes) if ds is not None else None), display
-
-
 def run(args: argparse.Namespace) -> int:
     from xailab.core.errors import InputError
 
@@ -117,25 +92,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _ice(args: argparse.Namespace) -> int:
-    from xailab.concepts.ice_run import ice_to_run
+    from xailab.cli.common import model_spec
+    from xailab.jobs.concepts import IceSpec, ice_to_run
 
-    model, prep, device = _setup(args)
-    x, y, names, classes, display = _images(args.images, prep, args.data_root)
-    curve = [int(v) for v in args.curve.split(",") if v.strip()] if args.curve else []
-    print(f"ICE over {len(x)} images, {args.concepts} concepts")
-    run_ = ice_to_run(
-        model, x.to(device), out=args.out, labels=y, names=names, class_names=classes, display=display,
-        n_concepts=args.concepts, layer=args.layer, curve=curve, curve_images=args.curve_images,
-        batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, clamp=args.clamp,
-        presence=args.presence, gallery=args.gallery, png=not args.no_png, progress=args.progress,
-        config={"model": args.model, "weights": args.weights, "num_classes": args.num_classes,
-                "images": args.images, "data_root": args.data_root, "device": device},
+    spec = IceSpec(
+        model=model_spec(args), images=args.images, data_root=args.data_root, layer=args.layer,
+        concepts=args.concepts, curve=tuple(int(v) for v in args.curve.split(",") if v.strip()) if args.curve else (),
+        curve_images=args.curve_images, epochs=args.epochs, seed=args.seed, clamp=args.clamp, presence=args.presence,
+        gallery=args.gallery, png=not args.no_png, batch_size=args.batch_size, progress=args.progress,
     )
-    imp = run_.read_table("ice_importance")
-    top = imp.loc[imp.groupby("class")["contribution"].idxmax()]
-    print("most contributing concept per class:")
-    for _, r in top.iterrows():
-        print(f"  {r['class_name']:>12s}: concept {int(r['concept'])} (presence {r['presence']:.2f})")
+    run_ = ice_to_run(spec, args.out)
     print(f"run: {run_.path}")
     if not args.no_png:
         print(f"figures: {run_.path / 'files' / 'ice'}")
@@ -143,78 +109,27 @@ def _ice(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from xailab.concepts.ice_run import explain_to_run
-    from xailab.runs.store import Run
+    from xailab.cli.common import model_override
+    from xailab.jobs.concepts import ConceptMapsSpec, concept_maps_to_run
 
-    run_ = Run.open(args.run)
-    cfg = run_.manifest.get("config", {})
-    for key in ("model", "weights", "num_classes", "data_root"):
-        if getattr(args, key, None) is None and cfg.get(key) is not None:
-            setattr(args, key, cfg[key])
-    if args.model is None:
-        from xailab.core.errors import InputError
-
-        raise InputError("the run does not record its model: pass --model (and --weights)")
-    model, prep, device = _setup(args)
-    x, _, names, _, display = _images(args.images, prep, args.data_root)
-    cm = explain_to_run(model, run_, x.to(device), names=names, display=display, top=args.top,
-                        batch_size=args.batch_size, png=not args.no_png)
-    for i, name in enumerate(names):
-        order = cm.contribution[i].argsort(descending=True)[: args.top].tolist()
-        parts = ", ".join(f"c{c} {float(cm.contribution[i, c]):+.2f}" for c in order)
-        print(f"{name}: class {int(cm.targets[i])}; top concepts {parts}")
+    spec = ConceptMapsSpec(images=args.images, model=model_override(args), data_root=args.data_root,
+                           top=args.top, png=not args.no_png, batch_size=args.batch_size)
+    run_ = concept_maps_to_run(spec, args.run)
     if not args.no_png:
         print(f"figures: {run_.path / 'files' / 'ice' / 'explain'}")
     return 0
 
 
 def _tcav(args: argparse.Namespace) -> int:
-    import torch
+    from xailab.cli.common import model_spec
+    from xailab.jobs.concepts import TcavSpec, tcav_to_run
 
-    from xailab.concepts.tcav import load_concept_images, random_subsets, run_tcav, tcav_to_run
-    from xailab.core.errors import InputError
-
-    model, prep, device = _setup(args)
-    concepts = {}
-    for item in args.concept:
-        name, sep, folder = item.partition("=")
-        if not sep or not name or not folder:
-            raise InputError(f"--concept expects NAME=FOLDER, got {item!r}")
-        concepts[name] = load_concept_images(folder, prep)[0].to(device)
-    pool, _, _, _, _ = _images(args.random, prep, args.data_root)
-    size = args.random_size or min(100, max(len(c) for c in concepts.values()))
-    sets = [pool[i].to(device) for i in random_subsets(len(pool), args.runs + 1, size, seed=args.seed)]
-    x, y, _, classes, _ = _images(args.images, prep, args.data_root)
-    if y is None:
-        with torch.no_grad():
-            y = torch.cat([model(x[i : i + args.batch_size].to(device)).argmax(1).cpu()
-                           for i in range(0, len(x), args.batch_size)])
-        print("the images have no labels: classes are the model's predictions")
-    wanted = _parse_classes(args.classes, classes, int(y.max()) + 1)
-    class_images = {k: x[(y == k).nonzero().flatten()[: args.max_per_class]].to(device) for k in wanted}
-    print(f"TCAV at {args.layer}: {len(concepts)} concepts x {len(wanted)} classes, {args.runs} runs, random sets of {size}")
-    res = run_tcav(model, args.layer, concepts, sets, class_images, class_names=classes,
-                   batch_size=args.batch_size, seed=args.seed, classifier=args.classifier, alpha=args.alpha)
-    run_ = tcav_to_run(res, args.out, png=not args.no_png,
-                       config={"model": args.model, "weights": args.weights, "layer": args.layer})
-    cols = ["concept", "class_name", "score_mean", "score_std", "random_mean", "p_value", "significant", "cav_accuracy"]
-    print(res.table[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    spec = TcavSpec(
+        model=model_spec(args), layer=args.layer, concepts=tuple(args.concept), random=args.random,
+        images=args.images, data_root=args.data_root, random_size=args.random_size, runs=args.runs,
+        classes=args.classes, max_per_class=args.max_per_class, classifier=args.classifier, alpha=args.alpha,
+        seed=args.seed, png=not args.no_png, batch_size=args.batch_size,
+    )
+    run_ = tcav_to_run(spec, args.out)
     print(f"run: {run_.path}")
     return 0
-
-
-def _parse_classes(text: str | None, classes: list[str] | None, n: int) -> list[int]:
-    from xailab.core.errors import TargetError
-
-    if not text:
-        return list(range(len(classes) if classes else n))
-    out = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        if part.isdigit():
-            out.append(int(part))
-        elif classes and part in classes:
-            out.append(classes.index(part))
-        else:
-            known = ", ".join(classes) if classes else f"0..{n - 1}"
-            raise TargetError(f"unknown class {part!r}; known: {known}")
-    return out

@@ -18,46 +18,29 @@ HELP = "check a run's IG maps against Captum's on the same model, images and bas
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from xailab.crosscheck import METHODS, REFERENCES
+    from xailab.cli.common import add_model_arguments
 
     p.add_argument("run", help="run directory written by `xailab explain` (with integrated_gradients)")
     p.add_argument("--method", default="integrated_gradients",
-                   help=f"the run's name of the method to check ({', '.join(METHODS)}, or a NAME given as "
+                   help="the run's name of the method to check (integrated_gradients, or a NAME given as "
                         "NAME=integrated_gradients to `xailab explain`)")
-    p.add_argument("--against", default="captum", choices=REFERENCES, help="the reference library")
-    p.add_argument("--model", help="zoo name, TorchScript file, or package.module:factory (default: the run's)")
-    p.add_argument("--weights", help="weights file (default: the run's)")
-    p.add_argument("--pretrained", action="store_true", help="a zoo model with its published weights")
-    p.add_argument("--num-classes", type=int, help="number of classes of a zoo model, if not its default")
+    p.add_argument("--against", default="captum", help="the reference library (captum)")
+    add_model_arguments(p, from_run=True, device="cpu")
     p.add_argument("--batch-size", type=int, help="most samples in one forward pass (default: the run's)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default cpu: the run's maps were "
-                   "usually made there, and the check compares digits)")
 
 
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
-    import torch
 
-    from xailab.crosscheck import crosscheck_run, summary
-    from xailab.models import create_model, load_model
-    from xailab.runs import Run, RunError
+    from xailab.cli.common import model_override
+    from xailab.jobs.crosscheck import TABLE, CrosscheckSpec, crosscheck_to_run
 
-    run_ = Run.open(args.run)
-    config = run_.manifest.get("config", {})
-    spec = args.model or config.get("model")
-    if not spec:
-        raise RunError(f"run {run_.path} does not record its model; pass --model (and --weights)")
-    weights = args.weights if args.weights is not None else (config.get("weights") if not args.model else None)
-    pretrained = args.pretrained or (not args.model and bool(config.get("pretrained")))
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    num_classes = args.num_classes or config.get("num_classes")
-    if pretrained and not weights:
-        model = create_model(spec, pretrained=True, num_classes=num_classes)
-    else:
-        model = load_model(spec, weights, num_classes=num_classes)
-    table = crosscheck_run(run_, model.to(device), method=args.method, against=args.against,
-                           batch_size=args.batch_size)
+    spec = CrosscheckSpec(model=model_override(args), method=args.method, against=args.against,
+                          batch_size=args.batch_size)
+    run_ = crosscheck_to_run(spec, args.run)
+    part = f"{args.method}-{args.against}"
+    rows = len(pd.read_parquet(run_.table_dir(TABLE) / f"{part}.parquet"))
     with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(summary(table).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print(f"\ntable: crosscheck ({len(table)} rows, part {args.method}-{args.against}) in {run_.path / 'tables'}")
+        print(pd.DataFrame(run_.manifest[TABLE][part]).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"\ntable: crosscheck ({rows} rows, part {part}) in {run_.path / 'tables'}")
     return 0

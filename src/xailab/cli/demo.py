@@ -13,7 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xailab.cli import main
     from xailab.demo import run_demo
 
-    run_demo(args.out, quick=args.quick)
+    run_demo(args.out, command=main, quick=args.quick)
     return 0

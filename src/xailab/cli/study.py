@@ -1,4 +1,4 @@
-"""Run one of the four classic XAI studies as a recipe of xailab commands.
+"""Run one of the four classic XAI studies as a list of xailab command steps.
 
 Each study prints every command before it runs it, resumes when rerun, and ends with a report.
 ``--dry-run`` prints the commands only. See docs/studies/ for what each study shows.
@@ -28,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xailab.cli import main
     from xailab.core.errors import XailabError
-    from xailab.recipe import run_steps
+    from xailab.steps import run_steps
     from xailab.studies import STUDIES
 
     if args.study in (None, "list"):
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     steps = study.steps(args)
     if not steps:
         raise XailabError(f"study {study.name} has no steps for these options")
-    seconds = run_steps(steps, dry_run=args.dry_run)
+    seconds = run_steps(steps, command=main, dry_run=args.dry_run)
     if not args.dry_run:
         print(f"\nstudy {study.name} finished in {seconds:.0f} s.")
     return 0

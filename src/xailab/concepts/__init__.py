@@ -4,7 +4,7 @@
   bounded memory); shared by every concept tool.
 * :mod:`.nmf`: online non-negative matrix factorisation in torch.
 * :mod:`.ice`: ICE concept discovery (Zhang et al. 2021): NMF concepts of a ReLU layer, concept
-  maps, per-class importance and presence, fidelity; :mod:`.ice_run` stores it all in a run.
+  maps, per-class importance and presence, fidelity (:mod:`xailab.jobs.ice` stores it all in a run).
 * :mod:`.tcav`: TCAV with user concepts (Kim et al. 2018): CAVs, scores, significance test.
 
     basis = fit_ice(model, images, n_concepts=10, layer="layer3")
@@ -22,7 +22,6 @@ from xailab.concepts.ice import (
     fit_concepts,
     fit_ice,
 )
-from xailab.concepts.ice_run import explain_to_run, ice_to_run
 from xailab.concepts.nmf import OnlineNMF, nnls
 from xailab.concepts.tcav import CAV, TCAVResult, run_tcav, tcav_score, tcav_to_run, train_cav
 
@@ -37,11 +36,9 @@ __all__ = [
     "analyse_ice",
     "collect_activations",
     "explain_concepts",
-    "explain_to_run",
     "fidelity_curve",
     "fit_concepts",
     "fit_ice",
-    "ice_to_run",
     "iter_activations",
     "nnls",
     "run_tcav",

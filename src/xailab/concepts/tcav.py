@@ -197,15 +197,7 @@ def run_tcav(
         alpha: significance level before the Bonferroni correction over concept-class pairs.
     """
     start = time.perf_counter()
-    if not concepts:
-        raise InputError("no concepts to test")
-    if len(random_sets) < 3:
-        raise InputError(
-            f"the significance test needs at least 3 random sets (2 runs), got {len(random_sets)}; "
-            "use 10 or more runs"
-        )
-    if not class_images:
-        raise InputError("no classes to test (give images of at least one class)")
+    _check_sets(concepts, random_sets, class_images)
     name, module = resolve_layer(model, layer)
 
     def acts(src: ImageSource, what: str) -> Tensor:
@@ -230,19 +222,38 @@ def run_tcav(
         for cname, cl in cavs.items():
             s = np.array([tcav_score(grads, c) for c in cl])
             scores[(cname, int(cls))] = s
-            p = _two_sided_p(s, rs)
-            rows.append({
-                "concept": cname, "class": int(cls),
-                "class_name": str(class_names[cls]) if class_names is not None and int(cls) < len(class_names) else str(cls),
-                "layer": name, "n_images": len(grads), "n_runs": len(s),
-                "score_mean": float(s.mean()), "score_std": float(s.std()),
-                "random_mean": float(rs.mean()), "random_std": float(rs.std()),
-                "p_value": p, "alpha": alpha, "n_tests": m, "significant": bool(p < alpha / m),
-                "cav_accuracy": float(np.nanmean([c.accuracy for c in cl])),
-                "random_cav_accuracy": float(np.nanmean([c.accuracy for c in null])),
-            })
+            label = str(class_names[cls]) if class_names is not None and int(cls) < len(class_names) else str(cls)
+            rows.append(_row(cname, int(cls), label, name, len(grads), s, rs, cl, null, alpha, m))
     cavs["random0"] = null
     return TCAVResult(pd.DataFrame(rows), scores, rscores, cavs, time.perf_counter() - start)
+
+
+def _check_sets(concepts: Mapping[str, ImageSource], random_sets: Sequence[ImageSource],
+                class_images: Mapping[int, ImageSource]) -> None:
+    if not concepts:
+        raise InputError("no concepts to test")
+    if len(random_sets) < 3:
+        raise InputError(
+            f"the significance test needs at least 3 random sets (2 runs), got {len(random_sets)}; "
+            "use 10 or more runs"
+        )
+    if not class_images:
+        raise InputError("no classes to test (give images of at least one class)")
+
+
+def _row(concept: str, cls: int, class_name: str, layer: str, n_images: int, s: np.ndarray, rs: np.ndarray,
+         cavs: list[CAV], null: list[CAV], alpha: float, m: int) -> dict[str, Any]:
+    """The summary row of one concept and class: scores against the random runs' (``m`` tests)."""
+    p = _two_sided_p(s, rs)
+    return {
+        "concept": concept, "class": cls, "class_name": class_name,
+        "layer": layer, "n_images": n_images, "n_runs": len(s),
+        "score_mean": float(s.mean()), "score_std": float(s.std()),
+        "random_mean": float(rs.mean()), "random_std": float(rs.std()),
+        "p_value": p, "alpha": alpha, "n_tests": m, "significant": bool(p < alpha / m),
+        "cav_accuracy": float(np.nanmean([c.accuracy for c in cavs])),
+        "random_cav_accuracy": float(np.nanmean([c.accuracy for c in null])),
+    }
 
 
 def tcav_to_run(result: TCAVResult, out: str | Path | Run, *, config: dict[str, Any] | None = None,

@@ -4,6 +4,7 @@
   module's ``training`` flag, every parameter's ``requires_grad`` and ``.grad`` restored.
 * :class:`HookScope`: collects hook handles; leaving the ``with`` block removes them all, also
   when the model raised.
+* :func:`resolve_device`: ``auto`` -> CUDA when available, else CPU (one rule for every command).
 * :func:`resolve_layer` / :func:`conv_layers`: find a layer by name, with the candidates listed
   when the name is wrong.
 """
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from xailab.core.errors import LayerError
+from xailab.core.errors import LayerError, ModelError
 
 
 @contextmanager
@@ -48,6 +49,19 @@ def model_session(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Mo
         with torch.no_grad():
             for b, saved in buffers:
                 b.copy_(saved)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/``None`` -> CUDA when available, else CPU; a CUDA device without a GPU is refused."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelError(f"unknown device {device!r}: give cpu, cuda, cuda:N or auto") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' was asked for, but no CUDA GPU is available (use --device cpu)")
+    return dev
 
 
 def model_device(model: nn.Module) -> torch.device:

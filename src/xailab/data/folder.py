@@ -303,6 +303,23 @@ def list_image_folder(
     )
 
 
+def _signature(root: Path, archive: bool) -> tuple[str, bool, list[str]]:
+    """What identifies the folder's content for the cache (the archive's size and time, or each
+    image's), whether it is big enough to cache by default, and the directory's listing."""
+    stat = root.stat()
+    if archive:
+        return f"{_CACHE_VERSION}|{root.resolve()}|{stat.st_size}|{stat.st_mtime_ns}", stat.st_size > 4 << 20, []
+    listing = _list_dir(root)
+    h = hashlib.sha1()
+    n_images = 0
+    for f in listing:
+        if is_image_name(f):
+            n_images += 1
+            st = (root / f).stat()
+            h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return f"{_CACHE_VERSION}|{root.resolve()}|{h.hexdigest()}", n_images >= CACHE_MIN_IMAGES, listing
+
+
 # -- entry point --------------------------------------------------------------------------------
 def read_image_folder(
     root: str | Path,
@@ -332,22 +349,7 @@ def read_image_folder(
     archive = root.is_file()
     if archive and not is_archive(root):
         raise DataError(f"{root} is a file, not a folder or a .tar.gz of images")
-    stat = root.stat()
-    listing: list[str] = []
-    if archive:
-        signature = f"{_CACHE_VERSION}|{root.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        big = stat.st_size > 4 << 20
-    else:
-        listing = _list_dir(root)
-        h = hashlib.sha1()
-        n_images = 0
-        for f in listing:
-            if is_image_name(f):
-                n_images += 1
-                st = (root / f).stat()
-                h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        signature = f"{_CACHE_VERSION}|{root.resolve()}|{h.hexdigest()}"
-        big = n_images >= CACHE_MIN_IMAGES
+    signature, big, listing = _signature(root, archive)
     signature += f"|{split}|{list(classes) if classes else None}|{size}|{channels}|{max_images}"
     use_cache = big if cache is None else cache
     cfile = _cache_file(signature)

@@ -3,7 +3,7 @@
 Of what ``compare`` computes, faithfulness is the part that grows with the dataset: per image and
 method, deletion and insertion curves (``steps + 1`` model evaluations each) and the
 faithfulness correlation (``runs + 1``). It is computed here over (method, shard) tasks with the
-same functions and arguments as :func:`xailab.metrics.scoreboard.compare_run`, into the same
+same functions and arguments as :func:`xailab.jobs.compare.compare_run`, into the same
 tables (``faithfulness``, ``faithfulness_curves``) and with the same completion record, so
 ``compare_run`` then finds them done and computes only what is cheap (agreement between maps,
 the randomisation test on a few images, the scoreboard). Per-image draws are keyed by the global
@@ -67,6 +67,7 @@ def faithfulness_on_ray(run: Run, model: nn.Module, settings: Any, *, backend: A
     """
     from dataclasses import asdict
 
+    from xailab.metrics import compare_parts as parts
     from xailab.metrics import scoreboard as sb
 
     expl = sb.load_explanations(run, methods)
@@ -76,10 +77,10 @@ def faithfulness_on_ray(run: Run, model: nn.Module, settings: Any, *, backend: A
     cfg = asdict(settings)
     fspec = settings.spec("steps", "deletion_fill", "insertion_fill", "faithfulness_runs", "faithfulness_subset",
                           "batch_size", "target", "seed")
-    done = sb.parts_done(run)
+    done = parts.parts_done(run)
     todo: dict[str, str] = {}
     for m in expl:
-        mspec = f"{fspec}:{sb.explanation_key(run, m)}"
+        mspec = f"{fspec}:{parts.explanation_key(run, m)}"
         if not (run.has_part("faithfulness", m) and done.get(f"faithfulness/{m}") == mspec):
             todo[m] = mspec
     if not todo:
@@ -112,26 +113,33 @@ def faithfulness_on_ray(run: Run, model: nn.Module, settings: Any, *, backend: A
     if tasks:
         backend.drive(model, run, tasks, put, submit, store, what="faithfulness", n_shards=len(plan))
     for m, mspec in todo.items():
-        rows = read_rows(run.path, stage[m], plan, mspec)
-        t = tgts[m].numpy()
-        run.write_table("faithfulness", pd.DataFrame({
-            "image": np.arange(n), "name": names, "method": m, "target": t,
-            "deletion_auc": rows["deletion_auc"].to_numpy(), "insertion_auc": rows["insertion_auc"].to_numpy(),
-            "faithfulness_corr": rows["faithfulness_corr"].to_numpy(),
-        }), part=m)
-        dcurve = np.stack(rows["deletion_curve"].to_list()).mean(axis=0)
-        icurve = np.stack(rows["insertion_curve"].to_list()).mean(axis=0)
-        fractions = np.linspace(0.0, 1.0, len(dcurve))
-        run.write_table("faithfulness_curves", pd.DataFrame({
-            "method": m, "kind": ["deletion"] * len(dcurve) + ["insertion"] * len(icurve),
-            "fraction": np.concatenate([_fractions(run, stage[m], plan, fractions)] * 2),
-            "score": np.concatenate([dcurve, icurve]),
-        }), part=m)
-        sb.mark_done(run, f"faithfulness/{m}", mspec)
-        remove(run.path, stage[m])
-        log(f"{m}: deletion AUC {float(rows['deletion_auc'].mean()):.4f}, insertion AUC "
-            f"{float(rows['insertion_auc'].mean()):.4f} (on ray)")
+        _join(run, m, stage[m], plan, mspec, names, tgts[m].numpy(), log)
     return list(todo)
+
+
+def _join(run: Run, m: str, stage: str, plan: list[Shard], mspec: str, names: Any, t: np.ndarray,
+          log: Callable[[str], None]) -> None:
+    """Write method ``m``'s complete shards as the run's faithfulness tables, then drop the shards."""
+    from xailab.metrics import compare_parts as parts
+
+    rows = read_rows(run.path, stage, plan, mspec)
+    run.write_table("faithfulness", pd.DataFrame({
+        "image": np.arange(len(t)), "name": names, "method": m, "target": t,
+        "deletion_auc": rows["deletion_auc"].to_numpy(), "insertion_auc": rows["insertion_auc"].to_numpy(),
+        "faithfulness_corr": rows["faithfulness_corr"].to_numpy(),
+    }), part=m)
+    dcurve = np.stack(rows["deletion_curve"].to_list()).mean(axis=0)
+    icurve = np.stack(rows["insertion_curve"].to_list()).mean(axis=0)
+    fractions = np.linspace(0.0, 1.0, len(dcurve))
+    run.write_table("faithfulness_curves", pd.DataFrame({
+        "method": m, "kind": ["deletion"] * len(dcurve) + ["insertion"] * len(icurve),
+        "fraction": np.concatenate([_fractions(run, stage, plan, fractions)] * 2),
+        "score": np.concatenate([dcurve, icurve]),
+    }), part=m)
+    parts.mark_done(run, f"faithfulness/{m}", mspec)
+    remove(run.path, stage)
+    log(f"{m}: deletion AUC {float(rows['deletion_auc'].mean()):.4f}, insertion AUC "
+        f"{float(rows['insertion_auc'].mean()):.4f} (on ray)")
 
 
 def _fractions(run: Run, name: str, plan: list[Shard], default: np.ndarray) -> np.ndarray:

@@ -175,6 +175,26 @@ def _similarity(orig: Tensor, new: Tensor) -> tuple[Tensor, Tensor]:
     return sp, ss
 
 
+def _plan(work: nn.Module, modules: dict[str, nn.Module], layers: Sequence[str] | None,
+          max_steps: int | None) -> tuple[list[str], list[int]]:
+    """The layers to randomise, in order, and the steps (indices into them) that re-explain."""
+    order = list(layers) if layers is not None else randomisable_layers(work)
+    for n in order:
+        if n not in modules or not n:
+            from xailab.core.hooks import resolve_layer
+
+            resolve_layer(work, n)  # raises with the closest names
+    if not order:
+        raise InputError("the model has no layer with parameters to randomise")
+    steps = list(range(len(order)))
+    if max_steps is not None and max_steps < len(order):
+        if max_steps < 1:
+            raise InputError(f"max_steps must be >= 1, got {max_steps}")
+        last = len(order) - 1  # always the last step; the first too when there is room
+        steps = [last] if max_steps == 1 else sorted({round(i * last / (max_steps - 1)) for i in range(max_steps)})
+    return order, steps
+
+
 @metric(
     direction="lower", category="randomisation", low=-1.0, high=1.0,
     summary="Spearman of the maps before and after randomising every layer (the maps should change)",
@@ -214,20 +234,7 @@ def randomisation_test(
     work = copy.deepcopy(model)
     t = resolve_target(work, x, target)
     modules = dict(work.named_modules())
-    order = list(layers) if layers is not None else randomisable_layers(work)
-    for n in order:
-        if n not in modules or not n:
-            from xailab.core.hooks import resolve_layer
-
-            resolve_layer(work, n)  # raises with the closest names
-    if not order:
-        raise InputError("the model has no layer with parameters to randomise")
-    steps = list(range(len(order)))
-    if max_steps is not None and max_steps < len(order):
-        if max_steps < 1:
-            raise InputError(f"max_steps must be >= 1, got {max_steps}")
-        last = len(order) - 1  # always the last step; the first too when there is room
-        steps = [last] if max_steps == 1 else sorted({round(i * last / (max_steps - 1)) for i in range(max_steps)})
+    order, steps = _plan(work, modules, layers, max_steps)
 
     size = (int(x.shape[-2]), int(x.shape[-1]))
     original = _abs_maps(explain(work, x, t), len(x), size, name)

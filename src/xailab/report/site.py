@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from xailab.report.audit_page import audit_page, has_audit
@@ -102,46 +103,64 @@ def build_site(
     return dest
 
 
-def _build(runs: list[ReportRun], site: Site, max_images: int) -> None:
-    train = [r for r in runs if r.kind == "train" or r.has_table("per_class") or r.has_table("confusion")]
-    explain = [r for r in runs if r.kind != "audit" and r.methods()]  # audit runs keep maps of attacks
-    compared = [r for r in explain if has_comparison(r)]
-    flows = [r for r in runs if r.file("flow.html") is not None]
-    concepts = [r for r in runs if has_concepts(r)]
-    dissections = [r for r in runs if has_dissection(r)]
-    audits = [r for r in runs if has_audit(r)]
-    site.nav = [("index.html", "Overview")]
-    if explain:
-        site.nav.append(("images.html", "Images"))
-    if compared:
-        site.nav.append(("compare.html", "Comparison"))
-    if flows:
-        site.nav.append(("flow.html", "Instance flow"))
-    if concepts:
-        site.nav.append(("concepts.html", "Concepts"))
-    if dissections:
-        site.nav.append(("dissection.html", "Dissection"))
-    if audits:
-        site.nav.append(("audit.html", "Audit"))
-    if explain:
-        site.nav.append(("methods.html", "Methods"))
-    pages = dict(site.nav)
+@dataclass
+class _Groups:
+    """The runs each page shows."""
 
-    # overview
-    body = [questions_section(site, runs, explain, concepts, dissections, has_flow_page=bool(flows)),
+    train: list[ReportRun]
+    explain: list[ReportRun]
+    compared: list[ReportRun]
+    flows: list[ReportRun]
+    concepts: list[ReportRun]
+    dissections: list[ReportRun]
+    audits: list[ReportRun]
+
+    @classmethod
+    def of(cls, runs: list[ReportRun]) -> _Groups:
+        explain = [r for r in runs if r.kind != "audit" and r.methods()]  # audit runs keep maps of attacks
+        return cls(
+            train=[r for r in runs if r.kind == "train" or r.has_table("per_class") or r.has_table("confusion")],
+            explain=explain, compared=[r for r in explain if has_comparison(r)],
+            flows=[r for r in runs if r.file("flow.html") is not None],
+            concepts=[r for r in runs if has_concepts(r)], dissections=[r for r in runs if has_dissection(r)],
+            audits=[r for r in runs if has_audit(r)],
+        )
+
+    def nav(self) -> list[tuple[str, str]]:
+        """The pages in the navigation: the overview, then each page that has runs to show."""
+        pages: list[tuple[str, str, list[ReportRun]]] = [
+            ("images.html", "Images", self.explain), ("compare.html", "Comparison", self.compared),
+            ("flow.html", "Instance flow", self.flows), ("concepts.html", "Concepts", self.concepts),
+            ("dissection.html", "Dissection", self.dissections), ("audit.html", "Audit", self.audits),
+            ("methods.html", "Methods", self.explain)]
+        return [("index.html", "Overview")] + [(href, label) for href, label, shown in pages if shown]
+
+
+def _build(runs: list[ReportRun], site: Site, max_images: int) -> None:
+    g = _Groups.of(runs)
+    site.nav = g.nav()
+    pages = dict(site.nav)
+    site.write("index.html", site.title, _overview(site, runs, g, pages))
+    _write_pages(site, g, max_images)
+    assert set(pages) <= set(site.pages)
+
+
+def _overview(site: Site, runs: list[ReportRun], g: _Groups, pages: dict[str, str]) -> str:
+    """The index page's body: the questions, the runs, then each run's own section or a pointer."""
+    body = [questions_section(site, runs, g.explain, g.concepts, g.dissections, has_flow_page=bool(g.flows)),
             "<h2>Runs</h2>", table(summary_rows(runs))]
-    for r in train:
+    for r in g.train:
         what = "Training" if r.kind == "train" else "Evaluation"
         body.append(f"<h2>{what}: {esc(r.name)}</h2>" + train_section(site, r))
-    for r in explain:
+    for r in g.explain:
         links = {label: href for href, label in site.nav if href in ("images.html", "compare.html", "methods.html")}
-        if r not in compared:
+        if r not in g.compared:
             links.pop("Comparison", None)
         body.append(f"<h2>Explanations: {esc(r.name)}</h2>" + explain_section(r, links))
-    shown_elsewhere = {id(r): href for group, href in ((concepts, "concepts.html"), (dissections, "dissection.html"),
-                                                        (audits, "audit.html")) for r in group}
+    shown_elsewhere = {id(r): href for group, href in ((g.concepts, "concepts.html"), (g.dissections, "dissection.html"),
+                                                        (g.audits, "audit.html")) for r in group}
     for r in runs:
-        if r in train or r in explain:
+        if r in g.train or r in g.explain:
             continue
         if r.has_table("kfold"):
             body.append(f"<h2>Cross-validation: {esc(r.name)}</h2>" + kfold_section(r))
@@ -152,26 +171,28 @@ def _build(runs: list[ReportRun], site: Site, max_images: int) -> None:
         else:
             body.append(f"<h2>{esc(r.kind)}: {esc(r.name)}</h2><p class=note>Nothing of this run is shown "
                         "beyond its listing above.</p>")
-    site.write("index.html", site.title, "".join(body))
+    return "".join(body)
 
-    if explain:
+
+def _write_pages(site: Site, g: _Groups, max_images: int) -> None:
+    """Every page but the overview, for the groups that have runs."""
+    if g.explain:
         sections = []
-        for r in explain:
+        for r in g.explain:
             thumbs = image_pages(site, r, max_images)
             if thumbs:
                 sections.append(f"<h2>{esc(r.name)}</h2>{thumbs}")
         site.write("images.html", "Images", "".join(sections) or "<p>No images were stored with these runs.</p>")
-        site.write("methods.html", "Methods", "<h2>Method cards</h2>" + cards_section(explain))
-    if compared:
+        site.write("methods.html", "Methods", "<h2>Method cards</h2>" + cards_section(g.explain))
+    if g.compared:
         site.write("compare.html", "Comparison",
-                   "".join(f"<h2>{esc(r.name)}</h2>" + comparison_section(site, r) for r in compared))
-    if flows:
+                   "".join(f"<h2>{esc(r.name)}</h2>" + comparison_section(site, r) for r in g.compared))
+    if g.flows:
         site.write("flow.html", "Instance flow",
-                   "".join(f"<h2>{esc(r.name)}</h2>" + flow_section(site, r) for r in flows))
-    if concepts:
-        site.write("concepts.html", "Concepts", concepts_page(site, concepts))
-    if dissections:
-        site.write("dissection.html", "Dissection", dissection_page(site, dissections))
-    if audits:
-        site.write("audit.html", "Audit", audit_page(site, audits))
-    assert set(pages) <= set(site.pages)
+                   "".join(f"<h2>{esc(r.name)}</h2>" + flow_section(site, r) for r in g.flows))
+    if g.concepts:
+        site.write("concepts.html", "Concepts", concepts_page(site, g.concepts))
+    if g.dissections:
+        site.write("dissection.html", "Dissection", dissection_page(site, g.dissections))
+    if g.audits:
+        site.write("audit.html", "Audit", audit_page(site, g.audits))

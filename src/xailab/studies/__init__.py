@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from xailab.core.registry import Registry
-from xailab.recipe import Step
+from xailab.steps import Step
 
 STUDIES: Registry[Study] = Registry("study", loader="xailab.studies._all")
 

@@ -32,7 +32,7 @@ import argparse
 import re
 from pathlib import Path
 
-from xailab.recipe import Step
+from xailab.steps import Step
 from xailab.studies import Study, register_study
 
 BASELINES = ("black", "uniform", "gaussian", "adversarial")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from xailab.recipe import Step
+from xailab.steps import Step
 from xailab.studies import Study, gradient_shap_background, register_study, sized
 
 METHODS = "saliency,kernel_shap,gradient_shap"

@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from xailab.recipe import Step
+from xailab.steps import Step
 from xailab.studies import Study, gradient_shap_background, register_study, sized
 
 EXPLAIN_METHODS = "gradient_shap,deeplift_shap,kernel_shap,deeplift,integrated_gradients"

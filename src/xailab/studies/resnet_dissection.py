@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from xailab.recipe import Step
+from xailab.steps import Step
 from xailab.studies import Study, register_study
 
 CAM_METHODS = "gradcam,ablation_cam,score_cam,lime"

@@ -6,7 +6,8 @@
 See docs/training.md.
 """
 
-from xailab.train.batches import check_model_fits, resolve_device
+from xailab.core.hooks import resolve_device
+from xailab.train.batches import check_model_fits
 from xailab.train.callbacks import Callback, CallbackList, TrainState
 from xailab.train.checkpoint import load_weights, save_weights
 from xailab.train.config import TrainConfig

@@ -14,16 +14,6 @@ from xailab.core.errors import DataError, ModelError
 from xailab.core.hooks import model_device
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/``None`` -> CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device 'cuda' was asked for, but no CUDA GPU is available (use --device cpu)")
-    return dev
-
-
 def labels_of(ds: Dataset[Any]) -> np.ndarray:
     """Integer labels of every item, from ``.targets`` when the dataset has it (no decoding)."""
     if isinstance(ds, Subset):

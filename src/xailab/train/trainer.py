@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from xailab.core.errors import DataError, ModelError
+from xailab.core.hooks import resolve_device
 from xailab.runs.store import Run, RunError, atomic_write
 from xailab.train.batches import (
     as_logits,
@@ -45,7 +46,6 @@ from xailab.train.batches import (
     check_model_fits,
     classes_of,
     n_batches,
-    resolve_device,
 )
 from xailab.train.callbacks import Callback, CallbackList, TrainState
 from xailab.train.checkpoint import (

@@ -86,6 +86,29 @@ def mixing_operations(output: Tensor) -> Counter[str]:
     return found
 
 
+def _structure_problems(model: nn.Module, example: Tensor, calls: Any) -> list[str]:
+    """What makes LRP's rules wrong on this model: reused modules (``calls``: name -> calls per
+    forward pass) and functional activations other than ReLU."""
+    problems = []
+    reused = [f"'{n}' ({k} calls)" for n, k in calls.items() if k > 1]
+    if reused:
+        problems.append(
+            f"module(s) called more than once per forward pass: {', '.join(reused[:5])}; a rule keeps "
+            "the input of one call only. Give every use its own module"
+        )
+    functional = sorted({
+        f"{i.detail.split('(')[0]}() in '{i.where or '<model.forward>'}'"
+        for i in inspect_structure(model, example)
+        if i.kind == "functional_activation" and not i.detail.startswith(_RELU_NAMES)
+    })
+    if functional:
+        problems.append(
+            f"functional activation(s) {', '.join(functional[:5])}: their gradient rescales relevance. "
+            "Use activation modules (nn.Sigmoid, nn.GELU...) so the pass rule applies"
+        )
+    return problems
+
+
 def prepare_model(
     model: nn.Module,
     example: Tensor,
@@ -132,23 +155,7 @@ def prepare_model(
             last = scan_forward(model, example, forward=forward, watch=stateful_modules(composite, model).values())
         assert last.output is not None and reference is not None
         _check_same_function(last.output.detach(), reference, method)
-        problems = _graph_problems(last.output)
-        reused = [f"'{n}' ({k} calls)" for n, k in last.calls.items() if k > 1]
-        if reused:
-            problems.append(
-                f"module(s) called more than once per forward pass: {', '.join(reused[:5])}; a rule keeps "
-                "the input of one call only. Give every use its own module"
-            )
-        functional = sorted({
-            f"{i.detail.split('(')[0]}() in '{i.where or '<model.forward>'}'"
-            for i in inspect_structure(model, example)
-            if i.kind == "functional_activation" and not i.detail.startswith(_RELU_NAMES)
-        })
-        if functional:
-            problems.append(
-                f"functional activation(s) {', '.join(functional[:5])}: their gradient rescales relevance. "
-                "Use activation modules (nn.Sigmoid, nn.GELU...) so the pass rule applies"
-            )
+        problems = _graph_problems(last.output) + _structure_problems(model, example, last.calls)
         if problems:
             raise UnsupportedModelError(
                 f"{method} would not conserve relevance on this model: " + "; ".join(problems)

@@ -5,7 +5,7 @@ The job behind ``xailab explain``: maps saved as ``RUN/explanations/<name>/``, a
 the images themselves (``arrays/images``, table ``images``) and PNG overlays under
 ``RUN/files/overlays/``. A rerun of the same job skips the methods already saved (resume).
 
-    run = explain_to_run(model, images, labels, names, class_names,
+    run = explain_images(model, images, labels=labels, names=names, class_names=class_names,
                          methods=["saliency", "gradcam"], targets=["true", "top1"], out="runs/x")
 
 A method may be given a name of its own, ``NAME=METHOD``, so one run holds several settings of
@@ -16,10 +16,12 @@ parameters given under the method's own name apply to every name that runs it.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,11 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from xailab.core.card import method_cards
-from xailab.core.errors import InputError
+from xailab.core.errors import InputError, UnsupportedModelError
 from xailab.core.explanation import Explanation
 from xailab.core.registry import METHODS, RegistryError
-from xailab.core.targets import TargetSpec
-from xailab.runs.store import Run, atomic_write_text
+from xailab.core.targets import TargetPlan, TargetSpec
+from xailab.jobs.common import tensor_sha256
+from xailab.runs.store import Run, RunError, atomic_write_text
 
 
 def method_kwargs(
@@ -76,7 +79,7 @@ def _accepted(cls: type) -> set[str]:
     return names
 
 
-def explain_to_run(
+def explain_images(
     model: nn.Module,
     images: Tensor,
     *,
@@ -101,6 +104,12 @@ def explain_to_run(
 ) -> Run:
     """Explain ``images`` with every method in ``methods`` and store everything in run ``out``.
 
+    Everything the user gave (methods, parameters, layers, targets) is checked before the run is
+    created. A rerun into the same ``out`` skips the methods already saved, and refuses when the
+    run holds maps of another model, other images or other targets. A method that cannot explain
+    this model (:class:`~xailab.core.errors.UnsupportedModelError`) is skipped and listed in the
+    manifest (``explain.refused``) while the others run.
+
     Args:
         display: the images as a person sees them, ``[N, C, H, W]`` in [0, 1], for the overlays
             (default: ``images`` min-max scaled).
@@ -115,27 +124,105 @@ def explain_to_run(
     """
     figures = png_mode(png)  # checked before any work
     names = list(names) if names is not None else [f"{i:05d}" for i in range(len(images))]
+    plan = plan_methods(model, images, methods, targets, labels=labels, method_params=method_params, layer=layer,
+                        mean=mean, std=std, batch_size=batch_size, seed=seed, quick=quick)
+    run = _open_run(out, plan, model, images, targets, config)
+    run.update_manifest("explain", {
+        "methods": plan.names, "kinds": plan.kinds,
+        "targets": targets if isinstance(targets, (str, int)) else list(map(str, targets)),
+        "batch_size": batch_size, "seed": seed, "layer": layer,
+        "class_names": list(class_names) if class_names is not None else None,
+        "n_images": len(images), "identity": plan.identity,
+    })
+    # the report reads the cards from here; those of methods an earlier call put in the run stay
+    run.update_manifest("cards", {**(run.manifest.get("cards") or {}), **method_cards(plan.kinds.values())})
+    shown = display if display is not None else _minmax(images)
+    _write_images(run, images, shown, names, labels)
+    results, refused = _compute(run, model, images, plan, targets, labels, names, class_names, log, backend)
+    if refused:
+        run.update_manifest("explain", {**run.manifest["explain"], "refused": refused})
+    if figures != "none":
+        write_overlays(run, results, shown, names, class_names, per_method=figures == "all")
+    return run
+
+
+@dataclass
+class MethodPlan:
+    """The methods of one explain job, checked: names, kinds, keyword arguments, resume keys."""
+
+    kinds: dict[str, str]
+    kwargs: dict[str, dict[str, Any]]
+    specs: dict[str, str]
+    batch_size: int
+    seed: int
+    identity: dict[str, str]
+
+    @property
+    def names(self) -> list[str]:
+        """The methods' names in the run, in order."""
+        return list(self.kinds)
+
+
+def plan_methods(
+    model: nn.Module,
+    images: Tensor,
+    methods: Sequence[str],
+    targets: TargetSpec,
+    *,
+    labels: Tensor | None = None,
+    method_params: dict[str, dict[str, Any]] | None = None,
+    layer: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    quick: bool = False,
+) -> MethodPlan:
+    """Check methods, parameters, layers and targets against the model; nothing is written."""
+    if len(images) == 0:
+        raise InputError("no images to explain (the image set is empty)")
     kinds = method_names(methods)  # name in the run -> registered method
-    canon = list(kinds)
+    if not kinds:
+        raise InputError("no methods given: name at least one (see `xailab methods`)")
     params = {_param_key(k, kinds): v for k, v in (method_params or {}).items()}
-    stray = set(params) - set(canon) - set(kinds.values())
+    stray = set(params) - set(kinds) - set(kinds.values())
     if stray:
         raise InputError(f"parameters given for methods not run: {', '.join(sorted(stray))}")
     space = {"mean": tuple(mean) if mean is not None else None, "std": tuple(std) if std is not None else None}
     kwargs = {m: method_kwargs(kinds[m], {**params.get(kinds[m], {}), **(params.get(m, {}) if m != kinds[m] else {})},
-                               layer, quick, space) for m in canon}
+                               layer, quick, space) for m in kinds}
+    for m in kinds:  # parameters and layers are checked by building each method once
+        METHODS.create(kinds[m], model, batch_size=batch_size, seed=seed, **kwargs[m])
+    with torch.no_grad():
+        k = int(model(images[:1]).shape[1])
+    TargetPlan(targets, len(images), labels).check(k)
+    specs = {m: method_spec(kwargs[m], batch_size, seed) + ("" if kinds[m] == m else f":{kinds[m]}") for m in kinds}
+    identity = {"model": model_sha256(model), "images": tensor_sha256(images),
+                "labels": tensor_sha256(labels) if labels is not None else "none", "targets": _spec_value(targets)}
+    return MethodPlan(kinds, kwargs, specs, batch_size, seed, identity)
 
-    run = Run.create(out, kind="explain", config=config or {})
-    run.update_manifest("explain", {
-        "methods": canon, "kinds": kinds, "targets": targets if isinstance(targets, (str, int)) else list(map(str, targets)),
-        "batch_size": batch_size, "seed": seed, "layer": layer,
-        "class_names": list(class_names) if class_names is not None else None,
-        "n_images": len(images),
-    })
-    # the report reads the cards from here; those of methods an earlier call put in the run stay
-    run.update_manifest("cards", {**(run.manifest.get("cards") or {}), **method_cards(kinds.values())})
+
+def _open_run(out: str | Path, plan: MethodPlan, model: nn.Module, images: Tensor, targets: TargetSpec,
+              config: dict[str, Any] | None) -> Run:
+    """Create the run, or reopen it when it holds maps of the same model, images and targets."""
+    path = Path(out)
+    if (path / "manifest.json").is_file():
+        old = Run.open(path).manifest.get("explain") or {}
+        before = old.get("identity")
+        what = {"model": "another model (other weights)", "images": "other images", "labels": "other labels",
+                "targets": "other targets"}
+        if before is not None:
+            diff = [what[k] for k in what if before.get(k) != plan.identity[k]]
+        else:  # a run made before identities were recorded
+            diff = ["another number of images"] if old.get("n_images", len(images)) != len(images) else []
+        if diff:
+            raise RunError(f"run {path} holds explanations of {', '.join(diff)}; explaining into it would mix "
+                           "them: choose another --out (or remove the run to recompute)")
+    return Run.create(out, kind="explain", config=config or {})
+
+
+def _write_images(run: Run, images: Tensor, shown: Tensor, names: list[str], labels: Tensor | None) -> None:
     run.write_array("images", images.detach().cpu().float())
-    shown = display if display is not None else _minmax(images)
     run.write_array("display", (shown.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8))
     run.write_table("images", pd.DataFrame({
         "index": np.arange(len(images)),
@@ -143,44 +230,58 @@ def explain_to_run(
         "label": (labels.cpu().numpy() if labels is not None else np.full(len(images), -1)),
     }))
 
-    specs = {m: method_spec(kwargs[m], batch_size, seed) + ("" if kinds[m] == m else f":{kinds[m]}") for m in canon}
+
+def _compute(run: Run, model: nn.Module, images: Tensor, plan: MethodPlan, targets: TargetSpec,
+             labels: Tensor | None, names: list[str], class_names: Sequence[str] | None,
+             log: Callable[[str], None], backend: Backend | None) -> tuple[dict[str, Explanation], dict[str, str]]:
+    """Each method's maps (saved ones loaded, the others computed and saved); refusals by name."""
+    canon, kinds, specs = plan.names, plan.kinds, plan.specs
     done = {m for m in canon if _is_saved(run, m, specs[m])}
     computed: dict[str, Explanation] = {}
     if backend is not None and len(done) < len(canon):
-        todo = {m: kwargs[m] for m in canon if m not in done}
+        todo = {m: plan.kwargs[m] for m in canon if m not in done}
         renamed = {m: kinds[m] for m in todo if kinds[m] != m}
         computed = backend(model, images, run=run, methods=todo, specs={m: specs[m] for m in todo},
-                           targets=targets, labels=labels, batch_size=batch_size, seed=seed,
+                           targets=targets, labels=labels, batch_size=plan.batch_size, seed=plan.seed,
                            **({"kinds": renamed} if renamed else {}))
     results: dict[str, Explanation] = {}
+    refused: dict[str, str] = {}
     for m in canon:
         dest = run.path / "explanations" / m
-        spec = specs[m]
-        spec_file = run.path / "explanations" / f".{m}.spec"
         if m in done:
             log(f"{m}: already in the run, skipped")
             results[m] = Explanation.load(dest)
             continue
-        if m in computed:
-            res = computed[m]
-        else:
-            explainer = METHODS.create(kinds[m], model, batch_size=batch_size, seed=seed, **kwargs[m])
-            res = explainer.explain(images, target=targets, labels=labels, progress=True)
+        try:
+            res = computed[m] if m in computed else METHODS.create(
+                kinds[m], model, batch_size=plan.batch_size, seed=plan.seed, **plan.kwargs[m]
+            ).explain(images, target=targets, labels=labels, progress=True)
+        except UnsupportedModelError as e:
+            refused[m] = str(e)
+            log(f"{m}: refused: {e}")
+            continue
         res.save(dest)
-        atomic_write_text(spec_file, spec)
+        atomic_write_text(run.path / "explanations" / f".{m}.spec", specs[m])
         run.write_table("explanations", _rows(res, names, class_names, m), part=m)
         results[m] = res
         log(f"{m}: {res.seconds / len(images):.3f} s/image, {res.evaluations / len(images):.0f} model evaluations/image")
-
     if backend is not None:
         backend.finish(run)
-    if figures != "none":
-        write_overlays(run, results, shown, names, class_names, per_method=figures == "all")
-    return run
+    return results, refused
+
+
+def model_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's parameters and buffers (names, shapes and values): its weights' identity."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if t.numel() else b"")
+    return h.hexdigest()
 
 
 class Backend(Protocol):
-    """Computes several methods over all images somewhere else (see ``explain_to_run``)."""
+    """Computes several methods over all images somewhere else (see ``explain_images``)."""
 
     def __call__(self, model: nn.Module, images: Tensor, *, run: Run, methods: dict[str, dict[str, Any]],
                  specs: dict[str, str], targets: TargetSpec, labels: Tensor | None, batch_size: int,
@@ -231,8 +332,6 @@ def method_spec(kwargs: dict[str, Any], batch_size: int, seed: int) -> str:
 def _spec_value(value: Any) -> str:
     """A tensor parameter (a baseline, a background) by its shape and a hash of its values."""
     if isinstance(value, Tensor):
-        import hashlib
-
         data = value.detach().cpu().contiguous().numpy().tobytes()
         return f"tensor{tuple(value.shape)}:{hashlib.sha256(data).hexdigest()[:16]}"
     return str(value)

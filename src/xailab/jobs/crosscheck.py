@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -161,45 +162,19 @@ def crosscheck_run(
     log(f"{method}: rebuilding {ours.baseline.describe()} baselines for {len(x)} images")
     # the run's own chunks: the adversarial optimisation then sees the same batches
     base = rebuild_baselines(ours, x, chunk=ours.images_per_chunk(res.targets.shape[1]))
-    forward = _forward(work, str(params.get("output", "logit")))
-    ig = IntegratedGradients(forward)
-    rule = ours.rule
+    ig = IntegratedGradients(_forward(work, str(params.get("output", "logit"))))
     names = image_names(run, len(x))
     rows: list[dict[str, Any]] = []
-    delta_ours = res.extras.get("delta")
     was_training = work.training
     work.eval()
     try:
         for j, tname in enumerate(res.target_names):
-            t = res.targets[:, j].to(device)
-            theirs_parts, delta_parts = [], []
-            for lo in range(0, len(x), max(1, bsize // ours.n_steps)):
-                hi = lo + max(1, bsize // ours.n_steps)
-                a, d = ig.attribute(x[lo:hi], baselines=base[lo:hi], target=t[lo:hi], n_steps=ours.n_steps,
-                                    method=_CAPTUM_RULES[rule], internal_batch_size=bsize,
-                                    return_convergence_delta=True)
-                theirs_parts.append(a.detach().cpu())
-                delta_parts.append(d.detach().cpu())
-            theirs = torch.cat(theirs_parts)
-            deltas = torch.cat(delta_parts)
-            mine = res.maps[:, j]
-            if mine.shape != theirs.shape:  # ours summed over channels: compare per pixel
+            theirs, deltas = _captum_maps(ig, x, base, res.targets[:, j].to(device), ours, bsize)
+            if res.maps[:, j].shape != theirs.shape:  # ours summed over channels: compare per pixel
                 theirs = theirs.sum(dim=1)
-            for i in range(len(x)):
-                a_i = mine[i].reshape(-1).double()
-                b_i = theirs[i].reshape(-1).double()
-                diff = a_i - b_i
-                rows.append({
-                    "image": i, "name": names[i], "target": tname, "class": int(res.targets[i, j]),
-                    "baseline": ours.baseline.describe(), "rule": rule, "n_steps": ours.n_steps,
-                    "dtype": str(dtype).removeprefix("torch."), "against": against,
-                    "max_abs_diff": float(diff.abs().max()), "max_abs": float(b_i.abs().max()),
-                    "rel_error": float(diff.norm() / b_i.norm()) if float(b_i.norm()) > 0 else float("nan"),
-                    "pearson": _corr(a_i, b_i), "spearman": _corr(_rank(a_i[None])[0], _rank(b_i[None])[0]),
-                    "delta_ours": float(delta_ours[i, j]) if delta_ours is not None else float("nan"),
-                    "delta_captum": float(deltas[i]),
-                    "note": "Captum's trapezoid weights sum to 1 - 1/n" if rule == "riemann_trapezoid" else "",
-                })
+            common = {"target": tname, "baseline": ours.baseline.describe(), "rule": ours.rule,
+                      "n_steps": ours.n_steps, "dtype": str(dtype).removeprefix("torch."), "against": against}
+            rows += _rows(res, j, theirs, deltas, names, common)
     finally:
         work.train(was_training)
     table = pd.DataFrame(rows)
@@ -209,6 +184,41 @@ def crosscheck_run(
     done[part] = summary(table).to_dict(orient="records")
     run.update_manifest(TABLE, done)
     return table
+
+
+def _captum_maps(ig: Any, x: Tensor, base: Tensor, t: Tensor, ours: Any, bsize: int) -> tuple[Tensor, Tensor]:
+    """Captum's IG maps and completeness deltas of all images for one target column."""
+    theirs_parts, delta_parts = [], []
+    step = max(1, bsize // ours.n_steps)
+    for lo in range(0, len(x), step):
+        a, d = ig.attribute(x[lo:lo + step], baselines=base[lo:lo + step], target=t[lo:lo + step],
+                            n_steps=ours.n_steps, method=_CAPTUM_RULES[ours.rule], internal_batch_size=bsize,
+                            return_convergence_delta=True)
+        theirs_parts.append(a.detach().cpu())
+        delta_parts.append(d.detach().cpu())
+    return torch.cat(theirs_parts), torch.cat(delta_parts)
+
+
+def _rows(res: Explanation, j: int, theirs: Tensor, deltas: Tensor, names: list[str],
+          common: dict[str, Any]) -> list[dict[str, Any]]:
+    """One table row per image for target column ``j``: differences, correlations, deltas."""
+    delta_ours = res.extras.get("delta")
+    rows = []
+    for i in range(len(theirs)):
+        a_i = res.maps[i, j].reshape(-1).double()
+        b_i = theirs[i].reshape(-1).double()
+        diff = a_i - b_i
+        rows.append({
+            "image": i, "name": names[i], "target": common["target"], "class": int(res.targets[i, j]),
+            **{k: v for k, v in common.items() if k != "target"},
+            "max_abs_diff": float(diff.abs().max()), "max_abs": float(b_i.abs().max()),
+            "rel_error": float(diff.norm() / b_i.norm()) if float(b_i.norm()) > 0 else float("nan"),
+            "pearson": _corr(a_i, b_i), "spearman": _corr(_rank(a_i[None])[0], _rank(b_i[None])[0]),
+            "delta_ours": float(delta_ours[i, j]) if delta_ours is not None else float("nan"),
+            "delta_captum": float(deltas[i]),
+            "note": "Captum's trapezoid weights sum to 1 - 1/n" if common["rule"] == "riemann_trapezoid" else "",
+        })
+    return rows
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -233,3 +243,37 @@ def _forward(model: nn.Module, output: str) -> Callable[[Tensor], Tensor]:
         return lambda x: torch.log_softmax(model(x), dim=1)
     return model
 
+
+
+@dataclass(frozen=True)
+class CrosscheckSpec:
+    """What ``xailab crosscheck RUN`` is asked to do.
+
+    Args:
+        model: overrides of the run's recorded model (see :class:`xailab.jobs.compare.CompareSpec`).
+        method: the run's name of the method to check.
+        against: the reference library.
+        batch_size: most samples per forward pass (default: the run's).
+    """
+
+    model: dict[str, Any] = field(default_factory=dict)
+    method: str = "integrated_gradients"
+    against: str = "captum"
+    batch_size: int | None = None
+
+
+def crosscheck_to_run(spec: CrosscheckSpec, out: str | os.PathLike[str], *,
+                      log: Callable[[str], None] = print) -> Run:
+    """Check run ``out``'s maps of ``spec.method`` against the reference, with the model it records."""
+    from xailab.jobs.common import job_lock
+    from xailab.jobs.model import load, spec_from_config
+
+    run = Run.open(out)
+    mspec = spec_from_config(run.manifest.get("config", {}), **{"device": "cpu", **spec.model})
+    if not mspec.name:
+        raise RunError(f"run {run.path} does not record its model; pass --model (and --weights)")
+    loaded = load(mspec, log=log)
+    with job_lock(run.path, log):
+        crosscheck_run(run, loaded.model, method=spec.method, against=spec.against, batch_size=spec.batch_size,
+                       log=log)
+    return run

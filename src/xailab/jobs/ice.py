@@ -1,6 +1,6 @@
 """The ICE job: fit concepts on an image set, analyse them, and store everything in a run.
 
-``ice_to_run`` streams the images through the model (fit: ``epochs`` passes; analysis: two passes;
+``ice_images`` streams the images through the model (fit: ``epochs`` passes; analysis: two passes;
 fidelity curve: one pass per number of concepts on a subset) and writes into ``RUN``:
 
 * arrays ``ice_basis [k, C]`` (the concept directions P), ``ice_thresholds [k]``,
@@ -12,11 +12,11 @@ fidelity curve: one pass per number of concepts on a subset) and writes into ``R
   ``sensitivity.png``, ``contribution.png``, ``presence.png``, ``fidelity.png``;
 * the manifest section ``ice`` (layer, settings, fidelity of the chosen basis, timings).
 
-``explain_to_run`` applies a run's saved basis to new images (``RUN/files/ice/explain/``, table
+``apply_concepts`` applies a run's saved basis to new images (``RUN/files/ice/explain/``, table
 ``ice_explanations``). A rerun with the same settings reuses the saved basis (resume).
 
-    run = ice_to_run(model, images, labels=y, class_names=ds.classes, out="runs/ice", n_concepts=10)
-    maps = explain_to_run(model, "runs/ice", new_images, names=["my_cat.png"])
+    run = ice_images(model, images, labels=y, class_names=ds.classes, out="runs/ice", n_concepts=10)
+    maps = apply_concepts(model, "runs/ice", new_images, names=["my_cat.png"])
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _channels(model: nn.Module, layer: str | None, images: ImageSource) -> tuple
     return name, int(first.activations.shape[1])
 
 
-def ice_to_run(
+def ice_images(
     model: nn.Module,
     images: ImageSource,
     *,
@@ -269,7 +269,7 @@ def write_ice_figures(
         save_png(fidelity_figure(curve, k), run.file("ice/fidelity.png"))
 
 
-def explain_to_run(
+def apply_concepts(
     model: nn.Module,
     run: str | Path | Run,
     images: Tensor,

@@ -1,16 +1,16 @@
 """Audit jobs that write into a run directory (what the ``xailab audit`` actions call).
 
-* :func:`adversarial_to_run`: attack, explain clean and attacked images, measure the shift; tables
+* :func:`adversarial_images`: attack, explain clean and attacked images, measure the shift; tables
   ``attack`` (per image), ``shift`` (per image, method, target) and ``shift_summary``; arrays
   ``clean``, ``adversarial`` (pixels) and ``patch_mask``; explanations
   ``explanations/<method>.clean`` and ``<method>.adversarial``; PNGs ``files/audit/shift_NNNN.png``;
   manifest section ``adversarial`` (settings and summary).
-* :func:`backdoor_to_run`: detection; table ``detection`` (one row per class), arrays
+* :func:`backdoor_dataset`: detection; table ``detection`` (one row per class), arrays
   ``mean_maps`` (``[classes, 2, H, W]``: suspicious cluster, rest) and ``clusters_<c>`` (item
   index and cluster of every analysed item); PNGs ``files/backdoor/scores.png`` and
   ``files/backdoor/class_<c>.png``; manifest section ``backdoor_detection``.
 
-    run = adversarial_to_run(model, pixels, labels, attack="patch", attack_params={"size": 5},
+    run = adversarial_images(model, pixels, labels, attack="patch", attack_params={"size": 5},
                              methods=["saliency"], out="runs/adv")
 """
 
@@ -31,7 +31,7 @@ from xailab.audit.shift import ShiftResult, explanation_shift
 from xailab.runs.store import Run
 
 
-def adversarial_to_run(
+def adversarial_images(
     model: nn.Module,
     images: Tensor,
     labels: Tensor | None,
@@ -77,7 +77,7 @@ def adversarial_to_run(
     return run, result, shift
 
 
-def backdoor_to_run(
+def backdoor_dataset(
     model: nn.Module,
     dataset: Any,
     *,

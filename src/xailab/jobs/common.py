@@ -1,0 +1,108 @@
+"""What every job shares: the output folder checked, the run locked, provenance recorded.
+
+* :func:`check_out`: ``out`` is a new folder, an empty one, or a run of this job's kind; a file
+  or a folder of the user's own files is refused with one line, before anything is written.
+* :func:`job_lock`: one job at a time on one run (a second process waits, then resumes).
+* :func:`provenance`: what a run was made from (model spec, weights sha256, preprocessing, data
+  identity, parameters, targets, xailab version), written by the jobs into section ``provenance``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from xailab.runs.store import Run, RunError
+
+
+def check_out(out: str | Path, kinds: Sequence[str] = (), *, new_only: bool = False) -> bool:
+    """Refuse an ``out`` that is a file, a folder of other files, or a run of another kind.
+
+    Returns True when the run does not exist yet (the job creates it).
+    """
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise RunError(f"--out {out} is a file; give a folder for the run")
+    if not path.exists() or not any(p for p in path.iterdir() if p.name not in (".lock", ".job.lock")):
+        return True
+    if not (path / "manifest.json").is_file():
+        raise RunError(f"--out {out} is a folder holding files that are not an xailab run; "
+                       "choose a new or empty folder")
+    if new_only:
+        raise RunError(f"{out} exists and is not empty; choose a new --out")
+    kind = Run.open(path).manifest.get("kind")
+    if kinds and kind not in kinds:
+        raise RunError(f"--out {out} is a {kind} run, not a {'/'.join(kinds)} run; choose another --out")
+    return False
+
+
+@contextmanager
+def job_lock(out: str | Path, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold ``out/.job.lock`` for the whole job: a second job on the same run waits its turn.
+
+    A folder this job created is removed again when the job fails before the run exists
+    (no ``manifest.json``), so a refused job leaves nothing behind.
+    """
+    path = Path(out)
+    existed = path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path / ".job.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"another job is writing into {path}; waiting for it to finish")
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    except BaseException:
+        if not existed and not (path / "manifest.json").exists():
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def remove_if_new(out: str | Path, new: bool) -> None:
+    """Remove a run folder a failed job created (nothing finished in it is lost)."""
+    path = Path(out)
+    if new and path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def tensor_sha256(x: Tensor | np.ndarray) -> str:
+    """SHA-256 of an array's shape, dtype and values (the identity of an image set)."""
+    a = x.detach().cpu().contiguous().numpy() if isinstance(x, Tensor) else np.ascontiguousarray(x)
+    h = hashlib.sha256(f"{a.shape}:{a.dtype}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def provenance(model: dict[str, Any] | None, *, data: dict[str, Any] | None = None,
+               params: dict[str, Any] | None = None, targets: Any = None) -> dict[str, Any]:
+    """The ``provenance`` section of a run: model, data, parameters, targets, xailab version."""
+    from xailab import __version__
+
+    return {"xailab": __version__, "model": model, "data": data or {}, "params": params or {},
+            "targets": targets}
+
+
+def write_provenance(run: Run, section: dict[str, Any]) -> None:
+    """Record ``section`` as the run's provenance (what it was made from)."""
+    run.update_manifest("provenance", section)
+
+
+def recorded(run_path: str | Path) -> dict[str, Any]:
+    """The provenance a run recorded (``{}`` for a run made before it was recorded)."""
+    try:
+        return dict(Run.open(run_path).manifest.get("provenance") or {})
+    except RunError:
+        return {}

@@ -1,0 +1,208 @@
+"""The explain job: a model and an image set, named as the CLI names them, explained into a run.
+
+    from xailab.jobs import ExplainSpec, ModelSpec, explain_to_run
+    spec = ExplainSpec(ModelSpec("resnet20", weights="resnet20.safetensors"), images="cifar10:test:16",
+                       data_root="cifar10-jpg.tar.gz", methods=("saliency", "gradcam"), targets=("true", "top1"))
+    run = explain_to_run(spec, "runs/explain")
+
+The same as ``xailab explain``: the model is loaded and checked (:mod:`xailab.jobs.model`), the
+images loaded with the model's preprocessing, the class names of model and data compared, and
+:func:`xailab.jobs.explain_images.explain_images` does the rest. The run records its provenance.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from xailab.core.errors import InputError
+from xailab.jobs.common import (
+    check_out,
+    job_lock,
+    provenance,
+    remove_if_new,
+    tensor_sha256,
+    write_provenance,
+)
+from xailab.jobs.explain_images import Backend, explain_images, method_names
+from xailab.jobs.model import LoadedModel, ModelSpec, load, num_outputs, settle_preprocessing
+from xailab.runs.store import Run
+
+
+@dataclass(frozen=True)
+class ExplainSpec:
+    """What ``xailab explain`` is asked to do.
+
+    Args:
+        model: the model (:class:`ModelSpec`).
+        images: image files, a folder, or ``dataset:split[:N]``.
+        methods: method names, or ``NAME=METHOD`` entries.
+        targets: ``true``, ``top1``, ..., ``least``, ``all`` or class indices.
+        class_names: a file of class names (JSON list or one a line) naming the model's outputs;
+            it also maps the model to data whose classes differ.
+        method_params: ``{method: {param: value}}``; a ``background`` given as an image spec is
+            loaded like the images.
+    """
+
+    model: ModelSpec
+    images: str
+    methods: tuple[str, ...]
+    targets: tuple[str | int, ...] = ("top1",)
+    data_root: str | None = None
+    class_names: str | None = None
+    method_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    layer: str | None = None
+    batch_size: int = 64
+    seed: int = 0
+    quick: bool = False
+    png: bool | str = "grid"
+    backend: Backend | None = None
+
+    def check(self) -> None:
+        """What can be checked before anything loads."""
+        method_names(self.methods)
+        if not self.methods:
+            raise InputError("no methods given: --methods needs at least one name (see `xailab methods`)")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
+        self.model.check()
+
+
+def explain_to_run(spec: ExplainSpec, out: str | Path, *, log: Callable[[str], None] = print) -> Run:
+    """Run the explain job of ``spec`` into run ``out`` (created, or resumed when it matches)."""
+    from xailab.data import load_images
+
+    spec.check()
+    new = check_out(out, ("explain",))
+    loaded = load(spec.model, log=log)
+    images, labels, names, dataset = load_images(spec.images, loaded.preprocessing, root=spec.data_root)
+    norm = settle_preprocessing(loaded, dataset, log)  # a dataset normalises its images itself
+    display = norm.denormalize(images) if norm is not None else images
+    x = images.to(loaded.device)
+    class_names = _class_names(spec, loaded, x, dataset)
+    params = _params(spec, loaded)
+    targets = list(spec.targets)
+    log(f"explaining {len(images)} images with {', '.join(method_names(spec.methods))} "
+        f"for targets {', '.join(map(str, targets))}")
+    config = {**spec.model.record(), "images": spec.images, "data_root": _abs(spec.data_root),
+              "device": str(loaded.device), "preprocessing": norm.to_dict() if norm is not None else None}
+    with job_lock(out, log):
+        try:
+            run = explain_images(
+                loaded.model, x, out=out, methods=spec.methods, targets=targets if len(targets) > 1 else targets[0],
+                labels=labels, names=names, class_names=class_names, display=display, method_params=params,
+                layer=spec.layer, mean=norm.mean if norm is not None else None,
+                std=norm.std if norm is not None else None, batch_size=spec.batch_size, seed=spec.seed,
+                quick=spec.quick, png=spec.png, config=config, log=log, backend=spec.backend)
+        except BaseException:
+            if new and not (Path(out) / "explanations").is_dir():
+                remove_if_new(out, new)
+            raise
+        write_provenance(run, provenance(
+            loaded.provenance(),
+            data={"images": spec.images, "data_root": _abs(spec.data_root), "n": len(images),
+                  "sha256": tensor_sha256(images), "class_names": class_names},
+            params={k: dict(v) for k, v in spec.method_params.items()}, targets=[str(t) for t in targets]))
+    return run
+
+
+def _abs(path: str | None) -> str | None:
+    """A path as an absolute path when it names something on disk (so the run reads from anywhere)."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return str(p.resolve()) if p.exists() else path
+
+
+def _class_names(spec: ExplainSpec, loaded: LoadedModel, x: Tensor, dataset: Any) -> list[str] | None:
+    """The names of the model's outputs; a model whose class count differs from the data's is refused
+    unless ``class_names`` maps it."""
+    k = num_outputs(loaded.model, x)
+    data_names = list(dataset.classes) if dataset is not None else None
+    if spec.class_names:
+        names = read_class_names(spec.class_names)
+        if len(names) != k:
+            raise InputError(f"--class-names {spec.class_names} names {len(names)} classes but the model has {k} outputs")
+        return names
+    if data_names is not None and len(data_names) != k:
+        raise InputError(
+            f"the model has {k} outputs but the images' dataset has {len(data_names)} classes "
+            f"({', '.join(data_names[:5])}{', ...' if len(data_names) > 5 else ''}); give the model's class "
+            "names with --class-names FILE to map them explicitly"
+        )
+    model_names = trained_class_names(spec.model.weights)
+    if data_names is not None and model_names is not None and model_names != data_names:
+        raise InputError(
+            f"the model was trained on classes {', '.join(model_names[:4])}, ... but the images are of "
+            f"{', '.join(data_names[:4])}, ...; give --class-names FILE to map them explicitly"
+        )
+    if data_names is None and spec.model.pretrained and k == 1000:
+        return imagenet_class_names()
+    return data_names if data_names is not None else model_names
+
+
+def trained_class_names(weights: str | None) -> list[str] | None:
+    """The class names of a checkpoint written by ``xailab train`` (its run's manifest), if known."""
+    if not weights:
+        return None
+    folder = Path(weights).expanduser().resolve().parent
+    for run_dir in (folder.parent, folder.parent.parent.parent):  # RUN/checkpoints, RUN/folds/fold-k/checkpoints
+        manifest = run_dir / "manifest.json"
+        if folder.name == "checkpoints" and manifest.is_file():
+            try:
+                classes = json.loads(manifest.read_text(encoding="utf-8")).get("classes")
+            except (OSError, ValueError):
+                return None
+            return [str(c) for c in classes] if isinstance(classes, list) else None
+    return None
+
+
+def _params(spec: ExplainSpec, loaded: LoadedModel) -> dict[str, dict[str, Any]]:
+    """The method parameters, with a ``background`` image spec loaded like the images."""
+    from xailab.data import load_images
+
+    out: dict[str, dict[str, Any]] = {}
+    for method, kw in spec.method_params.items():
+        out[method] = dict(kw)
+        bg = kw.get("background")
+        if isinstance(bg, str) and (":" in bg or Path(bg).exists()):
+            out[method]["background"] = load_images(bg, loaded.preprocessing, root=spec.data_root)[0].to(loaded.device)
+    return out
+
+
+def read_class_names(path: str) -> list[str]:
+    """Class names from a file: a JSON list, an ImageNet-style ``{"0": [id, name]}`` map, or one a line."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"class-names file not found: {path}")
+    text = p.read_text(encoding="utf-8")
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise InputError(f"class-names file {path} is not valid JSON: {e}") from None
+        if isinstance(data, dict):  # {"0": ["n01440764", "tench"], ...} or {"0": "tench"}
+            return [v[-1] if isinstance(v, list) else str(v) for _, v in sorted(data.items(), key=lambda kv: int(kv[0]))]
+        return [str(v) for v in data]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet class names, as torchvision ships them (no download)."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def method_list(text: str) -> tuple[str, ...]:
+    """``"a,b=c"`` -> ``("a", "b=c")`` (blanks dropped)."""
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+__all__ = ["ExplainSpec", "explain_to_run", "imagenet_class_names", "method_list", "read_class_names",
+           "trained_class_names"]
