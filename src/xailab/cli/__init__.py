@@ -35,6 +35,7 @@ class OneLineParser(argparse.ArgumentParser):
     subcommands' parsers are of the same class."""
 
     def error(self, message: str) -> NoReturn:
+        """Exit 2 with one line naming the problem."""
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
