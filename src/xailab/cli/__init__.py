@@ -14,6 +14,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from xailab.core.errors import XailabError
 
@@ -29,12 +30,20 @@ def _commands() -> dict[str, ModuleType]:
     return out
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line (the usage itself is in ``--help``); the
+    subcommands' parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command; with ``only``, the arguments of that command alone (the
     others keep their one-line help), so ``xailab --help`` and each command start fast."""
     from xailab import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="xailab", description="Explain, measure and audit PyTorch image classifiers."
     )
     parser.add_argument("--version", action="version", version=f"xailab {__version__}")

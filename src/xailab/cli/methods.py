@@ -16,6 +16,10 @@ def run(args: argparse.Namespace) -> int:
     from xailab.core.registry import METHODS
 
     names = METHODS.available(args.pattern, args.family)
+    if not names:
+        from xailab.core.errors import InputError
+
+        raise InputError(f"no method matches {args.pattern!r}" + (f" in family {args.family!r}" if args.family else ""))
     for n in names:
         cls = METHODS.get(n)
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""

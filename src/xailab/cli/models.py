@@ -25,8 +25,9 @@ def run(args: argparse.Namespace) -> int:
         return _list_timm(args.pattern.removeprefix("timm:") or "*")
     names = MODELS.available(args.pattern, args.family)
     if not names:
-        print(f"no model matches {args.pattern!r}" + (f" in family {args.family!r}" if args.family else ""))
-        return 1
+        from xailab.core.errors import InputError
+
+        raise InputError(f"no model matches {args.pattern!r}" + (f" in family {args.family!r}" if args.family else ""))
     print(f"{'name':20s} {'family':13s} {'input':10s} {'classes':>7s}  {'pretrained':10s} description")
     for n in names:
         info = model_info(n)
@@ -53,8 +54,9 @@ def _list_timm(pattern: str) -> int:
 
     names = list_timm(pattern)
     if not names:
-        print(f"no timm model matches {pattern!r}")
-        return 1
+        from xailab.core.errors import InputError
+
+        raise InputError(f"no timm model matches {pattern!r}")
     for n in names:
         print(f"timm:{n}")
     print(f"{len(names)} timm architectures; load one with --model timm:NAME "
