@@ -35,6 +35,7 @@ class OneLineParser(argparse.ArgumentParser):
     subcommands' parsers are of the same class."""
 
     def error(self, message: str) -> NoReturn:
+        """Exit 2 with one line naming the problem."""
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -60,6 +61,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``xailab ARGV``; a user error prints one line and returns 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(only=next((a for a in argv if not a.startswith("-")), ""))
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ HELP = "explain images with attribution methods into a run (maps, tables, PNG ov
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     from xailab.cli.common import add_model_arguments
     from xailab.distributed.options import add_backend_arguments
 
@@ -50,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     import sys
 
     from xailab.cli.common import model_spec, parse_sets

@@ -8,11 +8,13 @@ HELP = "list the registered explanation methods"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*cam*'")
     p.add_argument("--family", help="gradient, cam, perturbation or propagation")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     from xailab.core.registry import METHODS
 
     names = METHODS.available(args.pattern, args.family)

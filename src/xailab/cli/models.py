@@ -12,6 +12,7 @@ HELP = "list the registered models"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     p.add_argument("pattern", nargs="?", default="*",
                    help="shell-style filter, e.g. 'resnet*'; 'timm:vit_*' lists timm's architectures")
     p.add_argument("--family", help="cnn, resnet_cifar, resnet, vgg, efficientnet, ...")
@@ -19,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     from xailab.models import MODELS, model_info
 
     if args.pattern.startswith("timm:"):
