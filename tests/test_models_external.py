@@ -126,7 +126,7 @@ def test_models_command_lists_timm(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["models", "timm:vit_tiny_patch16_2*"]) == 0
     assert "timm:vit_tiny_patch16_224" in capsys.readouterr().out
-    assert main(["models", "timm:nothing_like_this*"]) == 1
+    assert main(["models", "timm:nothing_like_this*"]) == 2
 
 
 def test_timm_grey_model_gets_grey_preprocessing() -> None:
