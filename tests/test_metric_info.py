@@ -11,7 +11,8 @@ from xailab.metrics.columns import COLUMNS, direction_legend
 from xailab.metrics.info import METRICS, MetricInfo, info_of, metric
 
 SCORES = ["deletion", "insertion", "faithfulness_correlation", "iou", "pearson", "spearman", "kendall", "ssim",
-          "pointing_game", "relevance_mass", "relevance_rank", "randomisation_test", "max_sensitivity"]
+          "pointing_game", "relevance_mass", "relevance_rank", "randomisation_test", "max_sensitivity",
+          "road", "infidelity"]
 
 
 @pytest.mark.parametrize("name", SCORES)

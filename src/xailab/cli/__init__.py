@@ -29,7 +29,9 @@ def _commands() -> dict[str, ModuleType]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with ``only``, the arguments of that command alone (the
+    others keep their one-line help), so ``xailab --help`` and each command start fast."""
     from xailab import __version__
 
     parser = argparse.ArgumentParser(
@@ -42,13 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=mod.HELP, description=mod.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        mod.add_arguments(p)
+        if only is None or name == only:
+            mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=next((a for a in argv if not a.startswith("-")), ""))
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

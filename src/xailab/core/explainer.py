@@ -84,6 +84,9 @@ class Explainer:
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
+    #: the progress bar counts model evaluations ("sample"), not images: for methods that spend
+    #: many forwards on one image (LIME, KernelSHAP), whose bar would otherwise sit at 0/N
+    progress_in_samples: ClassVar[bool] = False
     #: whether maps keep the channel dimension ([N, T, C, H, W]) rather than one value a pixel
     per_channel: ClassVar[bool] = False
     #: cheap settings (few samples or steps) for smoke runs, quick demos and conformance tests
@@ -126,6 +129,7 @@ class Explainer:
         self.eval_mode = eval_mode
         self.seed = int(seed)
         self.evaluations = 0
+        self.progress_bar: Any = _NoBar()  # the current explain call's bar
         self._chunk_start = 0  # index of the current chunk's first image in the whole call
         self.index_base = 0  # index of the call's first image in the whole dataset (shards)
 
@@ -166,7 +170,8 @@ class Explainer:
         start = time.perf_counter()
         x = self._check_inputs(inputs)
         self.evaluations = 0
-        bar = _progress(len(x), f"{self.name or type(self).__name__}", progress)
+        bar = _progress(len(x), f"{self.name or type(self).__name__}", progress, self.progress_in_samples)
+        self.progress_bar = bar  # advanced per sample by methods with progress_in_samples
         try:
             with model_session(self.model, eval_mode=self.eval_mode):
                 if self.one_pass:
@@ -203,13 +208,16 @@ class Explainer:
         logits = self.forward(x, grad=False)
         targets, names = resolve_targets(target, logits, labels)
         self._prepare(x, logits)
+        if self.progress_in_samples:
+            bar.reset(total=len(x) * self.samples_per_image(targets.shape[1]))
         per_chunk = self.images_per_chunk(targets.shape[1])
         chunks = []
         for lo in range(0, len(x), per_chunk):
             self._chunk_start = lo
             maps = self._explain_batch(x[lo : lo + per_chunk], targets[lo : lo + per_chunk])
             chunks.append(maps.detach().cpu())
-            bar.update(min(per_chunk, len(x) - lo))
+            if not self.progress_in_samples:
+                bar.update(min(per_chunk, len(x) - lo))
         return torch.cat(chunks).contiguous(), targets, names, logits
 
     def _explain_one_pass(
@@ -359,15 +367,16 @@ class Explainer:
 
 class _NoBar:
     def update(self, n: int) -> None: ...
+    def reset(self, total: int) -> None: ...
     def close(self) -> None: ...
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Any:
+def _progress(total: int, desc: str, enabled: bool, samples: bool = False) -> Any:
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img")
+    return tqdm(total=total, desc=desc, unit="sample" if samples else "img", unit_scale=samples)
 
 
 setattr(Explainer, "__init__", checked_init(Explainer.__dict__["__init__"], all_ranges))  # noqa: B010

@@ -11,14 +11,19 @@ imported here only when asked for, so a local run never imports Ray.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from xailab.distributed.shards import Shard, shard_plan
+if TYPE_CHECKING:
+    from xailab.distributed.shards import Shard, shard_plan
 
 __all__ = ["ClusterError", "RayBackend", "Shard", "shard_plan"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("Shard", "shard_plan"):  # lazily: ``--backend`` options need no torch
+        from xailab.distributed import shards
+
+        return getattr(shards, name)
     if name in ("RayBackend", "ClusterError"):
         from xailab.distributed import ray_backend
 

@@ -60,7 +60,7 @@ def evaluate_to_run(spec: EvaluateSpec, out: str | Path | None = None, *,
 
     device = next((p.device for p in model.parameters()), None)
     check_model_fits(model, ds, len(ds.classes), device)
-    ev = evaluate(model, ds, batch_size=spec.batch_size, device=device, classes=list(ds.classes))
+    ev = evaluate(model, ds, batch_size=spec.batch_size, device=device, classes=list(ds.classes), progress=True)
     log(f"{what} on {name} ({spec.split}, {len(ds)} items)\n")
     log(ev.format())
     if store is None and out is not None:

@@ -7,6 +7,8 @@ Every metric takes maps as an :class:`~xailab.core.explanation.Explanation` or a
     from xailab import metrics
     metrics.iou(saliency, gradcam, top=0.1)                  # [N] overlap of the top 10 %
     metrics.deletion(model, images, saliency).auc            # [N], lower is better
+    metrics.road(model, images, saliency).auc                # [N], lower is better (imputed, not filled)
+    metrics.infidelity(model, images, saliency)              # [N], lower is better
     metrics.randomisation_test(model, images, "saliency").flagged
     metrics.pointing_game(saliency, masks).mean()
 """
@@ -24,7 +26,9 @@ from xailab.metrics.agreement import (
 from xailab.metrics.calibration_maps import edge_explain, edge_maps, random_explain, random_maps
 from xailab.metrics.distribution import Histogram, histogram, scatter_data
 from xailab.metrics.faithfulness import Curves, deletion, faithfulness_correlation, insertion
+from xailab.metrics.infidelity import infidelity
 from xailab.metrics.localisation import pointing_game, relevance_mass, relevance_rank
+from xailab.metrics.road import road
 from xailab.metrics.sanity import SanityResult, randomisation_test
 from xailab.metrics.sensitivity import max_sensitivity
 from xailab.metrics.ssim import ssim
@@ -40,6 +44,7 @@ __all__ = [
     "faithfulness_correlation",
     "histogram",
     "image_ranking",
+    "infidelity",
     "insertion",
     "iou",
     "kendall",
@@ -52,6 +57,7 @@ __all__ = [
     "randomisation_test",
     "relevance_mass",
     "relevance_rank",
+    "road",
     "scatter_data",
     "spearman",
     "ssim",

@@ -59,7 +59,7 @@ class Curves:
         targets: ``[N]`` the classes explained.
     """
 
-    kind: Literal["deletion", "insertion"]
+    kind: Literal["deletion", "insertion", "road"]
     fractions: Tensor
     scores: Tensor
     targets: Tensor

@@ -139,17 +139,22 @@ def evaluation_from_logits(logits: torch.Tensor, labels: torch.Tensor,
 
 def evaluate(model: nn.Module, dataset: Dataset[Any], *, batch_size: int = 512,
              device: torch.device | None = None, classes: list[str] | None = None,
-             num_workers: int = 0) -> Evaluation:
-    """Evaluate ``model`` (in eval mode, flag restored) on every item of ``dataset``."""
+             num_workers: int = 0, progress: bool = False) -> Evaluation:
+    """Evaluate ``model`` (in eval mode, flag restored) on every item of ``dataset``
+    (``progress``: a bar in images)."""
+    from tqdm.auto import tqdm
+
     names = classes or classes_of(dataset)
     k = len(names)
     cm = np.zeros((k, k), dtype=np.int64)
     loss_sum, n = 0.0, 0
-    for logits, y in predict_batches(model, dataset, k, batch_size=batch_size, device=device,
-                                     num_workers=num_workers):
-        loss_sum += float(F.cross_entropy(logits.double(), y, reduction="sum"))
-        cm += confusion_matrix(y.numpy(), logits.argmax(1).numpy(), k)
-        n += len(y)
+    with tqdm(total=len(dataset), desc="evaluate", unit="img", disable=not progress) as bar:  # type: ignore[arg-type]
+        for logits, y in predict_batches(model, dataset, k, batch_size=batch_size, device=device,
+                                         num_workers=num_workers):
+            loss_sum += float(F.cross_entropy(logits.double(), y, reduction="sum"))
+            cm += confusion_matrix(y.numpy(), logits.argmax(1).numpy(), k)
+            n += len(y)
+            bar.update(len(y))
     return Evaluation(cm, loss_sum / max(1, n), names)
 
 

@@ -40,6 +40,7 @@ class PerturbationExplainer(Explainer):
     #: most images explained together (their copies share forward passes); a chunk's memory is
     #: a few small arrays per image, the perturbed copies themselves are never all held at once
     images_together: ClassVar[int] = 32
+    progress_in_samples: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, *, fold_batchnorm: bool = True, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -60,6 +61,7 @@ class PerturbationExplainer(Explainer):
     def perturbed_logits(self, x: Tensor) -> Tensor:
         """Logits of perturbed copies ``x`` (at most ``batch_size`` rows): through the folded
         copy of the model when there is one, else :meth:`forward`; counted as evaluations."""
+        self.progress_bar.update(len(x))
         if self._fast is None:
             return self.forward(x, grad=False)
         with torch.no_grad():

@@ -1,0 +1,155 @@
+"""ROAD: RemOve And Debias (Rong, Leemann et al. 2022, "A consistent and efficient evaluation
+strategy for attribution methods", ICML, arXiv:2202.00449), with no retraining.
+
+Deletion curves fill removed pixels with a constant, which leaks the removal's shape to the
+model (the class can be read off the mask). ROAD fills them by *noisy linear imputation*: every
+removed pixel takes the weighted mean of its 8 neighbours (orthogonal weight 1/6, diagonal 1/12,
+weights of neighbours outside the image dropped), known neighbours fixed, removed ones solved
+jointly, plus Gaussian noise of standard deviation ``noise``::
+
+    for a removed pixel i:   sum_j w_ij (u_i - u_j) = 0,   u_j = x_j for a kept neighbour j
+
+The linear system is symmetric positive definite, and is solved per channel by conjugate
+gradients on all images and removal levels of a batch at once (a 3x3 convolution applies it),
+where Quantus and the authors' code call a sparse direct solver per image and level.
+
+For each percentage ``p`` the top ``p`` % pixels of the map (most relevant first, "MoRF";
+``order="lerf"``: least relevant first) are removed and the model scores the imputed image.
+Lower area under the MoRF curve is better. ``output="accuracy"`` scores 1 when the top class
+is still the explained one (Quantus's ROAD), ``"probability"`` the class probability.
+
+    c = road(model, images, saliency, percentages=range(1, 100, 2))
+    c.auc        # [N] area under the score curve (lower is better for MoRF)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xailab.core.errors import InputError
+from xailab.metrics.faithfulness import Curves
+from xailab.metrics.info import metric
+from xailab.metrics.maps import Maps, Mode, check_images, maps_for_images, resolve_target
+from xailab.metrics.perturb import Output, class_scores, pixel_ranks, scores_of_rows
+
+#: neighbour weights of the imputation (Rong et al.'s ``offset_weight``)
+KERNEL = [[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]]
+
+
+def impute(images: Tensor, removed: Tensor, *, tol: float = 1e-10, max_iter: int = 10_000) -> Tensor:
+    """Linear imputation (module docstring, without the noise) of ``images [B, C, H, W]`` where
+    ``removed [B, H, W]`` is True; solved in float64 by conjugate gradients to relative residual
+    ``tol``."""
+    x = images.double()
+    m = removed[:, None].to(x.dtype).expand_as(x)
+    c = x.shape[1]
+    k = torch.tensor(KERNEL, dtype=x.dtype, device=x.device).view(1, 1, 3, 3).expand(c, 1, 3, 3)
+
+    def conv(v: Tensor) -> Tensor:
+        return F.conv2d(v, k, padding=1, groups=c)
+
+    diag = conv(torch.ones_like(x[:1])).expand_as(x)  # sum of the weights of valid neighbours
+
+    def op(v: Tensor) -> Tensor:  # A v on the removed pixels (v is 0 elsewhere)
+        return (diag * v - conv(v)) * m
+
+    b = conv(x * (1 - m)) * m
+    u = torch.zeros_like(x)
+    r = b.clone()
+    p = r.clone()
+    rr = (r * r).sum((2, 3), keepdim=True)
+    stop = (tol**2) * rr.clamp_min(1e-300)
+    for _ in range(max_iter):
+        if bool((rr <= stop).all()):
+            break
+        ap = op(p)
+        alpha = rr / (p * ap).sum((2, 3), keepdim=True).clamp_min(1e-300)
+        alpha = torch.where(rr <= stop, torch.zeros_like(alpha), alpha)
+        u = u + alpha * p
+        r = r - alpha * ap
+        rr_new = (r * r).sum((2, 3), keepdim=True)
+        p = r + (rr_new / rr.clamp_min(1e-300)) * p
+        rr = rr_new
+    return (x * (1 - m) + u * m).to(images.dtype)
+
+
+@metric(direction="lower", category="faithfulness",
+        summary="area under the ROAD curve (top pixels removed and imputed from their neighbours)",
+        low=0.0, high=1.0)
+def road(
+    model: nn.Module,
+    images: Tensor,
+    maps: Maps,
+    target: Tensor | int | str | None = None,
+    *,
+    percentages: Iterable[float] = range(1, 100, 2),
+    noise: float = 0.01,
+    order: Literal["morf", "lerf"] = "morf",
+    mode: Mode = "signed",
+    output: Output | Literal["accuracy"] = "probability",
+    seed: int = 0,
+    batch_size: int = 64,
+    column: int = 0,
+) -> Curves:
+    """ROAD curves ``[N, len(percentages)]`` (module docstring); ``fractions`` are ``p / 100``.
+
+    The number of pixels removed at ``p`` is ``int(H * W * p / 100)`` (as Quantus). Noise of
+    row ``(image i, level k)`` comes from generator ``seed * 1_000_003 + i * 1_009 + k``, so it
+    does not depend on the batch.
+    """
+    from xailab.core.hooks import model_device
+
+    pcts = [float(p) for p in percentages]
+    if not pcts or any(not 0 <= p <= 100 for p in pcts):
+        raise InputError(f"percentages must be in [0, 100], got {pcts}")
+    if order not in ("morf", "lerf"):
+        raise InputError(f"order must be 'morf' or 'lerf', not {order!r}")
+    x = check_images(images).to(model_device(model))
+    a = maps_for_images(maps, x, mode=mode, target=column)
+    t = resolve_target(model, x, target, maps, column)
+    n, _, h, w = x.shape
+    ranks = pixel_ranks(a if order == "morf" else -a)
+    counts = torch.tensor([int(h * w * p / 100) for p in pcts], device=x.device)
+    s = len(pcts)
+
+    def make(rows: Tensor) -> tuple[Tensor, Tensor]:
+        rows = rows.to(x.device)
+        i, k = rows // s, rows % s
+        removed = ranks[i] < counts[k].view(-1, 1, 1)
+        out = impute(x[i], removed)
+        if noise > 0:
+            eps = torch.empty(len(rows), *x.shape[1:], dtype=torch.float64)
+            for j, (ii, kk) in enumerate(zip(i.tolist(), k.tolist(), strict=True)):
+                g = torch.Generator().manual_seed(seed * 1_000_003 + ii * 1_009 + kk)
+                eps[j] = torch.randn(x.shape[1:], generator=g, dtype=torch.float64)
+            out = out + (noise * eps.to(x.device) * removed[:, None]).to(out.dtype)
+        return out, t[i]
+
+    if output == "accuracy":
+        scores = _accuracy_rows(model, n * s, make, batch_size).view(n, s)
+    else:
+        scores = scores_of_rows(model, n * s, make, output=output, batch_size=batch_size).view(n, s)
+    return Curves(kind="road", fractions=torch.tensor(pcts, dtype=torch.float64) / 100, scores=scores,
+                  targets=t.cpu())
+
+
+def _accuracy_rows(model: nn.Module, n_rows: int, make: object, batch_size: int) -> Tensor:
+    """1.0 where the perturbed image's top class is the target, else 0.0 (Quantus's ROAD)."""
+    from xailab.core.hooks import model_device, model_session
+    from xailab.metrics.perturb import logits_of
+
+    device = model_device(model)
+    out = torch.empty(n_rows, dtype=torch.float64)
+    with model_session(model), torch.no_grad():
+        for lo in range(0, n_rows, batch_size):
+            rows = torch.arange(lo, min(n_rows, lo + batch_size))
+            xb, tb = make(rows)  # type: ignore[operator]
+            logits = logits_of(model(xb.to(device)), len(xb))
+            top = class_scores(logits, logits.argmax(1), "logit")
+            out[lo: lo + len(rows)] = (class_scores(logits, tb, "logit") >= top).double().cpu()
+    return out
