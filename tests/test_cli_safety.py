@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import subprocess
@@ -206,3 +207,30 @@ def test_f12_listings_show_aliases(capsys: pytest.CaptureFixture[str], command: 
     assert main([command]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(name + " "))
     assert re.search(rf"\(also: .*\b{alias}\b", line), line
+
+
+def test_f12_skip_bad_images_through_the_cli_lists_them_in_the_run(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    weights, folder = _small_cnn(tmp_path), _folder(tmp_path, n=3)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG broken")
+    _one_line_error(_explain(weights, folder, tmp_path / "strict"), capsys, r"cannot decode image .*corrupt\.png")
+    assert not (tmp_path / "strict" / "manifest.json").exists()
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match=r"corrupt\.png: skipped"):
+        assert main([*_explain(weights, folder, out), "--skip-bad-images"]) == 0
+    notes = json.loads((out / "manifest.json").read_text())["config"]["image_notes"]
+    assert any("corrupt.png: skipped" in n for n in notes)
+    assert Explanation.load(out / "explanations" / "saliency").maps.shape[0] == 3
+
+
+def test_f5_what_was_done_to_the_images_is_in_the_run(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray((np.arange(28 * 28).reshape(28, 28) * 80).astype(np.uint16)).save(folder / "deep.png")
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(folder / "tiny.png")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="images changed while loading"):
+        assert main(_explain(_small_cnn(tmp_path), folder, out)) == 0
+    notes = json.loads((out / "manifest.json").read_text())["config"]["image_notes"]
+    assert any("deep.png: 16-bit grey scaled to 8 bits" in n for n in notes)
+    assert any("tiny.png: a 2x2 image upscaled 14.0x" in n for n in notes)

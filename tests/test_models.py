@@ -344,4 +344,4 @@ def test_models_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "resnet20" in out and "3x32x32" in out and "resnet18" in out and "preprocessing" in out
     assert "cifar_cnn" not in out
-    assert main(["models", "nothing*"]) == 1
+    assert main(["models", "nothing*"]) == 2  # a pattern matching nothing: one line, exit 2

@@ -126,4 +126,11 @@ def test_models_command_lists_timm(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["models", "timm:vit_tiny_patch16_2*"]) == 0
     assert "timm:vit_tiny_patch16_224" in capsys.readouterr().out
-    assert main(["models", "timm:nothing_like_this*"]) == 1
+    assert main(["models", "timm:nothing_like_this*"]) == 2
+
+
+def test_timm_grey_model_gets_grey_preprocessing() -> None:
+    model = load_model(TINY_VIT, num_classes=10, in_channels=1)
+    prep = get_preprocessing(model)
+    assert prep is not None and prep.channels == 1 and len(prep.mean) == 1
+    assert model(torch.rand(2, 1, 32, 32)).shape == (2, 10)

@@ -139,3 +139,13 @@ def test_first_round_leaves_degrees_of_freedom() -> None:
         first = schedule.next_round(0, s)
         assert (first - 1) // 2 >= s + 16 and first % 2 == 1
         assert schedule.next_round(first, s) == 2 * max(16, first // 8)  # a quarter more
+
+
+def test_the_docs_example_runs() -> None:
+    """The ``num_samples="auto"`` example of docs/methods/perturbation.md, as written."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "methods" / "perturbation.md").read_text()
+    blocks_ = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    example = next(b for b in blocks_ if 'num_samples="auto"' in b)
+    exec(compile(example, "perturbation.md", "exec"), {})

@@ -197,6 +197,8 @@ def evaluate_backdoor(model: nn.Module, test: ImageDataset, trigger: Trigger | s
 
 @dataclass
 class PoisonResult:
+    """What poisoned training produced: the model, the poisoned data, the backdoor evaluation, the epochs."""
+
     model: nn.Module
     train: PoisonedDataset
     evaluation: BackdoorEvaluation | None

@@ -34,6 +34,8 @@ from xailab.core.errors import InputError
 
 @dataclass(frozen=True)
 class Spectral:
+    """Spectral clustering of a similarity graph: eigenvalues, eigengap cluster count and a 2-way split."""
+
     eigenvalues: np.ndarray       # the smallest eigenvalues of the normalised Laplacian, ascending
     k: int                        # number of clusters by the largest eigengap (1 .. len - 1)
     gap_score: float              # 1 - l_2 / l_next: 1 = a separate group, 0 = none
@@ -43,6 +45,8 @@ class Spectral:
 
 @dataclass(frozen=True)
 class TwoMeans:
+    """A 2-means split: labels (1 = the smaller cluster), its share and its silhouette."""
+
     labels: np.ndarray            # [n] 1 = the smaller cluster
     small_share: float
     silhouette: float             # mean silhouette coefficient of the split, in [-1, 1]

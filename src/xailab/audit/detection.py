@@ -114,6 +114,8 @@ class ClassEvidence:
 
 @dataclass
 class DetectionReport:
+    """Backdoor detection over classes: the evidence per class, the table, the settings, the seconds."""
+
     classes: list[ClassEvidence]
     table: pd.DataFrame
     params: dict[str, Any]

@@ -43,6 +43,8 @@ SHIFT_TARGETS = ("top1", "true", "clean", "adversarial", "target")
 
 @dataclass
 class ShiftResult:
+    """How explanations move under an attack: per image, method and target, and the maps on both sides."""
+
     table: pd.DataFrame
     clean: dict[str, Explanation]        # method -> explanation of the clean images [N, T, ...]
     adversarial: dict[str, Explanation]  # method -> explanation of the attacked images

@@ -14,6 +14,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from xailab.core.errors import XailabError
 
@@ -29,12 +30,21 @@ def _commands() -> dict[str, ModuleType]:
     return out
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line (the usage itself is in ``--help``); the
+    subcommands' parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        """Exit 2 with one line naming the problem."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command; with ``only``, the arguments of that command alone (the
     others keep their one-line help), so ``xailab --help`` and each command start fast."""
     from xailab import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="xailab", description="Explain, measure and audit PyTorch image classifiers."
     )
     parser.add_argument("--version", action="version", version=f"xailab {__version__}")
@@ -51,6 +61,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``xailab ARGV``; a user error prints one line and returns 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(only=next((a for a in argv if not a.startswith("-")), ""))
     args = parser.parse_args(argv)

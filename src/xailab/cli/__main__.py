@@ -1,3 +1,5 @@
+"""``python -m xailab.cli``: the ``xailab`` command."""
+
 import sys
 
 from xailab.cli import main

@@ -34,6 +34,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -105,6 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     action = getattr(args, "action", None)
     if action == "adversarial":
         return _adversarial(args)

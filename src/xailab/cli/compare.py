@@ -19,6 +19,7 @@ HELP = "compare a run's methods: agreement, deletion/insertion, sanity check, ti
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     from xailab.cli.common import add_model_arguments
     from xailab.distributed.options import add_backend_arguments
 
@@ -43,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     from xailab.cli.common import model_override, names
     from xailab.distributed.options import backend_from_args
     from xailab.jobs.compare import CompareSpec, compare_to_run

@@ -33,6 +33,7 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     sub = p.add_subparsers(dest="action", metavar="ACTION")
 
@@ -80,6 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     from xailab.core.errors import InputError
 
     if args.action == "ice":

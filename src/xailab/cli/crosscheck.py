@@ -18,6 +18,7 @@ HELP = "check a run's IG maps against Captum's on the same model, images and bas
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     from xailab.cli.common import add_model_arguments
 
     p.add_argument("run", help="run directory written by `xailab explain` (with integrated_gradients)")
@@ -30,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     import pandas as pd
 
     from xailab.cli.common import model_override

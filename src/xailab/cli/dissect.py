@@ -26,6 +26,7 @@ HELP = "network dissection: label units with colours, Broden concepts or classes
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     from xailab.cli.common import add_model_arguments
 
     add_model_arguments(p, required=False)
@@ -62,6 +63,7 @@ def _compare(a: str, b: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     from xailab.core.errors import InputError
 
     if args.compare:

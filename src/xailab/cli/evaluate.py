@@ -16,6 +16,7 @@ HELP = "evaluate a trained run or a model + weights on a dataset (accuracy, conf
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     from xailab.cli.common import add_model_arguments
     from xailab.distributed.options import add_backend_arguments
 
@@ -33,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     from xailab.cli.common import model_spec
     from xailab.distributed.options import backend_from_args
     from xailab.jobs.evaluate import EvaluateSpec, evaluate_to_run

@@ -19,6 +19,7 @@ HELP = "explain images with attribution methods into a run (maps, tables, PNG ov
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     from xailab.cli.common import add_model_arguments
     from xailab.distributed.options import add_backend_arguments
 
@@ -28,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True,
                    help="image files (comma-separated), a folder, or dataset:split[:N], e.g. cifar10:test:16")
     p.add_argument("--data-root", help="where the dataset of --images lies (folder or archive)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out image files that cannot be decoded (listed in the run) instead of stopping")
     p.add_argument("--methods", required=True,
                    help="comma-separated method names (see `xailab methods`); NAME=METHOD runs METHOD under "
                         "its own NAME, so several settings of one method sit side by side "
@@ -48,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     import sys
 
     from xailab.cli.common import model_spec, parse_sets
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         model=model_spec(args), images=args.images, methods=method_list(args.methods),
         targets=tuple(parse_target_list(args.targets)), data_root=args.data_root, class_names=args.class_names,
         method_params=parse_sets(args.set), layer=args.layer, batch_size=args.batch_size, seed=args.seed,
-        quick=args.quick, png=args.png, backend=backend_from_args(args),
+        quick=args.quick, png=args.png, backend=backend_from_args(args), skip_bad_images=args.skip_bad_images,
     )
     run_ = explain_to_run(spec, args.out)
     print(f"run: {run_.path}")

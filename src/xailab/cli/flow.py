@@ -17,6 +17,7 @@ HELP = "instance flow: a Sankey of how predictions move between classes over the
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     p.add_argument("run", help="run directory with recorded per-epoch predictions")
     p.add_argument("--class", dest="true_classes", action="append", metavar="NAME",
                    help="only instances of this true class (name or index; repeat for several)")
@@ -41,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     from xailab.dynamics.page import flow_page
     from xailab.runs.store import Run
 

@@ -12,6 +12,7 @@ HELP = "list the registered models"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     p.add_argument("pattern", nargs="?", default="*",
                    help="shell-style filter, e.g. 'resnet*'; 'timm:vit_*' lists timm's architectures")
     p.add_argument("--family", help="cnn, resnet_cifar, resnet, vgg, efficientnet, ...")
@@ -19,14 +20,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     from xailab.models import MODELS, model_info
 
     if args.pattern.startswith("timm:"):
         return _list_timm(args.pattern.removeprefix("timm:") or "*")
     names = MODELS.available(args.pattern, args.family)
     if not names:
-        print(f"no model matches {args.pattern!r}" + (f" in family {args.family!r}" if args.family else ""))
-        return 1
+        from xailab.core.errors import InputError
+
+        raise InputError(f"no model matches {args.pattern!r}" + (f" in family {args.family!r}" if args.family else ""))
     print(f"{'name':20s} {'family':13s} {'input':10s} {'classes':>7s}  {'pretrained':10s} description")
     for n in names:
         info = model_info(n)
@@ -53,8 +56,9 @@ def _list_timm(pattern: str) -> int:
 
     names = list_timm(pattern)
     if not names:
-        print(f"no timm model matches {pattern!r}")
-        return 1
+        from xailab.core.errors import InputError
+
+        raise InputError(f"no timm model matches {pattern!r}")
     for n in names:
         print(f"timm:{n}")
     print(f"{len(names)} timm architectures; load one with --model timm:NAME "

@@ -19,6 +19,7 @@ HELP = "static HTML report of runs (three questions, images, comparison, flow, c
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (train, evaluate, explain, concepts, dissect, audit runs)")
     p.add_argument("--out", required=True, metavar="SITE", help="folder to write (replaced whole if it is a report)")
     p.add_argument("--title", default="xailab report", help="title shown on every page")
@@ -26,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     from xailab.report.site import build_site
 
     site = build_site(args.runs, args.out, title=args.title, max_images=args.max_images)

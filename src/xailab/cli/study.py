@@ -15,6 +15,7 @@ HELP = "run a classic XAI study (CIFAR-10 CNN, ResNet dissection, Fashion-MNIST 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     from xailab.studies import STUDIES
 
     sub = p.add_subparsers(dest="study", metavar="STUDY")
@@ -28,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     from xailab.cli import main
     from xailab.core.errors import XailabError
     from xailab.steps import run_steps

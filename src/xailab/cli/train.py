@@ -18,6 +18,7 @@ import argparse
 HELP = "train a model into a run directory (resumable; per-epoch predictions; --folds for k-fold)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of this command."""
     p.add_argument("--model", required=True, help="zoo name (small_cnn, cifar_cnn, binary_cnn, "
                    "resnet20, ...) or a model spec used with --weights")
     p.add_argument("--weights", help="start from these weights (safetensors)")
@@ -46,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
     from xailab.jobs.train import TrainSpec, train_to_run
 
     spec = TrainSpec(

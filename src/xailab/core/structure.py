@@ -54,6 +54,8 @@ KINDS = frozenset({"reused_module", "functional_activation", "inplace_op"})
 
 @dataclass(frozen=True)
 class StructureIssue:
+    """A pattern in a model that makes a propagation method silently wrong (kind, where, detail)."""
+
     kind: str  # one of KINDS
     where: str  # module name ("" = the model's own forward)
     detail: str

@@ -47,6 +47,8 @@ class ExplainSpec:
             it also maps the model to data whose classes differ.
         method_params: ``{method: {param: value}}``; a ``background`` given as an image spec is
             loaded like the images.
+        skip_bad_images: leave out image files that cannot be decoded (listed in the run's
+            ``config.image_notes``, as is every other change made to the images while loading).
     """
 
     model: ModelSpec
@@ -62,6 +64,7 @@ class ExplainSpec:
     quick: bool = False
     png: bool | str = "grid"
     backend: Backend | None = None
+    skip_bad_images: bool = False
 
     def check(self) -> None:
         """What can be checked before anything loads."""
@@ -80,7 +83,9 @@ def explain_to_run(spec: ExplainSpec, out: str | Path, *, log: Callable[[str], N
     spec.check()
     new = check_out(out, ("explain",))
     loaded = load(spec.model, log=log)
-    images, labels, names, dataset = load_images(spec.images, loaded.preprocessing, root=spec.data_root)
+    notes: list[str] = []
+    images, labels, names, dataset = load_images(spec.images, loaded.preprocessing, root=spec.data_root,
+                                                 notes=notes, skip_bad=spec.skip_bad_images)
     norm = settle_preprocessing(loaded, dataset, log)  # a dataset normalises its images itself
     display = norm.denormalize(images) if norm is not None else images
     x = images.to(loaded.device)
@@ -90,7 +95,8 @@ def explain_to_run(spec: ExplainSpec, out: str | Path, *, log: Callable[[str], N
     log(f"explaining {len(images)} images with {', '.join(method_names(spec.methods))} "
         f"for targets {', '.join(map(str, targets))}")
     config = {**spec.model.record(), "images": spec.images, "data_root": _abs(spec.data_root),
-              "device": str(loaded.device), "preprocessing": norm.to_dict() if norm is not None else None}
+              "device": str(loaded.device), "preprocessing": norm.to_dict() if norm is not None else None,
+              "image_notes": notes}
     with job_lock(out, log):
         try:
             run = explain_images(

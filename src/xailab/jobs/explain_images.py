@@ -127,8 +127,10 @@ def explain_images(
     plan = plan_methods(model, images, methods, targets, labels=labels, method_params=method_params, layer=layer,
                         mean=mean, std=std, batch_size=batch_size, seed=seed, quick=quick)
     run = _open_run(out, plan, model, images, targets, config)
+    prev = run.manifest.get("explain") or {}  # methods an earlier (or concurrent) job put in the run stay
     run.update_manifest("explain", {
-        "methods": plan.names, "kinds": plan.kinds,
+        "methods": list(dict.fromkeys([*prev.get("methods", []), *plan.names])),
+        "kinds": {**prev.get("kinds", {}), **plan.kinds},
         "targets": targets if isinstance(targets, (str, int)) else list(map(str, targets)),
         "batch_size": batch_size, "seed": seed, "layer": layer,
         "class_names": list(class_names) if class_names is not None else None,
@@ -140,7 +142,9 @@ def explain_images(
     _write_images(run, images, shown, names, labels)
     results, refused = _compute(run, model, images, plan, targets, labels, names, class_names, log, backend)
     if refused:
-        run.update_manifest("explain", {**run.manifest["explain"], "refused": refused})
+        section = run.manifest["explain"]
+        kept = [m for m in section["methods"] if m not in refused or (run.path / "explanations" / m).is_dir()]
+        run.update_manifest("explain", {**section, "methods": kept, "refused": refused})
     if figures != "none":
         write_overlays(run, results, shown, names, class_names, per_method=figures == "all")
     return run

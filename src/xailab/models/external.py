@@ -91,8 +91,12 @@ def _timm(spec: str, num_classes: int | None, in_channels: int | None, pretraine
         h, w = (int(built[0]), int(built[1])) if isinstance(built, tuple | list) else (int(built), int(built))
     crop = float(cfg.get("crop_pct") or 1.0)
     resize = math.floor(min(h, w) / crop) if crop < 1.0 else None
-    prep = Preprocessing(mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), input_size=(h, w), resize=resize,
-                         channels=int(c), interpolation=_interp(cfg.get("interpolation", "bilinear")))
+    channels = int(kwargs.get("in_chans", c))  # timm's config keeps its RGB statistics for in_chans=1
+    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+    if len(mean) != channels:
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    prep = Preprocessing(mean=mean, std=std, input_size=(h, w), resize=resize,
+                         channels=channels, interpolation=_interp(cfg.get("interpolation", "bilinear")))
     set_preprocessing(model, prep)
     return model
 

@@ -41,6 +41,8 @@ Split = tuple[Sequence[int] | np.ndarray, Sequence[int] | np.ndarray]
 
 @dataclass
 class KFoldResult:
+    """K-fold training: one row per fold (sizes, best epoch, metrics) and the parent run."""
+
     table: pd.DataFrame     # one row per fold: fold, n_train, n_val, best_epoch, METRICS
     run: Run | None
 

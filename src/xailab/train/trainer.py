@@ -97,6 +97,8 @@ def merge_section(run: Run, section: str, values: dict[str, Any]) -> None:
 
 @dataclass
 class TrainResult:
+    """What training produced: the model, its run, the per-epoch history and the best epoch."""
+
     model: nn.Module
     run: Run | None
     history: pd.DataFrame       # one row per epoch (all committed epochs when there is a run)

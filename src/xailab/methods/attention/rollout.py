@@ -32,6 +32,7 @@ from xailab.core.card import HOW, MethodCard
 from xailab.core.errors import InputError, UnsupportedModelError
 from xailab.core.explainer import Explainer
 from xailab.core.registry import register
+from xailab.core.rows import RowTargets
 from xailab.methods.attention.record import AttentionRecorder
 from xailab.methods.cam.base import upsample
 from xailab.methods.cam.tokens import TokenGrid, find_token_grid
@@ -61,21 +62,32 @@ class AttentionExplainer(Explainer):
         self.grid: TokenGrid | None = None
         self._parts: list[Tensor] = []
 
+    one_pass: ClassVar[bool] = True  # the targets come from the method's own forward pass
+
+    def images_per_chunk(self, n_targets: int) -> int:
+        return self.batch_size  # one forward pass of the chunk's images serves every target
+
     def _prepare(self, x: Tensor, logits: Tensor) -> None:
+        self._prepare_one_pass(x)
+
+    def _prepare_one_pass(self, x: Tensor) -> None:
         self._parts = []
-        self.grid = find_token_grid(self.model, x[:1])
-        with torch.no_grad(), AttentionRecorder() as rec:
-            self.model(x[:1])
+        self.grid = find_token_grid(self.model, x[:1])  # one dry run (the refusal waits for the logits)
+
+    def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
+        return self._explain_rows(x, RowTargets.known(targets))
+
+    def _attentions(self, x: Tensor, rows: RowTargets, grad: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """``(logits, targets [B, T], attention maps)`` of one forward pass of ``x``."""
+        with torch.set_grad_enabled(grad), AttentionRecorder() as rec:
+            logits = self.forward(x.detach().clone().requires_grad_(grad), grad=grad)
         if self.grid is None or not rec.maps:
             raise UnsupportedModelError(
                 f"{self.name} needs a vision transformer: this model has "
                 + ("no patch embedding followed by tokens" if self.grid is None else "no softmax attention")
                 + "; use a CAM or a gradient method instead")
-
-    def _attentions(self, x: Tensor, grad: bool) -> tuple[Tensor, list[Tensor]]:
-        with torch.set_grad_enabled(grad), AttentionRecorder() as rec:
-            logits = self.forward(x.requires_grad_(grad), grad=grad)
-        return logits, rec.maps
+        targets = rows.images(0, logits) if rows.lazy else rows.targets
+        return logits, targets, rec.maps
 
     def _read(self, r: Tensor, x: Tensor) -> Tensor:
         """``R [B, T, T]`` -> the patch map ``[B, h, w]``."""
@@ -123,11 +135,8 @@ class AttentionRollout(AttentionExplainer):
     def params(self) -> dict[str, Any]:
         return {**super().params(), "head_fusion": self.head_fusion}
 
-    def samples_per_image(self, n_targets: int) -> int:
-        return 1
-
-    def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
-        _, maps = self._attentions(x, grad=False)
+    def _explain_rows(self, x: Tensor, rows: RowTargets) -> Tensor:
+        _, targets, maps = self._attentions(x, rows, grad=False)
         r = torch.eye(maps[0].shape[-1], dtype=maps[0].dtype, device=x.device).expand(len(x), -1, -1)
         for a in maps:
             fused = getattr(a, self.head_fusion)(dim=1)
@@ -149,18 +158,18 @@ class GradientWeightedAttention(AttentionExplainer):
                 "over the patches.",
         paper="Chefer, Gur, Wolf (2021), \"Generic Attention-model Explainability for Interpreting "
               "Bi-Modal and Encoder-Decoder Transformers\", ICCV (arXiv:2103.15679).",
-        cost="One forward and one backward pass per image and target.",
+        cost="One forward pass per image and one backward pass per image and target.",
     )
 
-    def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
+    def _explain_rows(self, x: Tensor, rows: RowTargets) -> Tensor:
+        logits, targets, maps = self._attentions(x, rows, grad=True)
         out = []
-        for j in range(targets.shape[1]):
-            logits, maps = self._attentions(x.detach().clone(), grad=True)
-            grads = torch.autograd.grad(self.score(logits, targets[:, j]).sum(), maps)
+        n = targets.shape[1]
+        for j in range(n):  # one forward pass, a backward pass per target column
+            grads = torch.autograd.grad(self.score(logits, targets[:, j]).sum(), maps, retain_graph=j < n - 1)
             r = torch.eye(maps[0].shape[-1], dtype=maps[0].dtype, device=x.device).expand(len(x), -1, -1)
             for a, g in zip(maps, grads, strict=True):
-                bar = (g * a).clamp(min=0).mean(dim=1).detach()
-                r = r + bar @ r
+                r = r + (g * a).clamp(min=0).mean(dim=1).detach() @ r
             out.append(self._read(r, x))
         return self._finish(torch.stack(out, dim=1), x)
 
