@@ -34,3 +34,20 @@ def test_perturbations_keep_what_they_should() -> None:
     s = shuffled_maps(a, seed=1)
     assert torch.equal(s.flatten(1).sort(1).values, a.flatten(1).sort(1).values) and not torch.equal(s, a)
     assert torch.equal(noisy_maps(a, 0.0), a)
+
+
+def test_plotting_forces_no_backend_and_show_draws_every_target(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import xailab.plotting; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"  # importing xailab.plotting leaves the user's backend alone
+    from xailab.plotting import save_png, show
+
+    model, x = PatchNet().eval(), patch_images(2)
+    res = xailab.create("saliency", model).explain(x, target=[0, 1])
+    fig = show(res, x, index=1)
+    assert len(fig.axes) == 4 * len(res.target_names)  # per target: image, heatmap, overlay, colour bar
+    assert save_png(fig, tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
