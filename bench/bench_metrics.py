@@ -11,7 +11,13 @@ Both run the model on batches of all images. The CIFAR CNN is untrained (timing 
 scores barely move and the AUCs printed are not a quality comparison (the tests check equality
 with Quantus on the same curves).
 
-    python -m bench.bench_metrics [--quick] [--steps 6] [--json out.json]
+ROAD and infidelity (``--only road``, also run by default) against ``quantus.ROAD`` and
+``quantus.Infidelity`` on the same maps: ROAD on grey CIFAR images (Quantus's ROAD indexes a map
+shared by three channels out of bounds, so one channel), its 50 default percentages, no noise
+(both sides deterministic), accuracy as the score; infidelity with 4x4 patches filled with 0,
+softmax scores. The largest difference of the scores is printed beside the times.
+
+    python -m bench.bench_metrics [--quick] [--steps 6] [--only curves|road] [--json out.json]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -79,6 +86,65 @@ def _quantus(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, maps: dic
     return out
 
 
+def _pair(name: str, model: torch.nn.Module, xb: torch.Tensor, a: torch.Tensor, y: torch.Tensor,
+          pcts: list[int]) -> tuple[Callable[[], np.ndarray], Callable[[], np.ndarray]]:
+    """(xailab, quantus) computations of ROAD (mean accuracy per percentage) or infidelity (per image)."""
+    import quantus
+
+    from xailab.metrics import infidelity, road
+
+    n = len(xb)
+    common: dict[str, Any] = dict(model=model, x_batch=xb.numpy(), y_batch=y.numpy(), a_batch=a[:, None].numpy(),
+                                  batch_size=n, device="cpu")
+    if name == "road":
+        def ours() -> np.ndarray:
+            return road(model, xb, a, y, percentages=pcts, noise=0.0, output="accuracy",
+                        batch_size=256).scores.mean(0).numpy()
+
+        def theirs() -> np.ndarray:
+            res = quantus.ROAD(percentages=pcts, noise=0.0, normalise=False, disable_warnings=True)(**common)
+            return np.array([res[p] for p in pcts])
+        return ours, theirs
+
+    def ours_i() -> np.ndarray:
+        return infidelity(model, xb, a, y, patch=4, fill=0.0, batch_size=256).numpy()
+
+    def theirs_i() -> np.ndarray:
+        metric = quantus.Infidelity(perturb_baseline=0.0, perturb_patch_sizes=[4], n_perturb_samples=1,
+                                    normalise=False, abs=False, disable_warnings=True)
+        return np.asarray(metric(**common, softmax=True), dtype=np.float64)
+    return ours_i, theirs_i
+
+
+def _road_infidelity(n: int, repeat: int) -> list[Row]:
+    x = cifar_batch(n)
+    torch.manual_seed(0)
+    grey = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                               torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
+                               torch.nn.Flatten(), torch.nn.Linear(512, 10)).eval()
+    cnn = cifar_cnn()
+    xg = x.mean(1, keepdim=True)
+    pcts = list(range(1, 100, 2))
+    rows: list[Row] = []
+    for name, model, xb in (("road", grey, xg), ("infidelity", cnn, x)):
+        with torch.no_grad():
+            y = model(xb).argmax(1)
+        a = xailab.create("saliency", model, batch_size=n).explain(xb, target=y).pixel_maps()[:, 0]
+        ours, theirs = _pair(name, model, xb, a, y, pcts)
+        best_o, best_q = float("inf"), float("inf")
+        for _ in range(repeat):
+            t, o = timed(ours)
+            best_o = min(best_o, t)
+            t, q = timed(theirs)
+            best_q = min(best_q, t)
+        diff = float(np.abs(o - q).max())
+        case = f"{'grey-cnn' if name == 'road' else 'cifar-cnn'} x{n}"
+        rows.append(Row(case, name, "xailab", best_o / n, extra={"total_s": best_o, "max_abs_diff": diff}))
+        rows.append(Row(case, name, "quantus", best_q / n, extra={"total_s": best_q}))
+        print(f"{name}: largest |xailab - quantus| = {diff:.3g}")
+    return rows
+
+
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="20 images, 12 steps, one repeat")
@@ -89,6 +155,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: as set by bench.common); on a "
                    "machine shared beyond its cores, 1 gives stable timings")
     p.add_argument("--json", help="write the rows as JSON here")
+    p.add_argument("--only", choices=["curves", "road"], help="only deletion/insertion, or only ROAD and infidelity")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     if args.threads:
@@ -102,6 +169,14 @@ def main(argv: list[str]) -> None:
         have_quantus = True
     except ImportError:
         have_quantus = False
+    if args.only == "road" or (args.only is None and have_quantus):
+        road_rows = _road_infidelity(n, repeat) if have_quantus else []
+        print_table(road_rows, f"ROAD and infidelity, {n} images, best of {repeat}, {time.strftime('%H:%M')}")
+        for line in ratio_rows(road_rows):
+            print(line)
+        if args.only == "road":
+            save_json(road_rows, args.json)
+            return
     cnn = cifar_cnn()
     x = cifar_batch(n)
     with torch.no_grad():

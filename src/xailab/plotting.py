@@ -1,6 +1,11 @@
 """Plotting shared by every room: attribution maps as PNG (image, heatmap, overlay), colour
 scales, safe text, atomic PNG writing. Imports only the run store's atomic writer.
 
+No backend is forced: figures are built as ``matplotlib.figure.Figure`` objects without pyplot,
+so they save anywhere and show in Jupyter. :func:`show` is the one-liner for an explanation::
+
+    fig = show(result, images, index=0)        # image | heatmap with colour bar | overlay, per target
+
 Colour scales are consistent and honest: a signed map uses a diverging colormap symmetric
 around zero (blue = evidence against, red = evidence for); a non-negative map uses a sequential
 one from zero. One scale is shared by every panel of a figure unless ``shared_scale=False``.
@@ -17,9 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -74,7 +76,8 @@ def overlay_figure(
     """One row per map: image | heatmap | overlay. ``maps`` are ``[H, W]`` pixel maps."""
     img = to_hwc(image)
     rows = len(maps)
-    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows + (0.4 if suptitle else 0)), squeeze=False)
+    fig = Figure(figsize=(7.5, 2.5 * rows + (0.4 if suptitle else 0)))
+    axes = fig.subplots(rows, 3, squeeze=False)
     limits = color_limits(maps) if shared_scale else None
     for r, (m, title) in enumerate(zip(maps, titles, strict=True)):
         vmin, vmax, cmap = limits or color_limits([m])
@@ -105,7 +108,8 @@ def grid_figure(
     img = to_hwc(image)
     methods = list(maps)
     cols = len(target_titles) + 1
-    fig, axes = plt.subplots(len(methods), cols, figsize=(2.2 * cols, 2.2 * len(methods) + 0.4), squeeze=False)
+    fig = Figure(figsize=(2.2 * cols, 2.2 * len(methods) + 0.4))
+    axes = fig.subplots(len(methods), cols, squeeze=False)
     for r, name in enumerate(methods):
         vmin, vmax, cmap = color_limits(maps[name])
         axes[r, 0].imshow(img, interpolation="nearest")
@@ -133,12 +137,15 @@ def _finish(fig: Figure, suptitle: str) -> None:
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Write ``fig`` as PNG atomically and close it."""
+    """Write ``fig`` as PNG atomically (and close it when pyplot made it)."""
     buf = io.BytesIO()
     try:
         fig.savefig(buf, format="png", dpi=dpi)
     finally:
-        plt.close(fig)
+        import sys
+
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close(fig)
     return atomic_write_bytes(Path(path), buf.getvalue())
 
 
@@ -150,3 +157,16 @@ def plain(text: str) -> str:
 def target_title(name: str, class_name: str, probability: float) -> str:
     """``'top1: cat (0.81)'``, safe for any user-given class name."""
     return plain(f"{name}: {class_name} ({probability:.2f})")
+
+
+def show(result: Any, images: Any, *, index: int = 0, alpha: float = 0.85) -> Figure:
+    """Image ``index`` of an Explanation ``result`` with its maps for every target: one row per
+    target (image | heatmap with its own colour bar | overlay). ``images`` as given to ``explain``
+    (``[N, C, H, W]``, a tensor or an array, in [0, 1] for the picture to look right)."""
+    maps = np.asarray(result.pixel_maps()[index].detach().cpu().double().numpy())  # [T, H, W]
+    img = images[index]
+    img = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
+    img = (img - img.min()) / max(float(img.max() - img.min()), 1e-12)
+    titles = [plain(f"{result.method}: {name} (class {int(t)})")
+              for name, t in zip(result.target_names, result.targets[index].tolist(), strict=True)]
+    return overlay_figure(img, list(maps), titles, alpha=alpha, shared_scale=False)

@@ -38,7 +38,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     fmt = argparse.RawDescriptionHelpFormatter
 
-    a = sub.add_parser("adversarial", help="attack images and compare their explanations", formatter_class=fmt)
+    _adversarial_args(sub.add_parser("adversarial", help="attack images and compare their explanations",
+                                     formatter_class=fmt))
+    _poison_args(sub.add_parser("poison", help="train a model on data with a backdoor", formatter_class=fmt))
+    _backdoor_args(sub.add_parser("backdoor", help="detect a backdoor per class (SpRAy, activation clustering)",
+                                  formatter_class=fmt))
+
+
+def _adversarial_args(a: argparse.ArgumentParser) -> None:
     _model_args(a)
     a.add_argument("--images", required=True, help="files, a folder, or dataset:split[:N] (e.g. fashion_mnist:test:64)")
     a.add_argument("--data-root", help="where the dataset of --images lies")
@@ -62,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", required=True, help="run directory")
 
-    q = sub.add_parser("poison", help="train a model on data with a backdoor", formatter_class=fmt)
+
+def _poison_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--data", required=True, help="cifar10, mnist, fashion_mnist or folder:<path>")
     q.add_argument("--data-root", help="where the dataset's files are")
     q.add_argument("--source", default=None,
@@ -83,8 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--quiet", action="store_true")
     q.add_argument("--out", required=True, help="run directory (new)")
 
-    b = sub.add_parser("backdoor", help="detect a backdoor per class (SpRAy, activation clustering)",
-                       formatter_class=fmt)
+
+def _backdoor_args(b: argparse.ArgumentParser) -> None:
     _model_args(b)
     b.add_argument("--data", help="the training data: cifar10, mnist, fashion_mnist or folder:<path> "
                    "(default with --run from audit poison: its poisoned training set)")

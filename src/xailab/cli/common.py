@@ -27,7 +27,8 @@ def add_model_arguments(
                    help="per-channel mean the model was trained with (pixels in [0, 1]), with --std")
     p.add_argument("--std", type=floats, metavar="S[,S,S]", help="per-channel std the model was trained with")
     p.add_argument("--input-range", type=floats, metavar="LOW,HIGH",
-                   help="the model takes pixels scaled to [LOW, HIGH] (e.g. -1,1 or 0,255) instead of --mean/--std")
+                   help="the model takes pixels scaled to [LOW, HIGH] instead of --mean/--std, e.g. --input-range=-1,1 "
+                        "(with '=' when LOW is negative) or --input-range 0,255")
     p.add_argument("--device", default=device, help="cpu, cuda, cuda:N or auto")
 
 

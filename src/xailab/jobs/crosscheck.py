@@ -137,16 +137,8 @@ def crosscheck_run(
     if against not in REFERENCES:
         raise InputError(f"crosscheck compares with {', '.join(REFERENCES)}, not {against!r}")
     run = path if isinstance(path, Run) else Run.open(path)
-    kinds = (run.manifest.get("explain") or {}).get("kinds") or {}
-    if str(kinds.get(method, method)) not in METHODS:  # a run may name a method NAME=METHOD
-        raise InputError(f"crosscheck supports {', '.join(METHODS)}, not {method!r}")
-    res = load_method(run, method)
+    res = _checked_method(run, method)
     params = dict(res.params)
-    if str(params.get("rule", "gausslegendre")) not in _CAPTUM_RULES:
-        raise InputError(
-            f"the run's IG rule {params.get('rule')!r} has no Captum counterpart; crosscheck compares the "
-            f"fixed rules ({', '.join(_CAPTUM_RULES)}): check the completeness delta of this run instead"
-        )
     IntegratedGradients = _captum_ig()
     images = torch.from_numpy(np.array(run.read_array("images")))
     if len(images) != len(res):
@@ -184,6 +176,21 @@ def crosscheck_run(
     done[part] = summary(table).to_dict(orient="records")
     run.update_manifest(TABLE, done)
     return table
+
+
+def _checked_method(run: Run, method: str) -> Explanation:
+    """The run's maps of ``method``, refused unless they are IG maps with a rule Captum has."""
+    kinds = (run.manifest.get("explain") or {}).get("kinds") or {}
+    if str(kinds.get(method, method)) not in METHODS:  # a run may name a method NAME=METHOD
+        raise InputError(f"crosscheck supports {', '.join(METHODS)}, not {method!r}")
+    res = load_method(run, method)
+    rule = res.params.get("rule", "gausslegendre")
+    if str(rule) not in _CAPTUM_RULES:
+        raise InputError(
+            f"the run's IG rule {rule!r} has no Captum counterpart; crosscheck compares the "
+            f"fixed rules ({', '.join(_CAPTUM_RULES)}): check the completeness delta of this run instead"
+        )
+    return res
 
 
 def _captum_maps(ig: Any, x: Tensor, base: Tensor, t: Tensor, ours: Any, bsize: int) -> tuple[Tensor, Tensor]:

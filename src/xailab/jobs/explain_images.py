@@ -127,20 +127,13 @@ def explain_images(
     plan = plan_methods(model, images, methods, targets, labels=labels, method_params=method_params, layer=layer,
                         mean=mean, std=std, batch_size=batch_size, seed=seed, quick=quick)
     run = _open_run(out, plan, model, images, targets, config)
-    run.update_manifest("explain", {
-        "methods": plan.names, "kinds": plan.kinds,
-        "targets": targets if isinstance(targets, (str, int)) else list(map(str, targets)),
-        "batch_size": batch_size, "seed": seed, "layer": layer,
-        "class_names": list(class_names) if class_names is not None else None,
-        "n_images": len(images), "identity": plan.identity,
-    })
+    _record(run, plan, targets, layer, class_names, len(images))
     # the report reads the cards from here; those of methods an earlier call put in the run stay
     run.update_manifest("cards", {**(run.manifest.get("cards") or {}), **method_cards(plan.kinds.values())})
     shown = display if display is not None else _minmax(images)
     _write_images(run, images, shown, names, labels)
     results, refused = _compute(run, model, images, plan, targets, labels, names, class_names, log, backend)
-    if refused:
-        run.update_manifest("explain", {**run.manifest["explain"], "refused": refused})
+    _record_refusals(run, refused)
     if figures != "none":
         write_overlays(run, results, shown, names, class_names, per_method=figures == "all")
     return run
@@ -219,6 +212,28 @@ def _open_run(out: str | Path, plan: MethodPlan, model: nn.Module, images: Tenso
             raise RunError(f"run {path} holds explanations of {', '.join(diff)}; explaining into it would mix "
                            "them: choose another --out (or remove the run to recompute)")
     return Run.create(out, kind="explain", config=config or {})
+
+
+def _record(run: Run, plan: MethodPlan, targets: TargetSpec, layer: str | None,
+            class_names: Sequence[str] | None, n: int) -> None:
+    """The manifest's ``explain`` section; methods an earlier (or concurrent) job put in the run stay."""
+    prev = run.manifest.get("explain") or {}
+    run.update_manifest("explain", {
+        "methods": list(dict.fromkeys([*prev.get("methods", []), *plan.names])),
+        "kinds": {**prev.get("kinds", {}), **plan.kinds},
+        "targets": targets if isinstance(targets, (str, int)) else list(map(str, targets)),
+        "batch_size": plan.batch_size, "seed": plan.seed, "layer": layer,
+        "class_names": list(class_names) if class_names is not None else None,
+        "n_images": n, "identity": plan.identity,
+    })
+
+
+def _record_refusals(run: Run, refused: dict[str, str]) -> None:
+    """The refused methods, with their reasons, in the manifest (and not among its methods)."""
+    if refused:
+        section = run.manifest["explain"]
+        kept = [m for m in section["methods"] if m not in refused or (run.path / "explanations" / m).is_dir()]
+        run.update_manifest("explain", {**section, "methods": kept, "refused": refused})
 
 
 def _write_images(run: Run, images: Tensor, shown: Tensor, names: list[str], labels: Tensor | None) -> None:

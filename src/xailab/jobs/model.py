@@ -114,8 +114,8 @@ def spec_from_config(config: dict[str, Any], **override: Any) -> ModelSpec:
         mean=_tuple(config.get("mean")), std=_tuple(config.get("std")),
         input_range=_tuple(config.get("input_range")),  # type: ignore[arg-type]
     )
-    if "name" in given and "weights" not in given and "pretrained" not in given:
-        base = replace(base, weights=None, pretrained=False)  # another model: not the run's weights
+    if "name" in given:  # another model: not the run's weights, nor its choice of random ones
+        base = replace(base, weights=None, pretrained=False, random_weights=False)
     return replace(base, **given)
 
 

@@ -185,7 +185,7 @@ def verdict(faith: pd.DataFrame, board: pd.DataFrame | None = None, sanity: pd.D
             "tied_with": ", ".join(ties), "sanity": s_verdict, "sanity_reason": reason,
             "agreement_iou": float(b["agreement_iou"]) if b is not None and "agreement_iou" in b else np.nan,
             "avg_time": float(b["avg_time"]) if b is not None and "avg_time" in b else np.nan,
-            "caveats": "; ".join(_caveats(m, b, ci.n, rule)),
+            "caveats": "; ".join(_caveats(m, b, ci.n, rule) + (["sanity not tested"] if s_verdict == "n/a" else [])),
             "images": ci.n,
         })
     table = pd.DataFrame(rows)

@@ -58,6 +58,31 @@ def directions(r: ReportRun, columns: list[str]) -> str:
     return f" {text[:1].upper()}{text[1:]}." if parts else ""
 
 
+def _figures(site: Site, r: ReportRun, agreement_shown: bool) -> list[str]:
+    """The compare job's figures (those shown as tables already left out), then its scatter plots."""
+    parts, figs = [], []
+    folder = r.run.path / "files" / "metrics"
+    known = {f for f, _ in FIGURES}
+    for fname, caption in FIGURES:
+        if fname.startswith("agreement_") and agreement_shown:
+            continue  # shown above as a table
+        png = folder / fname
+        if png.is_file():
+            figs.append(figure(site.copy(png, f"{r.slug}/metrics/{fname}"), caption))
+    scatters = []
+    if folder.is_dir():
+        for png in sorted(folder.glob("*.png")):
+            if png.name not in known and not png.name.startswith("."):
+                label = png.stem.replace("scatter_", "").replace("_", " ")
+                scatters.append(figure(site.copy(png, f"{r.slug}/metrics/{png.name}"), label))
+    if figs:
+        parts.append("<h3>Figures</h3>" + "".join(figs))
+    if scatters:
+        parts.append("<h3>Scatter plots</h3><p class=note>Pixel attributions of two methods against each "
+                     "other.</p>" + "".join(scatters))
+    return parts
+
+
 def comparison_section(site: Site, r: ReportRun) -> str:
     if not has_comparison(r):
         return ""
@@ -99,24 +124,5 @@ def comparison_section(site: Site, r: ReportRun) -> str:
     sanity = r.table("sanity")
     if sanity is not None:
         parts.append("<h3>Sanity (model randomisation)</h3>" + table(sanity))
-    figs = []
-    folder = r.run.path / "files" / "metrics"
-    known = {f for f, _ in FIGURES}
-    for fname, caption in FIGURES:
-        if fname.startswith("agreement_") and agreement is not None:
-            continue  # shown above as a table
-        png = folder / fname
-        if png.is_file():
-            figs.append(figure(site.copy(png, f"{r.slug}/metrics/{fname}"), caption))
-    scatters = []
-    if folder.is_dir():
-        for png in sorted(folder.glob("*.png")):
-            if png.name not in known and not png.name.startswith("."):
-                label = png.stem.replace("scatter_", "").replace("_", " ")
-                scatters.append(figure(site.copy(png, f"{r.slug}/metrics/{png.name}"), label))
-    if figs:
-        parts.append("<h3>Figures</h3>" + "".join(figs))
-    if scatters:
-        parts.append("<h3>Scatter plots</h3><p class=note>Pixel attributions of two methods against each "
-                     "other.</p>" + "".join(scatters))
+    parts += _figures(site, r, agreement is not None)
     return "".join(parts)

@@ -53,9 +53,11 @@ def _cell(rec: Mapping[str, Any], col: str, spec: str, best: float | None) -> st
     text = fmt(float(v), spec)
     lo: Any = rec.get(f"{col}_low")
     hi: Any = rec.get(f"{col}_high")
+    cls = "num"
     if _finite(lo) and _finite(hi):
         text += f" [{fmt(float(lo), spec)}, {fmt(float(hi), spec)}]"
-    cls = "num best" if best is not None and float(v) == best else "num"
+        cls += " ci"
+    cls += " best" if best is not None and float(v) == best else ""
     return f'<td class="{cls}">{esc(text)}</td>'
 
 

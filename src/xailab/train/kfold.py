@@ -75,6 +75,16 @@ def stratified_splits(labels: np.ndarray, k: int, seed: int) -> list[Split]:
     return list(stratified_kfold(labels, k=k, seed=seed))
 
 
+def _stratified(labels: np.ndarray, k: int, seed: int) -> list[Split]:
+    """``k`` stratified folds of ``labels``; refuses ``k < 2`` and a class with fewer than ``k`` items."""
+    if k < 2:
+        raise InputError(f"k-fold needs k >= 2 folds, got {k}")
+    counts = np.bincount(labels)
+    if counts[counts > 0].min() < k:
+        raise InputError(f"a class has only {counts[counts > 0].min()} items, fewer than k={k} folds")
+    return list(stratified_splits(labels, k, seed))
+
+
 def train_kfold(model_fn: Callable[[int], nn.Module], dataset: Dataset[Any], *, k: int = 5,
                 splits: Sequence[Split] | None = None, config: TrainConfig | None = None,
                 run: Run | str | os.PathLike[str] | None = None,
@@ -96,14 +106,8 @@ def train_kfold(model_fn: Callable[[int], nn.Module], dataset: Dataset[Any], *, 
         fold_config: written (with ``fold``) as each fold run's manifest ``config``.
     """
     cfg = config or TrainConfig()
-    labels = labels_of(dataset)
     if splits is None:
-        if k < 2:
-            raise InputError(f"k-fold needs k >= 2 folds, got {k}")
-        counts = np.bincount(labels)
-        if counts[counts > 0].min() < k:
-            raise InputError(f"a class has only {counts[counts > 0].min()} items, fewer than k={k} folds")
-        splits = stratified_splits(labels, k, cfg.seed)
+        splits = _stratified(labels_of(dataset), k, cfg.seed)
     held = eval_dataset if eval_dataset is not None else dataset
     classes = classes_of(dataset)
     parent = run if isinstance(run, Run) or run is None else Run.create(run, kind="kfold")

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -187,13 +187,10 @@ class Trainer:
                            state.best_val_acc if self.val_data is not None and state.best_epoch else None,
                            state.epoch, state.start_epoch)
 
-    def _epoch(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-               state: TrainState) -> None:
+    def _train_batches(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
+                       seed: int) -> tuple[Tensor, Tensor, int]:
+        """One pass over the training data: summed loss (float64), correct predictions, items seen."""
         cfg, k = self.config, len(self.classes)
-        seed = epoch_seed(cfg.seed, epoch)
-        seed_everything(seed)
-        self.callbacks.on_epoch_begin(epoch, model, state)
-        t0 = time.perf_counter()
         model.train()
         nb = n_batches(self.train_data, cfg.batch_size)
         dl = batches(self.train_data, cfg.batch_size, shuffle=True, seed=seed, train=True,
@@ -223,6 +220,16 @@ class Trainer:
                     bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}", acc=f"{int(correct) / n:.4f}")
         finally:
             bar.close()
+        return loss_sum, correct, n
+
+    def _epoch(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+               state: TrainState) -> None:
+        cfg = self.config
+        seed = epoch_seed(cfg.seed, epoch)
+        seed_everything(seed)
+        self.callbacks.on_epoch_begin(epoch, model, state)
+        t0 = time.perf_counter()
+        loss_sum, correct, n = self._train_batches(epoch, model, optimizer, state, seed)
         train_loss = float(loss_sum) / max(1, n)
         if not np.isfinite(train_loss):
             raise ModelError(f"the training loss became {train_loss} in epoch {epoch}; lower the "

@@ -15,7 +15,7 @@ A channel with ``e_k = 0`` is always skipped (one with energy is always kept fir
 Ablation-CAM a skipped channel's weight is 0: exact for zero channels (zeroing them changes
 nothing). For Score-CAM the softmax runs over the kept channels: for zero channels that only
 rescales the whole map (their masks are empty images whose softmax mass is left out). What
-screening changes beyond that is measured in ``bench/bench_cam.py --screening`` (map
+screening changes beyond that is measured by ``python -m bench.bench_cam_screening`` (map
 correlation with the full method, deletion AUC, evaluations).
 
     create("score_cam", model, layer="layer4", channels=0.9)   # channels with 90 % of the energy

@@ -86,6 +86,15 @@ def mixing_operations(output: Tensor) -> Counter[str]:
     return found
 
 
+def _check_batchnorm(model: nn.Module, method: str) -> None:
+    bn_training = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if bn_training:
+        raise UnsupportedModelError(
+            f"{method} needs BatchNorm layers in eval mode (it merges their running statistics into "
+            f"the layer before), but {', '.join(bn_training[:3])} are training; use eval_mode=True"
+        )
+
+
 def _structure_problems(model: nn.Module, example: Tensor, calls: Any) -> list[str]:
     """What makes LRP's rules wrong on this model: reused modules (``calls``: name -> calls per
     forward pass) and functional activations other than ReLU."""
@@ -129,12 +138,8 @@ def prepare_model(
     pass before any canonizer, only when checking); ``forward`` maps inputs to logits (default:
     ``model``). Parameters must be frozen and the model in eval mode.
     """
-    bn_training = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
-    if bn_training and check:
-        raise UnsupportedModelError(
-            f"{method} needs BatchNorm layers in eval mode (it merges their running statistics into "
-            f"the layer before), but {', '.join(bn_training[:3])} are training; use eval_mode=True"
-        )
+    if check:
+        _check_batchnorm(model, method)
     if reference is None and check:
         with torch.no_grad():
             reference = (forward or model)(example)
