@@ -77,32 +77,9 @@ def steps(args: argparse.Namespace) -> list[Step]:
     runs: list[str] = []
     out_steps: list[Step] = []
 
-    if args.weights:
-        weights = args.weights
-        limit = ["--limit", str(QUICK["limit_test"])] if args.quick else []
-        evaluated = str(out / "evaluate")
-        out_steps.append(("evaluate your model on the test set (no training: --weights given, so no instance flow)",
-                          ["evaluate", *model, "--weights", weights, "--data", args.data, *root, *limit, *device,
-                           "--out", evaluated]))
-        runs.append(evaluated)
-    else:
-        train = str(out / "train")
-        weights = str(out / "train" / "checkpoints" / "best.safetensors")
-        sizes = ["--epochs", str(_size(args, "epochs"))]
-        augment = [] if args.quick else ["--augment"]  # short runs learn faster without it
-        for key, flag in (("limit_train", "--limit-train"), ("limit_test", "--limit-test"),
-                          ("track_limit", "--track-limit")):
-            value = _size(args, key)
-            if value is not None:
-                sizes += [flag, str(value)]
-        out_steps += [
-            ("train the CNN, recording every tracked test image's prediction after each epoch",
-             ["train", *model, "--data", args.data, *root, *sizes, *augment, "--track", "test", *device,
-              "--out", train]),
-            ("instance flow: how the predictions moved between classes over the epochs (Puehringer et al. 2020)",
-             ["flow", train, "--thumbnails", "200"]),
-        ]
-        runs.append(train)
+    weights, first = _model_steps(args, out, model, root, device)
+    out_steps += first
+    runs.append(first[0][1][-1])
 
     explain = str(out / "explain")
     out_steps += [
@@ -131,6 +108,32 @@ def steps(args: argparse.Namespace) -> list[Step]:
     out_steps.append(("publish every run as one static report",
                       ["report", *runs, "--out", str(out / "report"), "--title", _title(args)]))
     return out_steps
+
+
+def _model_steps(args: argparse.Namespace, out: Path, model: list[str], root: list[str],
+                 device: list[str]) -> tuple[str, list[Step]]:
+    """The weights the study explains, and the steps that train them and draw the instance flow
+    (or evaluate --weights)."""
+    if args.weights:
+        limit = ["--limit", str(QUICK["limit_test"])] if args.quick else []
+        return args.weights, [("evaluate your model on the test set (no training: --weights given, so no instance flow)",
+                               ["evaluate", *model, "--weights", args.weights, "--data", args.data, *root, *limit,
+                                *device, "--out", str(out / "evaluate")])]
+    train = str(out / "train")
+    sizes = ["--epochs", str(_size(args, "epochs"))]
+    augment = [] if args.quick else ["--augment"]  # short runs learn faster without it
+    for key, flag in (("limit_train", "--limit-train"), ("limit_test", "--limit-test"),
+                      ("track_limit", "--track-limit")):
+        value = _size(args, key)
+        if value is not None:
+            sizes += [flag, str(value)]
+    return str(out / "train" / "checkpoints" / "best.safetensors"), [
+        ("train the CNN, recording every tracked test image's prediction after each epoch",
+         ["train", *model, "--data", args.data, *root, *sizes, *augment, "--track", "test", *device,
+          "--out", train]),
+        ("instance flow: how the predictions moved between classes over the epochs (Puehringer et al. 2020)",
+         ["flow", train, "--thumbnails", "200"]),
+    ]
 
 
 TITLE = "CIFAR-10 CNN: instance flow, saliency, SHAP, ICE"

@@ -91,24 +91,9 @@ def steps(args: argparse.Namespace) -> list[Step]:
     runs: list[str] = []
     out_steps: list[Step] = []
 
-    if args.weights:
-        weights = args.weights
-        limit = ["--limit", str(QUICK["limit_test"])] if args.quick else []
-        evaluated = str(out / "evaluate")
-        out_steps.append(("evaluate your model on the test set (no training: --weights given)",
-                          ["evaluate", *model, "--weights", weights, *data, *limit, *device, "--out", evaluated]))
-        runs.append(evaluated)
-    else:
-        train = str(out / "train")
-        weights = str(out / "train" / "checkpoints" / "best.safetensors")
-        sizes = ["--epochs", str(_size(args, "epochs"))]
-        for key, flag in (("limit_train", "--limit-train"), ("limit_test", "--limit-test")):
-            value = _size(args, key)
-            if value is not None:
-                sizes += [flag, str(value)]
-        out_steps.append(("train the CNN", ["train", *model, *data, *sizes, "--track", "none", *device,
-                                            "--out", train]))
-        runs.append(train)
+    weights, first = _model_step(args, out, model, data, device)
+    out_steps.append(first)
+    runs.append(first[1][-1])
     trained = [*model, "--weights", weights]
 
     explain = str(out / "explain")
@@ -132,9 +117,38 @@ def steps(args: argparse.Namespace) -> list[Step]:
          *device, "--out", patch]))
     runs.append(patch)
 
+    backdoor = _backdoor_steps(args, out, trained, data, device)
+    out_steps += backdoor
+    runs += [cmd[-1] for _, cmd in backdoor]
+
+    out_steps.append(("publish every run as one static report",
+                      ["report", *runs, "--out", str(out / "report"), "--title", _title(args)]))
+    return out_steps
+
+
+def _model_step(args: argparse.Namespace, out: Path, model: list[str], data: list[str],
+                device: list[str]) -> tuple[str, Step]:
+    """The weights the study explains, and the step that trains them (or evaluates --weights)."""
+    if args.weights:
+        limit = ["--limit", str(QUICK["limit_test"])] if args.quick else []
+        return args.weights, ("evaluate your model on the test set (no training: --weights given)",
+                              ["evaluate", *model, "--weights", args.weights, *data, *limit, *device,
+                               "--out", str(out / "evaluate")])
+    sizes = ["--epochs", str(_size(args, "epochs"))]
+    for key, flag in (("limit_train", "--limit-train"), ("limit_test", "--limit-test")):
+        value = _size(args, key)
+        if value is not None:
+            sizes += [flag, str(value)]
+    return str(out / "train" / "checkpoints" / "best.safetensors"), (
+        "train the CNN", ["train", *model, *data, *sizes, "--track", "none", *device, "--out", str(out / "train")])
+
+
+def _backdoor_steps(args: argparse.Namespace, out: Path, trained: list[str], data: list[str],
+                    device: list[str]) -> list[Step]:
+    """Train a backdoored model, audit it, and audit the clean model as the control."""
     poison, bd_audit, clean_audit = str(out / "backdoor-train"), str(out / "backdoor-audit"), str(out / "clean-audit")
     per_class = ["--max-per-class", str(_size(args, "per_class"))]
-    out_steps += [
+    return [
         (f"train a backdoored model: a white 4x4 square on 10 % of the {args.source} images, relabelled {args.target}",
          ["audit", "poison", *data, "--source", args.source, "--target", args.target, "--fraction", "0.1",
           "--trigger", "patch:4", "--model", args.backdoor_model or args.model,
@@ -146,11 +160,6 @@ def steps(args: argparse.Namespace) -> list[Step]:
         ("the same audit of the clean model on its training data (the control)",
          ["audit", "backdoor", *trained, *data, *per_class, *device, "--out", clean_audit]),
     ]
-    runs += [poison, bd_audit, clean_audit]
-
-    out_steps.append(("publish every run as one static report",
-                      ["report", *runs, "--out", str(out / "report"), "--title", _title(args)]))
-    return out_steps
 
 
 TITLE = "Fashion-MNIST: SHAP, DeepLIFT, IG; a patch attack; a backdoor audit"

@@ -167,16 +167,27 @@ def steps(args: argparse.Namespace) -> list[Step]:
         ("compare the methods: IoU of the top 10 % pixels per image (Grad-CAM vs LIME), faithfulness",
          ["compare", str(out / "explain"), "--reference", "gradcam", *device, *compare_quick]),
     ]
+    photo_steps = _photo_steps(args, out, n_photos, quick, device, compare_quick)
+    result += photo_steps
+    runs = [str(out / "explain"), *([str(out / "photos-explain")] if photo_steps else [])]
+    result.append(("publish the runs as a static report",
+                   ["report", *runs, *[str(out / ("dissect-" + c.split(":")[0])) for c in concepts],
+                    "--out", str(out / "report"), "--title", "ResNet: dissection, CAMs and LIME"]))
+    return result
+
+
+def _photo_steps(args: argparse.Namespace, out: Path, n_photos: int, quick: list[str], device: list[str],
+                 compare_quick: list[str]) -> list[Step]:
+    """Pick photos, explain them with the pretrained photo model and compare (none without photos)."""
     photos = args.photos
     if photos is None and args.model == DEFAULT_MODEL and args.data == "cifar10":
         photos = shared_file(PHOTOS)
-    runs = [str(out / "explain")]
     if photos and photos != "none":
         names = shared_file(CLASS_INDEX) if args.photos_model == PHOTO_MODEL else None
         lime_on = "lime" in [m.strip() for m in args.methods.split(",")]
         photo_lime = ["--set", f"lime.num_samples={PHOTO_LIME_SAMPLES}"] if lime_on and not args.quick else []
         layer = args.photos_layer or (PHOTO_LAYER if args.photos_model == PHOTO_MODEL else None)
-        result += [
+        return [
             (f"pick {n_photos} photos", ["datasets", photos, "--export", str(out / "photos"),
                                          "--per-class", str(n_photos), "--splits", "test"]),
             (f"explain the photos with the pretrained {args.photos_model}: {args.methods}",
@@ -187,11 +198,7 @@ def steps(args: argparse.Namespace) -> list[Step]:
              ["compare", str(out / "photos-explain"), "--reference", "gradcam", "--no-sanity", *device,
               *compare_quick[:4]]),
         ]
-        runs.append(str(out / "photos-explain"))
-    result.append(("publish the runs as a static report",
-                   ["report", *runs, *[str(out / ("dissect-" + c.split(":")[0])) for c in concepts],
-                    "--out", str(out / "report"), "--title", "ResNet: dissection, CAMs and LIME"]))
-    return result
+    return []
 
 
 STUDY = register_study(Study(
