@@ -28,7 +28,7 @@ better; near 0 for a map unrelated to the model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -307,7 +307,20 @@ def faithfulness_all(
     if not 1 <= size <= p or runs < 2:
         raise InputError(f"need 1 <= subset size <= {p} pixels and runs >= 2, got {size} and {runs}")
     subsets = random_subsets(n, p, runs, size, seed).to(x.device)
-    gone, start = fill_images(x, deletion_fill), fill_images(x, insertion_fill)
+    make = _row_maker(x, t, ranks, counts, subsets, fill_images(x, deletion_fill), fill_images(x, insertion_fill),
+                      runs, q)
+    total = n * (3 + runs) + len(names) * n * 2 * q
+    scores = scores_of_rows(model, total, make, output=output, batch_size=batch_size)  # [rows, M]
+    return _collect(names, scores, attr, t, subsets, counts, runs, q)
+
+
+def _row_maker(x: Tensor, t: Tensor, ranks: Tensor, counts: Tensor, subsets: Tensor, gone: Tensor, start: Tensor,
+               runs: int, q: int) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """The perturbed images of ``faithfulness_all``'s rows and their targets. Rows come first
+    per image (``3 + runs`` shared: the image, fully deleted, insertion's start, the correlation's
+    subsets), then per method and image (``2 * (steps - 1)`` own: deletion's, then insertion's)."""
+    n, _, h, w = x.shape
+    p = h * w
     s_rows, m_rows = 3 + runs, 2 * q  # per image: shared rows; per image and method: its own
 
     def shared(rows: Tensor) -> Tensor:
@@ -336,9 +349,14 @@ def faithfulness_all(
         i = torch.where(first, rows // s_rows, ((rows - n * s_rows) % max(n * m_rows, 1)) // max(m_rows, 1))
         return torch.cat(parts), t[i]
 
-    total = n * s_rows + len(names) * n * m_rows
-    scores = scores_of_rows(model, total, make, output=output, batch_size=batch_size)  # [rows, M]
-    k = len(names)
+    return make
+
+
+def _collect(names: list[str], scores: Tensor, attr: list[Tensor], t: Tensor, subsets: Tensor, counts: Tensor,
+             runs: int, q: int) -> dict[str, Faithfulness]:
+    """Each method's curves and correlation from the scores of all rows (``[rows, M]``)."""
+    n, p = t.shape[0], attr[0].flatten(1).shape[1]
+    s_rows, k = 3 + runs, len(names)
     common = scores[: n * s_rows].view(n, s_rows, k)
     mine = scores[n * s_rows:].view(k, n, 2, q, k)
     fractions = counts.cpu().double() / p
