@@ -123,6 +123,25 @@ def ice_images(
     spec = {"layer": layer_name, "n_concepts": n_concepts, "ks": ks, "n_images": n, "epochs": epochs,
             "seed": seed, "clamp": clamp, "batch_size": batch_size}
     run = Run.create(out, kind="concepts", config=config or {})
+    bases = _bases(run, model, images, spec, channels, log, progress)
+    result = analyse_ice(model, bases[n_concepts], images, labels, batch_size=batch_size,
+                         presence=presence, progress=progress)
+    _save_bases(run, result, bases, spec, log)
+    curve_df = _curve(run, model, bases, images, curve, curve_images, seed, batch_size, progress)
+
+    names = list(names) if names is not None else [f"{i:05d}" for i in range(n)]
+    cnames = [str(c) for c in class_names] if class_names is not None else [str(j) for j in range(result.sensitivity.shape[1])]
+    _write_tables(run, result, names, cnames)
+    _record(run, spec, channels, presence, result, cnames, int(min(curve_images, n)) if len(curve_df) else 0, start)
+    if png:
+        write_ice_figures(model, run, result, images, names, cnames, display, gallery, curve_df, batch_size)
+    return run
+
+
+def _bases(run: Run, model: nn.Module, images: ImageSource, spec: dict[str, Any], channels: int,
+           log: Callable[[str], None], progress: bool) -> dict[int, ConceptBasis]:
+    """The fitted bases by number of concepts: loaded when the run holds a fit of the same spec."""
+    n_concepts, ks, layer_name, n = spec["n_concepts"], spec["ks"], spec["layer"], spec["n_images"]
     saved = run.manifest.get("ice_spec")
     bases: dict[int, ConceptBasis] = {}
     if saved == json.loads(json.dumps(spec)) and "ice_basis" in run.arrays():
@@ -131,12 +150,16 @@ def ice_images(
         for k in ks:
             if k != n_concepts and f"ice_k{k}_basis" in run.arrays():
                 bases[k] = ConceptBasis.load(run, f"ice_k{k}")
-    else:
-        log(f"ice: fitting {', '.join(map(str, ks))} concepts on {layer_name} ({channels} channels) over {n} images")
-        bases = fit_concepts(model, images, ks, layer=layer_name, batch_size=batch_size, epochs=epochs,
-                             seed=seed, clamp=clamp, progress=progress)
-    result = analyse_ice(model, bases[n_concepts], images, labels, batch_size=batch_size,
-                         presence=presence, progress=progress)
+        return bases
+    log(f"ice: fitting {', '.join(map(str, ks))} concepts on {layer_name} ({channels} channels) over {n} images")
+    return fit_concepts(model, images, ks, layer=layer_name, batch_size=spec["batch_size"], epochs=spec["epochs"],
+                        seed=spec["seed"], clamp=spec["clamp"], progress=progress)
+
+
+def _save_bases(run: Run, result: ICEAnalysis, bases: dict[int, ConceptBasis], spec: dict[str, Any],
+                log: Callable[[str], None]) -> None:
+    """The chosen basis, the curve's other bases and the spec they were fitted with (for resume)."""
+    n_concepts = spec["n_concepts"]
     result.basis.save(run)
     for k, b in bases.items():
         if k != n_concepts:
@@ -146,6 +169,22 @@ def ice_images(
     log("ice: top-1 agreement {:.3f}, mean |logit error| {:.3f}, reconstruction error {:.3f}".format(
         fid["top1_agreement"], fid["mean_abs_logit_error"], fid["reconstruction_error"]))
 
+
+def _record(run: Run, spec: dict[str, Any], channels: int, presence: float, result: ICEAnalysis,
+            cnames: list[str], curve_images: int, start: float) -> None:
+    """The manifest's ``ice`` section."""
+    run.update_manifest("ice", {
+        "layer": spec["layer"], "n_concepts": spec["n_concepts"], "channels": channels, "n_images": spec["n_images"],
+        "epochs": spec["epochs"], "seed": spec["seed"], "clamp": spec["clamp"], "presence": presence,
+        "map_size": list(result.map_size), "class_names": cnames, "fidelity": result.fidelity,
+        "curve_images": curve_images, "seconds": time.perf_counter() - start,
+    })
+
+
+def _curve(run: Run, model: nn.Module, bases: dict[int, ConceptBasis], images: ImageSource, curve: Sequence[int],
+           curve_images: int, seed: int, batch_size: int, progress: bool) -> pd.DataFrame:
+    """The fidelity curve over a seeded subset of the images (table ``ice_fidelity``); empty without one."""
+    n = num_images(images)
     curve_df = pd.DataFrame()
     if len(bases) > 1 or curve:
         m = min(curve_images, n)
@@ -153,19 +192,7 @@ def ice_images(
         subset = take(images, sub)[0]
         curve_df = fidelity_curve(model, bases, subset, batch_size=batch_size, progress=progress)
         run.write_table("ice_fidelity", curve_df)
-
-    names = list(names) if names is not None else [f"{i:05d}" for i in range(n)]
-    cnames = [str(c) for c in class_names] if class_names is not None else [str(j) for j in range(result.sensitivity.shape[1])]
-    _write_tables(run, result, names, cnames)
-    run.update_manifest("ice", {
-        "layer": layer_name, "n_concepts": n_concepts, "channels": channels, "n_images": n,
-        "epochs": epochs, "seed": seed, "clamp": clamp, "presence": presence, "map_size": list(result.map_size),
-        "class_names": cnames, "fidelity": fid, "curve_images": int(min(curve_images, n)) if len(curve_df) else 0,
-        "seconds": time.perf_counter() - start,
-    })
-    if png:
-        write_ice_figures(model, run, result, images, names, cnames, display, gallery, curve_df, batch_size)
-    return run
+    return curve_df
 
 
 def _write_tables(run: Run, res: ICEAnalysis, names: Sequence[str], cnames: Sequence[str]) -> None:
@@ -212,7 +239,6 @@ def write_ice_figures(
 ) -> None:
     """The PNG figures of an analysis (see the module docstring), written atomically."""
     from xailab.concepts.concept_figures import (
-        bars_figure,
         crop,
         fidelity_figure,
         gallery_figure,
@@ -256,6 +282,16 @@ def write_ice_figures(
     labels = [f"concept {c}" for c in range(k)]
     save_png(overview_figure(overview, labels), run.file("ice/overview.png"))
     save_png(patches_figure(patches, labels), run.file("ice/patches.png"))
+    _class_bars(run, res, class_names)
+    if len(curve):
+        save_png(fidelity_figure(curve, k), run.file("ice/fidelity.png"))
+
+
+def _class_bars(run: Run, res: ICEAnalysis, class_names: Sequence[str]) -> None:
+    """Bar charts of the concepts' sensitivity, contribution and presence per class (classes seen only)."""
+    from xailab.concepts.concept_figures import bars_figure
+    from xailab.plotting import save_png
+
     used = torch.nonzero(res.class_counts > 0).flatten()
     shown = [class_names[int(j)] if int(j) < len(class_names) else str(int(j)) for j in used]
     for values, fname, ylabel, what in (
@@ -265,8 +301,6 @@ def write_ice_figures(
     ):
         fig = bars_figure(values[:, used], shown, ylabel=ylabel, title=f"ICE concept {what} per class")
         save_png(fig, run.file(f"ice/{fname}.png"))
-    if len(curve):
-        save_png(fidelity_figure(curve, k), run.file("ice/fidelity.png"))
 
 
 def apply_concepts(
