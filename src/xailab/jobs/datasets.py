@@ -44,13 +44,9 @@ def export_dataset(spec: ExportSpec, out_dir: str | Path, *, log: Callable[[str]
     import json
     import shutil
 
-    import numpy as np
-    from PIL import Image
-
     from xailab.core.errors import InputError
-    from xailab.data import DATASETS, load_dataset
+    from xailab.data import DATASETS
     from xailab.data.folder import list_image_folder
-    from xailab.data.images import balanced_indices
 
     source = Path(args.dataset.removeprefix("folder:")).expanduser()
     named = args.dataset in DATASETS
@@ -74,21 +70,7 @@ def export_dataset(spec: ExportSpec, out_dir: str | Path, *, log: Callable[[str]
     if not named and source.exists() and not list_image_folder(source, None).classes:
         counts["."] = {"images": export_flat(source, tmp, args.per_class)}
     for split in [] if counts else [s.strip() for s in args.splits.split(",") if s.strip()]:
-        ds = load_dataset(args.dataset if named else f"folder:{source}", split, args.root,
-                          normalize=False, download=args.download)
-        keep = selected_classes(args.select, list(ds.classes))
-        targets = ds.targets.numpy() if hasattr(ds.targets, "numpy") else np.asarray(ds.targets)
-        idx = np.nonzero(np.isin(targets, keep))[0]
-        if args.per_class is not None:
-            idx = idx[balanced_indices(targets[idx], args.per_class * len(keep))]
-        counts[split] = {}
-        for i in idx:
-            cls = ds.classes[int(targets[i])]
-            dest = tmp / split / cls / f"{Path(ds.names[i]).stem if ds.names else i}_{i:06d}.png"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            img = ds.images[i].permute(1, 2, 0).numpy()
-            Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(dest)
-            counts[split][cls] = counts[split].get(cls, 0) + 1
+        counts[split] = _export_split(args, source if not named else None, split, tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / marker.name).write_text(json.dumps(settings))
     if out.exists():
@@ -101,6 +83,32 @@ def export_dataset(spec: ExportSpec, out_dir: str | Path, *, log: Callable[[str]
     else:
         log(f"use it as --data folder:{out} (train) and --images folder:{out}:test:N")
     return out
+
+
+def _export_split(args: ExportSpec, folder: Path | None, split: str, tmp: Path) -> dict[str, int]:
+    """Write one split's selected images as ``tmp/<split>/<class>/*.png``; images per class."""
+    import numpy as np
+    from PIL import Image
+
+    from xailab.data import load_dataset
+    from xailab.data.images import balanced_indices
+
+    ds = load_dataset(args.dataset if folder is None else f"folder:{folder}", split, args.root,
+                      normalize=False, download=args.download)
+    keep = selected_classes(args.select, list(ds.classes))
+    targets = ds.targets.numpy() if hasattr(ds.targets, "numpy") else np.asarray(ds.targets)
+    idx = np.nonzero(np.isin(targets, keep))[0]
+    if args.per_class is not None:
+        idx = idx[balanced_indices(targets[idx], args.per_class * len(keep))]
+    counts: dict[str, int] = {}
+    for i in idx:
+        cls = ds.classes[int(targets[i])]
+        dest = tmp / split / cls / f"{Path(ds.names[i]).stem if ds.names else i}_{i:06d}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        img = ds.images[i].permute(1, 2, 0).numpy()
+        Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(dest)
+        counts[cls] = counts.get(cls, 0) + 1
+    return counts
 
 
 def export_flat(source: Path, dest: Path, n: int | None) -> int:
