@@ -235,6 +235,7 @@ def _poison_inputs(spec: PoisonSpec) -> dict[str, Any]:
     from xailab.data import load_dataset
     from xailab.train import check_model_fits
     from xailab.train.recipe import build_model, stratified_sample
+    from xailab.train.trainer import seed_everything
 
     fraction = check_fraction(spec.fraction)
     trigger = parse_trigger(spec.trigger, seed=spec.seed)
@@ -246,6 +247,7 @@ def _poison_inputs(spec: PoisonSpec) -> dict[str, Any]:
     sources = resolve_sources(spec.source.split(",") if spec.source else None, target, train_all.classes)
     train = stratified_sample(train_all, spec.limit_train, spec.seed)
     test = stratified_sample(load_dataset(spec.data, "test", spec.data_root), spec.limit_test, spec.seed)
+    seed_everything(spec.seed)  # the initial weights follow the seed, as in the train job
     model = build_model(spec.model, num_classes=len(train.classes), in_channels=train.channels)
     check_model_fits(model, train, len(train.classes))
     return {"fraction": fraction, "trigger": trigger, "target": target, "sources": sources, "train": train,
