@@ -245,3 +245,20 @@ def test_provenance_is_recorded(setup: dict[str, Path]) -> None:
     assert prov["model"]["preprocessing"]["source"] == "model"
     assert prov["data"]["n"] == 3 and len(prov["data"]["sha256"]) == 64
     assert prov["targets"] == ["top1", "top2"]
+
+
+def test_16_4_images_of_another_dataset_are_said_when_the_weights_name_no_classes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """MNIST digits given to a CIFAR-10 ResNet whose weights record no class names: the count agrees
+    (10 and 10), so nothing can refuse; the outputs being named after the digits and the grey images
+    made RGB are both said (a warning and the run's image notes), not silent."""
+    from .conftest import shared_path
+
+    weights = shared_path("cifar10-resnet", "resnet20.safetensors")
+    mnist = shared_path("mnist")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="record no class names.*--class-names"):
+        assert main(["explain", "--model", "resnet20", "--weights", str(weights), "--images", "mnist:test:2",
+                     "--data-root", str(mnist), "--methods", "saliency", "--png", "none", "--out", str(out)]) == 0
+    notes = json.loads((out / "manifest.json").read_text())["config"]["image_notes"]
+    assert any("1-channel images repeated to the model's 3 channels" in n for n in notes)

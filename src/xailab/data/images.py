@@ -215,4 +215,8 @@ def _from_dataset(
     if prep is not None and prep.input_size is not None and len(sub):
         h, w = sub.images.shape[-2:]
         check_upscale(f"{len(sub)} images of {ds.name}", (int(w), int(h)), prep.input_size, notes, prep.resize)
+    if prep is not None and len(sub) and int(sub.images.shape[1]) != prep.channels:
+        have, want = int(sub.images.shape[1]), prep.channels
+        how = "repeated" if have == 1 else "averaged"
+        notes.append(f"{len(sub)} images of {ds.name}: {have}-channel images {how} to the model's {want} channels")
     return _prepare(sub.images, sub, prep), sub.targets.clone(), sub.names, sub

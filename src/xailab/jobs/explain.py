@@ -13,6 +13,7 @@ images loaded with the model's preprocessing, the class names of model and data 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,11 @@ def _class_names(spec: ExplainSpec, loaded: LoadedModel, x: Tensor, dataset: Any
         )
     if data_names is None and spec.model.pretrained and k == 1000:
         return imagenet_class_names()
+    if data_names is not None and model_names is None:
+        warnings.warn(
+            f"the weights record no class names: the model's {k} outputs are named after the classes of "
+            f"the images' dataset ({', '.join(data_names[:4])}, ...); if the model was trained on other "
+            "classes, give --class-names FILE", stacklevel=2)
     return data_names if data_names is not None else model_names
 
 
