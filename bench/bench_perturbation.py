@@ -86,7 +86,9 @@ def captum_kernel_shap(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: lis
             for i in range(len(x))]
 
 
-def lime_package(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torch.Tensor], n: int, bs: int) -> Any:
+def lime_package(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torch.Tensor], n: int, bs: int,
+                 seed: int = 0) -> Any:
+    """lime's ``LimeImageExplainer`` on our superpixels, seeded with ``seed``: one explanation per image."""
     from lime import lime_image
 
     lime_image.tqdm = lambda rows, **kw: rows  # no progress bar per image
@@ -98,10 +100,10 @@ def lime_package(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torc
     out = []
     for i in range(len(x)):
         seg = segs[i].numpy()
-        explainer = lime_image.LimeImageExplainer(random_state=0)
+        explainer = lime_image.LimeImageExplainer(random_state=seed)
         out.append(explainer.explain_instance(
             x[i].permute(1, 2, 0).numpy().copy(), classifier_fn, labels=(int(t[i]),), top_labels=None,
-            num_samples=n, batch_size=bs, segmentation_fn=lambda _img, seg=seg: seg, random_seed=0))
+            num_samples=n, batch_size=bs, segmentation_fn=lambda _img, seg=seg: seg, random_seed=seed))
     return out
 
 

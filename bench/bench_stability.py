@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 import xailab
-from bench.bench_perturbation import resnet20, shap_kernel
+from bench.bench_perturbation import lime_package, resnet20, shap_kernel
 from bench.common import cifar_batch, cifar_cnn, imagenet_batch, resnet18
 from xailab.methods.perturbation.segmentation import segment, segmentation_params, superpixel_fill
 
@@ -77,21 +77,9 @@ def xailab_run(method: str, num_samples: int | str, tol: float = 0.05) -> Run:
 def lime_run(n: int) -> Run:
     def run(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torch.Tensor], seed: int,
             bs: int) -> tuple[list[np.ndarray], float]:
-        from lime import lime_image
-
-        lime_image.tqdm = lambda rows, **kw: rows
-
-        def classifier_fn(batch: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return m(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()).numpy()
-
         out = []
-        for i in range(len(x)):
-            seg = segs[i].numpy()
-            exp = lime_image.LimeImageExplainer(random_state=seed).explain_instance(
-                x[i].permute(1, 2, 0).numpy().copy(), classifier_fn, labels=(int(t[i]),), top_labels=None,
-                num_samples=n, batch_size=bs, segmentation_fn=lambda _img, seg=seg: seg, random_seed=seed)
-            w = np.zeros(int(seg.max()) + 1)
+        for i, exp in enumerate(lime_package(m, x, t, segs, n, bs, seed=seed)):
+            w = np.zeros(int(segs[i].max()) + 1)
             for f, v in exp.local_exp[int(t[i])]:
                 w[f] = v
             out.append(w)
