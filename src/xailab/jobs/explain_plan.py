@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from xailab.core.errors import InputError
 from xailab.core.registry import METHODS, RegistryError
 from xailab.core.targets import TargetPlan, TargetSpec
-from xailab.jobs.common import tensor_sha256
+from xailab.jobs.common import model_sha256, tensor_sha256
 
 
 def method_kwargs(
@@ -118,16 +118,6 @@ def plan_methods(
     identity = {"model": model_sha256(model), "images": tensor_sha256(images),
                 "labels": tensor_sha256(labels) if labels is not None else "none", "targets": _spec_value(targets)}
     return MethodPlan(kinds, kwargs, specs, batch_size, seed, identity)
-
-
-def model_sha256(model: nn.Module) -> str:
-    """SHA-256 of a model's parameters and buffers (names, shapes and values): its weights' identity."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-                 if t.numel() else b"")
-    return h.hexdigest()
 
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
