@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from xailab.core.errors import InputError
+from xailab.jobs.classes import check_model_classes
 from xailab.jobs.common import check_out, dataset_sha256, job_lock, provenance, write_provenance
 from xailab.jobs.model import LoadedModel, ModelSpec, load
 from xailab.runs.store import Run
@@ -120,6 +121,7 @@ def adversarial_to_run(spec: AdversarialSpec, out: str | Path, *, log: Callable[
         set_preprocessing(model, prep)
     pixels = (prep.denormalize(x) if prep is not None else x).clamp(0, 1)
     classes = list(dataset.classes) if dataset is not None else None
+    check_model_classes(model, x, classes, spec.model.weights if spec.model else _best(spec.run))
     params = _attack_params(spec, model, x.to(loaded.device), classes)
     methods = [METHODS.canonical(m) for m in spec.methods]
     log(f"{spec.kind} attack on {len(pixels)} images" + (f", explained with {', '.join(methods)}" if methods else ""))
@@ -140,6 +142,11 @@ def adversarial_to_run(spec: AdversarialSpec, out: str | Path, *, log: Callable[
     if shift is not None:
         log(shift.summary().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return run
+
+
+def _best(run: str | None) -> str | None:
+    """The best checkpoint of a training run (where its class names are recorded)."""
+    return str(Path(run) / "checkpoints" / "best.safetensors") if run else None
 
 
 def _attack_params(spec: AdversarialSpec, model: Any, x: Any, classes: list[str] | None) -> dict[str, Any]:
@@ -304,6 +311,8 @@ def backdoor_to_run(spec: BackdoorSpec, out: str | Path, *, log: Callable[[str],
     data, truth = _backdoor_data(spec)
     loaded = load_audited(spec.model, spec.run, device=spec.device, num_classes=len(data.classes),
                           in_channels=data.channels, log=log)
+    check_model_classes(loaded.model, data[0][0][None], list(data.classes),
+                        spec.model.weights if spec.model else _best(spec.run))
     for c in spec.classes or ():  # names checked before any work
         resolve_class(c, data.classes)
     classes = list(spec.classes) if spec.classes else None

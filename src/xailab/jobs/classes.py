@@ -14,6 +14,9 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from torch import Tensor
 
 from xailab.core.errors import InputError
 
@@ -52,6 +55,15 @@ def check_classes(k: int, data_names: Sequence[str] | None, weights: str | None,
             f"the images' dataset ({', '.join(data[:4])}, ...); if the model was trained on other "
             "classes, give --class-names FILE", stacklevel=2)
     return data if data is not None else trained
+
+
+def check_model_classes(model: Any, x: Tensor, data_names: Sequence[str] | None, weights: str | None) -> None:
+    """:func:`check_classes` of a model (its outputs counted on one image of ``x``) against labelled data."""
+    from xailab.core.hooks import model_device
+    from xailab.jobs.model import num_outputs
+
+    if data_names is not None and len(x):
+        check_classes(num_outputs(model, x[:1].to(model_device(model))), data_names, weights, warn=False)
 
 
 def trained_class_names(weights: str | None) -> list[str] | None:
@@ -94,4 +106,4 @@ def imagenet_class_names() -> list[str]:
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-__all__ = ["check_classes", "imagenet_class_names", "read_class_names", "trained_class_names"]
+__all__ = ["check_classes", "check_model_classes", "imagenet_class_names", "read_class_names", "trained_class_names"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from xailab.core.errors import InputError
+from xailab.jobs.classes import check_model_classes
 from xailab.jobs.common import (
     check_inputs,
     check_out,
@@ -127,6 +128,7 @@ def _dissect(spec: DissectSpec, loaded: LoadedModel, target: Any, log: Callable[
     else:
         if y is None:
             raise InputError("--concepts classes needs labelled images (a dataset spec or a folder of class folders)")
+        check_model_classes(model, x, list(ds.classes) if ds is not None else None, spec.model.weights)
         log(f"class-level dissection of {len(x)} labelled images")
         res = run_classes(model, x, spec.layers, labels=y, class_names=list(ds.classes) if ds is not None else None,
                           threshold=0.0 if spec.threshold is None else spec.threshold, **common)
