@@ -125,6 +125,12 @@ def test_learning_stores_maps_and_tables(trained: Path, tmp_path: Path) -> None:
     strips = run.manifest["learning"]["strips"]
     assert 1 <= len(strips) <= 3 and all((path / s["file"]).is_file() for s in strips)
     assert (path / "files" / "learning" / "curves-gradcam.png").is_file()
+    assert main(["report", str(path), "--out", str(tmp_path / "site")]) == 0
+    page = (tmp_path / "site" / "learning.html").read_text()
+    assert "<script" not in page and 'href="learning.html"' in (tmp_path / "site" / "index.html").read_text()
+    assert f"{summary['gradcam']['median_settle_epoch']:.0f}" in page
+    assert all(f'id="i{s["instance"]}"' in page for s in strips)
+    assert (tmp_path / "site" / "img" / "r" / "learning" / "curves-saliency.png").is_file()
 
 
 def test_resume_after_a_kill_loses_and_repeats_nothing(trained: Path, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", help="layer for CAM methods (default: the last conv block)")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                    help="a method parameter (repeatable)")
-    p.add_argument("--limit", type=int, help="explain only the first N tracked instances")
+    p.add_argument("--limit", type=int, help="explain a stratified sample of N tracked instances")
     p.add_argument("--batch-size", type=int, default=64, help="most samples in one forward pass")
     p.add_argument("--settle", type=float, default=0.8,
                    help="settled: rank correlation with the last epoch stays >= this (default 0.8)")

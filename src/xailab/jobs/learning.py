@@ -77,14 +77,18 @@ def _epochs(run: Run, spec: LearningSpec) -> list[int]:
 
 
 def _tracked(run: Run, limit: int | None) -> tuple[np.ndarray, Any]:
-    """The tracked instance ids (the flow's, in its order) and the dataset they index."""
+    """The tracked instance ids (the flow's, in its order; ``limit``: a stratified sample) and their dataset."""
     from xailab.dynamics.history import recorded_epochs
     from xailab.dynamics.thumbnails import tracked_dataset
     from xailab.train.recorder import read_predictions
 
+    from xailab.train.recipe import stratified_indices
+
     first = int(recorded_epochs(run)[0])
-    ids = read_predictions(run, epochs=[first])["instance"].to_numpy().astype(np.int64)
-    return (ids if limit is None else ids[:limit]), tracked_dataset(run)
+    rows = read_predictions(run, epochs=[first])
+    ids = rows["instance"].to_numpy().astype(np.int64)
+    keep = stratified_indices(rows["label"].to_numpy(), limit, 0)  # a stratified sample, as --track-limit
+    return (ids if keep is None else ids[np.sort(keep)]), tracked_dataset(run)
 
 
 def _claim(run: Run, spec: LearningSpec, ids: np.ndarray) -> None:

@@ -73,6 +73,7 @@ def bytes_per_thousand(run: Run) -> dict[str, float]:
 def _curves(run: Run, method: str, cls: pd.DataFrame, regions: list[str]) -> None:
     """Per class: rank correlation with the epoch before and with the last, region mass."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from xailab.plotting import plain, save_png
 
@@ -84,6 +85,7 @@ def _curves(run: Run, method: str, cls: pd.DataFrame, regions: list[str]) -> Non
             ax.plot(g["epoch"], g[col], lw=1.2, label=plain(str(name)))
         ax.set_title(plain(f"{method}: {title}"), fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=6, ncol=2)
     fig.tight_layout()
