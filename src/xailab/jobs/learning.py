@@ -80,9 +80,8 @@ def _tracked(run: Run, limit: int | None) -> tuple[np.ndarray, Any]:
     """The tracked instance ids (the flow's, in its order; ``limit``: a stratified sample) and their dataset."""
     from xailab.dynamics.history import recorded_epochs
     from xailab.dynamics.thumbnails import tracked_dataset
-    from xailab.train.recorder import read_predictions
-
     from xailab.train.recipe import stratified_indices
+    from xailab.train.recorder import read_predictions
 
     first = int(recorded_epochs(run)[0])
     rows = read_predictions(run, epochs=[first])
