@@ -16,6 +16,7 @@ under ``img/``. Pages, each written only when some run has its data:
 * ``concepts.html`` ICE concepts and TCAV scores of ``xailab concepts`` runs;
 * ``dissection.html`` labelled units of ``xailab dissect`` runs;
 * ``audit.html``   attacks, planted backdoors and backdoor detection of ``xailab audit`` runs;
+* ``counterfactuals.html`` counterfactuals of ``xailab counterfactual`` runs (pixel, region, prototype, concept);
 * ``methods.html`` a card per method used (Hohman et al. 2018), its parameters and its cost.
 
 The site is built in a hidden folder beside ``out`` and renamed into place, so a failed build
@@ -37,6 +38,7 @@ from pathlib import Path
 from xailab.report.audit_page import audit_page, has_audit
 from xailab.report.comparison import comparison_section, has_comparison
 from xailab.report.concepts_page import concepts_page, has_concepts
+from xailab.report.counterfactual_page import counterfactual_page, has_counterfactuals
 from xailab.report.data import ReportRun, slug
 from xailab.report.dissection_page import dissection_page, has_dissection
 from xailab.report.html import esc, table
@@ -114,6 +116,7 @@ class _Groups:
     concepts: list[ReportRun]
     dissections: list[ReportRun]
     audits: list[ReportRun]
+    counterfactuals: list[ReportRun]
 
     @classmethod
     def of(cls, runs: list[ReportRun]) -> _Groups:
@@ -124,6 +127,7 @@ class _Groups:
             flows=[r for r in runs if r.file("flow.html") is not None],
             concepts=[r for r in runs if has_concepts(r)], dissections=[r for r in runs if has_dissection(r)],
             audits=[r for r in runs if has_audit(r)],
+            counterfactuals=[r for r in runs if has_counterfactuals(r)],
         )
 
     def nav(self) -> list[tuple[str, str]]:
@@ -132,6 +136,7 @@ class _Groups:
             ("images.html", "Images", self.explain), ("compare.html", "Comparison", self.compared),
             ("flow.html", "Instance flow", self.flows), ("concepts.html", "Concepts", self.concepts),
             ("dissection.html", "Dissection", self.dissections), ("audit.html", "Audit", self.audits),
+            ("counterfactuals.html", "Counterfactuals", self.counterfactuals),
             ("methods.html", "Methods", self.explain)]
         return [("index.html", "Overview")] + [(href, label) for href, label, shown in pages if shown]
 
@@ -158,7 +163,8 @@ def _overview(site: Site, runs: list[ReportRun], g: _Groups, pages: dict[str, st
             links.pop("Comparison", None)
         body.append(f"<h2>Explanations: {esc(r.name)}</h2>" + explain_section(r, links))
     shown_elsewhere = {id(r): href for group, href in ((g.concepts, "concepts.html"), (g.dissections, "dissection.html"),
-                                                        (g.audits, "audit.html")) for r in group}
+                                                        (g.audits, "audit.html"),
+                                                        (g.counterfactuals, "counterfactuals.html")) for r in group}
     for r in runs:
         if r in g.train or r in g.explain:
             continue
@@ -196,3 +202,5 @@ def _write_pages(site: Site, g: _Groups, max_images: int) -> None:
         site.write("dissection.html", "Dissection", dissection_page(site, g.dissections))
     if g.audits:
         site.write("audit.html", "Audit", audit_page(site, g.audits))
+    if g.counterfactuals:
+        site.write("counterfactuals.html", "Counterfactuals", counterfactual_page(site, g.counterfactuals))
