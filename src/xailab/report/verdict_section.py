@@ -115,6 +115,7 @@ def verdict_section(r: ReportRun) -> str:
 SCOREBOARD_COLUMNS = {
     "method": "method", "avg_time": "s / image", "avg_iou": "IoU with reference",
     "deletion_auc": "deletion AUC", "insertion_auc": "insertion AUC", "faithfulness_corr": "faithfulness corr.",
+    "road_auc": "ROAD AUC", "infidelity": "infidelity",
     "sanity": "sanity", "sanity_spearman": "Spearman after randomisation",
     "agreement_iou": "mean IoU with others", "agreement_spearman": "mean Spearman with others",
     "evaluations_per_image": "model evaluations / image",
@@ -127,3 +128,29 @@ def scoreboard_table(r: ReportRun, board: pd.DataFrame) -> str:
     formats = {c: ("{:.3g}" if c in ("avg_time",) else "{:.0f}" if c == "evaluations_per_image" else "{:.3f}")
                for c in columns if c not in ("method", "sanity")}
     return interval_table(board, columns, formats, directions(r))
+
+
+CHECK_COLUMNS = {
+    "metric": "metric", "direction": "better", "noise_spearman": "noise: Spearman clean vs noisy",
+    "noise_change": "noise: mean change / spread", "shuffle_effect": "shuffled maps: effect",
+    "shuffle_p": "shuffled maps: p", "model_effect": "randomised model: effect", "model_p": "randomised model: p",
+    "verdict": "verdict",
+}
+
+
+def metric_checks_section(r: ReportRun) -> str:
+    """Table ``metric_checks``: which scores deserve weight; ``""`` when the run has none."""
+    checks = r.table("metric_checks")
+    if checks is None or not len(checks):
+        return ""
+    method = esc(checks["method"].iloc[0]) if "method" in checks else "the reference"
+    n = esc(checks["images"].iloc[0]) if "images" in checks else "?"
+    columns = {c: h for c, h in CHECK_COLUMNS.items() if c in checks}
+    formats = {c: "{:.3g}" for c in columns if c not in ("metric", "direction", "verdict")}
+    shown = checks.assign(direction=[f"{d} is better" for d in checks["direction"]]) if "direction" in checks else checks
+    return ("<h3>Checks of the metrics themselves</h3><p class=note>After MetaQuantus (Hedström et al. 2023), on "
+            f"the maps of {method} for {n} images. A metric deserves weight when it is <b>resilient</b> (Gaussian "
+            "noise of 0.1 map standard deviations keeps the images' order: Spearman &ge; 0.5) and <b>reactive</b> "
+            "(maps whose pixels are shuffled, and maps of a model with randomised weights, score worse: effect "
+            "&gt; 0, paired sign-flip p &lt; 0.05). Effect: mean change towards worse in units of the spread of "
+            "the changes.</p>" + interval_table(shown, columns, formats, {}))
