@@ -126,6 +126,13 @@ def grid_figure(
     return fig
 
 
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
+    """``plt.subplots`` without pyplot: a plain :class:`Figure` (no backend chosen, nothing kept
+    in pyplot's registry) and its axes."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
 def _finish(fig: Figure, suptitle: str) -> None:
     """Tight layout that keeps ``suptitle`` (in inches from the top) clear of the panels."""
     top = 1.0

@@ -11,28 +11,24 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from xailab.metrics.distribution import Histogram
+from xailab.plotting import subplots
 
 
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
 def matrix_png(matrix: pd.DataFrame, *, title: str = "", vmin: float = 0.0, vmax: float = 1.0) -> bytes:
     """A methods x methods heatmap with the values written in the cells."""
     n = len(matrix)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * n, 1.0 + 0.65 * n))
+    fig, ax = subplots(figsize=(1.2 + 0.75 * n, 1.0 + 0.65 * n))
     im = ax.imshow(matrix.to_numpy(dtype=float), cmap="viridis", vmin=vmin, vmax=vmax)
     ax.set_xticks(range(n), matrix.columns, rotation=45, ha="right")
     ax.set_yticks(range(n), matrix.index)
@@ -49,7 +45,7 @@ def matrix_png(matrix: pd.DataFrame, *, title: str = "", vmin: float = 0.0, vmax
 
 def histograms_png(hists: Mapping[str, Histogram], *, title: str = "") -> bytes:
     """One step-histogram (density) per method on a shared axis; the legend gives the kept share."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = subplots(figsize=(6, 3.6))
     for name, h in hists.items():
         ax.stairs(h.density, h.edges, label=f"{name} ({100 * h.kept:.0f} % of pixels)")
     ax.set_xlabel("normalised attribution  a / max|a|")
@@ -64,7 +60,7 @@ def scatter_png(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, title
     the Pearson and Spearman correlations of the plotted points."""
     from scipy.stats import pearsonr, spearmanr
 
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = subplots(figsize=(4, 4))
     ax.scatter(x, y, s=2, alpha=0.3, linewidths=0)
     lo = float(min(x.min(initial=0), y.min(initial=0)))
     ax.plot([lo, 1], [lo, 1], color="grey", lw=0.8)
@@ -81,7 +77,7 @@ def scatter_png(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, title
 
 def curves_png(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *, title: str, ylabel: str) -> bytes:
     """Mean curves ``name -> (fractions, scores)``; the legend gives each AUC."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = subplots(figsize=(5.5, 3.6))
     for name, (fx, fy) in curves.items():
         ax.plot(fx, fy, label=f"{name} (AUC {np.trapezoid(fy, fx):.3f})")
     ax.set_xlabel("share of pixels changed")
@@ -93,7 +89,7 @@ def curves_png(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *, title: st
 
 def cascade_png(tables: Mapping[str, pd.DataFrame], *, threshold: float, title: str = "") -> bytes:
     """Mean Spearman per randomisation step, one line per method, with the verdict threshold."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = subplots(figsize=(6, 3.6))
     for name, t in tables.items():
         ax.plot(np.arange(1, len(t) + 1), t["spearman"], marker="o", ms=3, label=name)
     ax.axhline(threshold, color="red", lw=0.8, ls="--", label=f"flag threshold {threshold}")
