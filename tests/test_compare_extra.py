@@ -53,7 +53,7 @@ def test_road_and_infidelity_reach_the_board_with_intervals(compared: tuple[Run,
     sal = xailab.Explanation.load(run.path / "explanations" / "saliency")
     # the board's numbers are the metric functions' on the same maps and settings
     want_road = road(model, x, sal, percentages=road_percentages(5), noise=0.01, seed=0).auc.mean()
-    want_inf = infidelity(model, x, sal, patch=infidelity_patch(QUICK, x)).mean()
+    want_inf = infidelity(model, x, sal, patch=infidelity_patch(QUICK, x), normalise=True).mean()
     assert board.loc["saliency", "road_auc"] == pytest.approx(float(want_road), rel=1e-6)
     assert board.loc["saliency", "infidelity"] == pytest.approx(float(want_inf), rel=1e-6)
     for col in ("road_auc", "infidelity"):
@@ -107,3 +107,12 @@ def test_report_shows_road_infidelity_and_the_metric_checks(compared: tuple[Run,
     html = "".join(p.read_text(encoding="utf-8") for p in site.rglob("*.html"))
     assert "ROAD AUC ↓" in html and "infidelity ↓" in html
     assert "Checks of the metrics themselves" in html and "randomised model: effect" in html
+
+
+def test_normalised_infidelity_ignores_the_maps_scale_and_is_at_most_the_raw_one() -> None:
+    model, x = PatchNet().eval(), patch_images(4)
+    sal = xailab.create("saliency", model).explain(x, target=0).pixel_maps()[:, 0]
+    a = infidelity(model, x, sal, 0, patch=4, normalise=True)
+    b = infidelity(model, x, 1000 * sal, 0, patch=4, normalise=True)
+    torch.testing.assert_close(a, b)
+    assert (a <= infidelity(model, x, sal, 0, patch=4) + 1e-12).all()  # the raw map is one of the scales tried

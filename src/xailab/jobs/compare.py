@@ -243,10 +243,11 @@ def _faithfulness(run: Run, model: nn.Module, x: Tensor, expl: dict[str, Explana
 def _faithfulness_figures(run: Run, methods: list[str], n: int, files: list[str]) -> None:
     curves = run.read_table("faithfulness_curves")
     for kind, ylabel in (("deletion", "score (lower AUC is better)"), ("insertion", "score (higher AUC is better)")):
+        better = COLUMNS[f"{kind}_auc"].direction
         sel = curves[(curves["kind"] == kind) & curves["method"].isin(methods)]
         data = {m: (g["fraction"].to_numpy(), g["score"].to_numpy()) for m, g in sel.groupby("method", sort=False)}
         files.append(_write_png(run, f"{kind}.png", figures.curves_png(data, title=f"{kind} (mean over {n} images)",
-                                                                       ylabel=ylabel)))
+                                                                       ylabel=ylabel, better=better)))
 
 
 def _reference(reference: str | None, methods: list[str], log: Callable[[str], None]) -> str:

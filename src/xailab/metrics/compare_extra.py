@@ -2,8 +2,8 @@
 
 :func:`extra_part` scores every method's maps with the metrics named in
 ``CompareSettings.extra_metrics`` (``"road"``: :func:`~xailab.metrics.road.road`, column
-``road_auc``; ``"infidelity"``: :func:`~xailab.metrics.infidelity.infidelity`, column
-``infidelity``) and writes table ``faithfulness_extra`` (one row per image and method, one part
+``road_auc``; ``"infidelity"``: :func:`~xailab.metrics.infidelity.infidelity` with each map
+rescaled by its best-fitting factor, so that maps on other scales compare, column ``infidelity``) and writes table ``faithfulness_extra`` (one row per image and method, one part
 per method, skipped on a rerun with the same settings and maps).
 
 :func:`checks_part` runs the MetaQuantus-style checks of :mod:`xailab.metrics.meta` on the
@@ -77,7 +77,8 @@ def scorers(model: nn.Module, x: Tensor, t: Tensor, cfg: CompareSettings) -> dic
         out["road_auc"] = lambda a: road(model, x, a, t, percentages=road_percentages(cfg.road_steps),
                                          noise=cfg.road_noise, seed=cfg.seed, **kw).auc
     if "infidelity" in cfg.extra_metrics:
-        out["infidelity"] = lambda a: infidelity(model, x, a, t, patch=infidelity_patch(cfg, x), **kw)
+        out["infidelity"] = lambda a: infidelity(model, x, a, t, patch=infidelity_patch(cfg, x), normalise=True,
+                                                    **kw)
     return out
 
 
