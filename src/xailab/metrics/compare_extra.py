@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 #: the extra metrics ``compare`` can add, by option name -> scoreboard column
 EXTRA_METRICS = {"road": "road_auc", "infidelity": "infidelity"}
 Log = Callable[[str], None]
+#: changes when what the parts compute changes (2: infidelity normalised), so older parts are redone
+VERSION = 2
 
 
 def check_extra(names: tuple[str, ...]) -> None:
@@ -96,7 +98,7 @@ def extra_part(run: Run, model: nn.Module, x: Tensor, expl: dict[str, Explanatio
     spec = cfg.spec("extra_metrics", "road_steps", "road_noise", "infidelity_patch", "batch_size", "target", "seed")
     done = parts_done(run)
     for m in expl:
-        mspec = f"{spec}:{explanation_key(run, m)}"
+        mspec = f"{spec}:v{VERSION}:{explanation_key(run, m)}"
         if run.has_part("faithfulness_extra", m) and done.get(f"faithfulness_extra/{m}") == mspec:
             log(f"{m}: {', '.join(cfg.extra_metrics)} already in the run, skipped")
             continue
@@ -139,7 +141,7 @@ def checks_part(run: Run, model: nn.Module, x: Tensor, expl: dict[str, Explanati
         return None
     spec = cfg.spec("extra_metrics", "road_steps", "road_noise", "infidelity_patch", "steps", "deletion_fill",
                     "insertion_fill", "check_images", "batch_size", "target", "seed")
-    mspec = f"{spec}:{ref}:{explanation_key(run, ref)}"
+    mspec = f"{spec}:v{VERSION}:{ref}:{explanation_key(run, ref)}"
     if run.has_part("metric_checks", "all") and parts_done(run).get("metric_checks") == mspec:
         log("metric checks already in the run, skipped")
         return run.read_table("metric_checks")
