@@ -87,7 +87,11 @@ def test_extra_metrics_can_be_chosen_or_left_out(patch_run: tuple[Run, torch.nn.
                  "--no-metric-checks", "--steps", "4", "--runs", "4"]) == 0
     assert "road_auc" not in run.read_table("scoreboard")
     assert main(["compare", str(run.path), "--metrics", "irof2"]) == 2
-    assert "unknown metric irof2; choose from road, infidelity" in capsys.readouterr().err
+    assert "unknown metric irof2; choose from road, infidelity, irof" in capsys.readouterr().err
+    assert main(["compare", str(run.path), "--metrics", "irof", "--no-sanity", "--no-figures",
+                 "--no-metric-checks", "--steps", "4", "--runs", "4"]) == 0
+    board = run.read_table("scoreboard").set_index("method")
+    assert board.loc["saliency", "irof"] > board.loc["edges", "irof"]  # higher is better: the patch first
 
 
 def test_helpers_refuse_and_size() -> None:

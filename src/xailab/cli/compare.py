@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sanity-steps", type=int, default=6, help="re-explanations along the randomisation cascade")
     p.add_argument("--no-sanity", action="store_true", help="skip the randomisation test")
     p.add_argument("--metrics", default="road,infidelity",
-                   help="per-image metrics beside deletion/insertion: road, infidelity, both (default) or none")
+                   help="per-image metrics beside deletion/insertion: road, infidelity (the default: both), irof, or none")
     p.add_argument("--road-steps", type=int, default=10, help="ROAD removal levels (default 10: 5, 15, ..., 95 %%)")
     p.add_argument("--infidelity-patch", type=int, default=0,
                    help="side of infidelity's squares in pixels (default 0: an eighth of the image side)")

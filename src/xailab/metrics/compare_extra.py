@@ -3,7 +3,9 @@
 :func:`extra_part` scores every method's maps with the metrics named in
 ``CompareSettings.extra_metrics`` (``"road"``: :func:`~xailab.metrics.road.road`, column
 ``road_auc``; ``"infidelity"``: :func:`~xailab.metrics.infidelity.infidelity` with each map
-rescaled by its best-fitting factor, so that maps on other scales compare, column ``infidelity``) and writes table ``faithfulness_extra`` (one row per image and method, one part
+rescaled by its best-fitting factor, so that maps on other scales compare, column ``infidelity``;
+``"irof"``: :func:`~xailab.metrics.irof.irof` on the same superpixels for every method, column
+``irof``, not by default: about 100 model evaluations per image) and writes table ``faithfulness_extra`` (one row per image and method, one part
 per method, skipped on a rerun with the same settings and maps).
 
 :func:`checks_part` runs the MetaQuantus-style checks of :mod:`xailab.metrics.meta` on the
@@ -33,6 +35,7 @@ from xailab.metrics.compare_parts import accepted_params, explanation_key, mark_
 from xailab.metrics.faithfulness import deletion, insertion
 from xailab.metrics.infidelity import infidelity
 from xailab.metrics.info import info_of
+from xailab.metrics.irof import irof, superpixels
 from xailab.metrics.maps import maps_for_images
 from xailab.metrics.meta import metric_checks
 from xailab.metrics.road import road
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
     from xailab.metrics.scoreboard import CompareSettings
 
 #: the extra metrics ``compare`` can add, by option name -> scoreboard column
-EXTRA_METRICS = {"road": "road_auc", "infidelity": "infidelity"}
+EXTRA_METRICS = {"road": "road_auc", "infidelity": "infidelity", "irof": "irof"}
 Log = Callable[[str], None]
 #: changes when what the parts compute changes (2: infidelity normalised), so older parts are redone
 VERSION = 2
@@ -78,6 +81,9 @@ def scorers(model: nn.Module, x: Tensor, t: Tensor, cfg: CompareSettings) -> dic
     if "road" in cfg.extra_metrics:
         out["road_auc"] = lambda a: road(model, x, a, t, percentages=road_percentages(cfg.road_steps),
                                          noise=cfg.road_noise, seed=cfg.seed, **kw).auc
+    if "irof" in cfg.extra_metrics:
+        seg = superpixels(x)  # the same segments for every map scored
+        out["irof"] = lambda a: irof(model, x, a, t, segments=seg, **kw)
     if "infidelity" in cfg.extra_metrics:
         out["infidelity"] = lambda a: infidelity(model, x, a, t, patch=infidelity_patch(cfg, x), normalise=True,
                                                     **kw)
@@ -85,7 +91,8 @@ def scorers(model: nn.Module, x: Tensor, t: Tensor, cfg: CompareSettings) -> dic
 
 
 DIRECTIONS = {"deletion_auc": info_of(deletion).direction, "insertion_auc": info_of(insertion).direction,
-              "road_auc": info_of(road).direction, "infidelity": info_of(infidelity).direction}
+              "road_auc": info_of(road).direction, "infidelity": info_of(infidelity).direction,
+              "irof": info_of(irof).direction}
 
 
 def extra_part(run: Run, model: nn.Module, x: Tensor, expl: dict[str, Explanation], maps: dict[str, Tensor],

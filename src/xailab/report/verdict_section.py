@@ -139,7 +139,7 @@ def verdict_section(r: ReportRun) -> str:
 SCOREBOARD_COLUMNS = {
     "method": "method", "avg_time": "s / image", "avg_iou": "IoU with reference",
     "deletion_auc": "deletion AUC", "insertion_auc": "insertion AUC", "faithfulness_corr": "faithfulness corr.",
-    "road_auc": "ROAD AUC", "infidelity": "infidelity",
+    "road_auc": "ROAD AUC", "infidelity": "infidelity", "irof": "IROF",
     "sanity": "sanity", "sanity_spearman": "Spearman after randomisation",
     "agreement_iou": "mean IoU with others", "agreement_spearman": "mean Spearman with others",
     "evaluations_per_image": "model evaluations / image",
