@@ -92,7 +92,12 @@ def dissect_to_run(spec: DissectSpec, out: str | Path, *, log: Callable[[str], N
 
 def _dissect(spec: DissectSpec, loaded: LoadedModel, target: Any, log: Callable[[str], None]) -> tuple[Any, ...]:
     """(the dissection result, the probe images, their display function, their names)."""
-    from xailab.concepts.dissection import DEFAULT_IOU_THRESHOLD, dissect, dissect_classes
+    from xailab.concepts.dissection import (
+        DEFAULT_IOU_THRESHOLD,
+        DEFAULT_SELECTIVITY_THRESHOLD,
+        dissect,
+        dissect_classes,
+    )
     from xailab.concepts.dissection_concepts import BrodenDataset, ColourConcepts
     from xailab.data import load_images
 
@@ -131,5 +136,6 @@ def _dissect(spec: DissectSpec, loaded: LoadedModel, target: Any, log: Callable[
         check_model_classes(model, x, list(ds.classes) if ds is not None else None, spec.model.weights)
         log(f"class-level dissection of {len(x)} labelled images")
         res = run_classes(model, x, spec.layers, labels=y, class_names=list(ds.classes) if ds is not None else None,
-                          threshold=0.0 if spec.threshold is None else spec.threshold, **common)
+                          threshold=DEFAULT_SELECTIVITY_THRESHOLD if spec.threshold is None else spec.threshold,
+                          **common)
     return res, x, display, names

@@ -299,4 +299,5 @@ def write_overlays(
             for m, maps_i in grid.items():
                 png = overlay_png(shown[i], maps_i, titles, suptitle=f"{names[i]} — {m}")
                 atomic_write_bytes(run.file(f"overlays/{i:05d}_{m}.png"), png)
-        atomic_write_bytes(run.file(f"overlays/{i:05d}_grid.png"), grid_png(shown[i], grid, titles, suptitle=str(names[i])))
+        atomic_write_bytes(run.file(f"overlays/{i:05d}_grid.png"), grid_png(shown[i], grid, titles, suptitle=str(names[i]),
+                                                                               classes=first.targets[i].tolist()))
