@@ -68,7 +68,7 @@ def test_anomaly_index_by_hand() -> None:
 
 
 def test_finds_the_planted_trigger(cleansed: tuple) -> None:
-    model, x, res = cleansed
+    res = cleansed[2]
     assert res.flagged == [5]
     assert res.anomaly[5] > 2 and res.l1[5] < np.median(res.l1)
     assert top_iou(res.masks[5], patch_truth()) == 1.0      # its 4 largest pixels are the patch
