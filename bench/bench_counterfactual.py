@@ -120,7 +120,7 @@ def pixel_rows(model: nn.Module, x: torch.Tensor, targets: list[str]) -> list[di
     for target in targets:
         t_ours, cf = cpu(lambda target=target: pixel_counterfactuals(model, x, target))
         p0 = PixelMap.for_model(model).to_pixels(x).clamp(0, 1)
-        t_ref, (ref, ok, evals) = cpu(lambda: wachter_reference(px, p0, cf.target))
+        t_ref, (ref, ok, evals) = cpu(lambda p0=p0, t=cf.target: wachter_reference(px, p0, t))
         with torch.no_grad():
             ok = ok & (px(ref).argmax(1) == cf.target)
         d = pixel_distances(ref - p0)
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         from xailab.counterfactual import Reference
         from xailab.data import load_images
 
-        model, weights = fm_model(a.fm_weights, out)
+        model, _ = fm_model(a.fm_weights, out)
         prep = model_prep(model)
         x, _, _, _ = load_images(f"fashion_mnist:test:{n}", prep, root=FMNIST)
         if "fm-pixel" in parts:
