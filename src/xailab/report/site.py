@@ -13,6 +13,7 @@ under ``img/``. Pages, each written only when some run has its data:
 * ``compare.html`` what ``xailab compare`` wrote: scoreboard, IoU and rank-correlation matrices,
   faithfulness, sanity, figures;
 * ``flow.html``    the instance flow of a train run (its ``files/flow.html``, embedded);
+* ``learning.html`` explanations over training of ``xailab learning`` (see :mod:`~xailab.report.learning_page`);
 * ``concepts.html`` ICE concepts and TCAV scores of ``xailab concepts`` runs;
 * ``dissection.html`` labelled units of ``xailab dissect`` runs;
 * ``audit.html``   attacks, planted backdoors and backdoor detection of ``xailab audit`` runs;
@@ -43,6 +44,7 @@ from xailab.report.data import ReportRun, slug
 from xailab.report.dissection_page import dissection_page, has_dissection
 from xailab.report.html import esc, table
 from xailab.report.images import image_pages
+from xailab.report.learning_page import has_learning, learning_page
 from xailab.report.methods import cards_section
 from xailab.report.overview import (
     explain_section,
@@ -116,6 +118,7 @@ class _Groups:
     concepts: list[ReportRun]
     dissections: list[ReportRun]
     audits: list[ReportRun]
+    learning: list[ReportRun]
     counterfactuals: list[ReportRun]
 
     @classmethod
@@ -126,7 +129,7 @@ class _Groups:
             explain=explain, compared=[r for r in explain if has_comparison(r)],
             flows=[r for r in runs if r.file("flow.html") is not None],
             concepts=[r for r in runs if has_concepts(r)], dissections=[r for r in runs if has_dissection(r)],
-            audits=[r for r in runs if has_audit(r)],
+            audits=[r for r in runs if has_audit(r)], learning=[r for r in runs if has_learning(r)],
             counterfactuals=[r for r in runs if has_counterfactuals(r)],
         )
 
@@ -134,7 +137,8 @@ class _Groups:
         """The pages in the navigation: the overview, then each page that has runs to show."""
         pages: list[tuple[str, str, list[ReportRun]]] = [
             ("images.html", "Images", self.explain), ("compare.html", "Comparison", self.compared),
-            ("flow.html", "Instance flow", self.flows), ("concepts.html", "Concepts", self.concepts),
+            ("flow.html", "Instance flow", self.flows), ("learning.html", "Learning", self.learning),
+            ("concepts.html", "Concepts", self.concepts),
             ("dissection.html", "Dissection", self.dissections), ("audit.html", "Audit", self.audits),
             ("counterfactuals.html", "Counterfactuals", self.counterfactuals),
             ("methods.html", "Methods", self.explain)]
@@ -196,6 +200,8 @@ def _write_pages(site: Site, g: _Groups, max_images: int) -> None:
     if g.flows:
         site.write("flow.html", "Instance flow",
                    "".join(f"<h2>{esc(r.name)}</h2>" + flow_section(site, r) for r in g.flows))
+    if g.learning:
+        site.write("learning.html", "Learning", learning_page(site, g.learning))
     if g.concepts:
         site.write("concepts.html", "Concepts", concepts_page(site, g.concepts))
     if g.dissections:
