@@ -26,7 +26,7 @@ from xailab.core.errors import InputError
 from xailab.core.explanation import Explanation
 from xailab.core.hooks import model_device
 from xailab.core.registry import METHODS, RegistryError
-from xailab.jobs.common import job_lock
+from xailab.jobs.common import check_made_by, job_lock, provenance
 from xailab.jobs.model import load, spec_from_config
 from xailab.metrics import agreement
 from xailab.metrics import metric_figures as figures
@@ -74,9 +74,13 @@ def compare_to_run(spec: CompareSpec, out: str | os.PathLike[str], *, log: Calla
     if not mspec.name:
         raise RunError(f"run {run.path} does not record its model; pass --model (and --weights)")
     loaded = load(mspec, log=log)
+    sha = check_made_by(run, loaded.model, "compare")
     methods = [canonical(m) for m in spec.methods] if spec.methods else None
     reference = canonical(spec.reference) if spec.reference else None
     with job_lock(run.path, log):
+        _forget_other_model(run, sha, log)
+        run.update_manifest("compare_provenance", provenance(
+            {**loaded.provenance(), "sha256": sha}, params=asdict(spec.settings)))
         if spec.backend is not None:
             from xailab.distributed.faithfulness import faithfulness_on_ray
 
@@ -84,6 +88,14 @@ def compare_to_run(spec: CompareSpec, out: str | os.PathLike[str], *, log: Calla
         compare_run(run, loaded.model, reference=reference, methods=methods, settings=spec.settings,
                     figures_on=spec.figures, log=log)
     return run
+
+
+def _forget_other_model(run: Run, sha: str, log: Callable[[str], None]) -> None:
+    """Scores an earlier compare made with another model are recomputed, never reused."""
+    before = ((run.manifest.get("compare_provenance") or {}).get("model") or {}).get("sha256")
+    if before is not None and before != sha and run.manifest.get("compare_parts"):
+        log("compare: the model differs from the one of the last compare; its scores are recomputed")
+        run.update_manifest("compare_parts", {})
 
 
 def canonical(name: str) -> str:
