@@ -26,7 +26,8 @@ import numpy as np
 from xailab.core.errors import InputError
 from xailab.runs.store import Run, RunError
 
-TABLES = ("learning_steps", "learning_instances", "learning_flips", "learning_classes", "learning_times")
+TABLES = ("learning_steps", "learning_instances", "learning_flips", "learning_classes", "learning_times",
+          "learning_spray")
 
 
 @dataclass(frozen=True)
