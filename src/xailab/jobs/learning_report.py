@@ -161,13 +161,16 @@ def _display(dataset: Any, i: int) -> np.ndarray:
 
 def pick_instances(per: pd.DataFrame, n: int) -> list[tuple[int, str]]:
     """Up to ``n`` ``(instance, why)``: learned then forgotten first (most flips), then the
-    latest flippers, then the latest to settle."""
+    latest flippers (fewest flips first: stable, then changed), then the latest to settle; each
+    kind class by class in turn."""
     out: list[tuple[int, str]] = []
     seen: set[int] = set()
-    orders = [(per[per["forgotten"]].sort_values(["flips", "instance"], ascending=[False, True]), "learned, then forgotten"),
-              (per[per["flips"] > 0].sort_values(["last_flip_epoch", "instance"], ascending=[False, True]),
-               "flipped late"),
-              (per.sort_values(["settle_epoch", "instance"], ascending=[False, True]), "settled late")]
+    orders = [(_spread(per[per["forgotten"]].sort_values(["flips", "instance"], ascending=[False, True])),
+               "learned, then forgotten"),
+              (_spread(per[per["flips"] > 0].sort_values(["last_flip_epoch", "flips", "instance"],
+                                                        ascending=[False, True, True])), "flipped late"),
+              (_spread(per.sort_values(["settle_epoch", "flips", "instance"], ascending=[False, True, True])),
+               "settled late")]
     quota = [n // 3, n // 3, n]
     for (df, why), q in zip(orders, quota, strict=True):
         took = 0
@@ -181,12 +184,23 @@ def pick_instances(per: pd.DataFrame, n: int) -> list[tuple[int, str]]:
     return out
 
 
+def _spread(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows taken class by class in turn (each class in its own order), so that the first
+    few cover many classes."""
+    turn = df.groupby("label", sort=False).cumcount()
+    return df.assign(_turn=turn.to_numpy()).sort_values("_turn", kind="stable").drop(columns="_turn")
+
+
 def _strips(run: Run, spec: Any, per: pd.DataFrame, dataset: Any, classes: list[str]) -> list[dict[str, Any]]:
     """A strip per picked instance: the image, then per epoch its map(s) and the prediction."""
     from xailab.dynamics.learning import instances, load_maps, predictions_at
     from xailab.dynamics.thumbnails import explanation_path, render_thumbnails
 
     picked = pick_instances(per, spec.strips)
+    keep = {int(i) for i, _ in picked}
+    for old in (run.path / "files" / "instances").glob("*/learning.png"):
+        if old.parent.name.isdigit() and int(old.parent.name) not in keep:
+            old.unlink()  # a strip of an earlier pick: the flow page would still link it
     if not picked:
         return []
     ids = instances(run)

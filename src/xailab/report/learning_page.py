@@ -73,9 +73,12 @@ def _mass(r: ReportRun, regions: list[str]) -> str:
     if steps is None:
         return ""
     cols = [f"mass {x}" for x in regions if f"mass {x}" in steps]
-    t = steps.groupby(["method", "epoch"])[cols].mean().reset_index()
+    t = steps.groupby(["method", "epoch"])[cols].mean()
+    rows = {f"{m}, {c.removeprefix('mass ')}": t.loc[m, c] for m in t.index.get_level_values(0).unique() for c in cols}
+    mat = pd.DataFrame(rows).T
+    mat.columns = [f"e{e}" for e in mat.columns]
     return ("<h3>Share of |relevance| in the regions, per epoch (mean over instances)</h3>"
-            + table(t, {c: "{:.3f}" for c in cols}))
+            + heat_table(mat, lo=0.0, hi=float(mat.max().max()) or 1.0, spec="{:.3f}"))
 
 
 def _spray(r: ReportRun) -> str:
