@@ -158,3 +158,17 @@ def test_strip_bad_input() -> None:
         superimpose(torch.zeros(1), torch.zeros(1), "max")
     with pytest.raises(InputError, match="overlays"):
         strip_entropy(TriggerNet(), band_images(2), band_images(2), overlays=5, preprocessing=None)
+
+
+def test_as_a_registered_detector() -> None:
+    from xailab.audit.detectors import AuditData, available_detectors, run_detector
+
+    assert "neural_cleanse" in available_detectors()
+    data = AuditData(TriggerNet(), class_names=[f"c{k}" for k in range(6)])
+    res = run_detector("neural_cleanse", data, images=band_images(50), preprocessing=None, steps=200)
+    assert res.flagged == [5] and not res.needs_data and res.model_score > 1
+    f = res.finding(5)
+    assert f.region == PATCH and f.score > f.threshold == 2.0
+    assert all(res.finding(k).score <= 2.0 for k in range(5))
+    with pytest.raises(InputError, match="clean images"):
+        run_detector("neural_cleanse", data)
