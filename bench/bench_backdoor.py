@@ -28,7 +28,6 @@ and 2, clean seeds 6..11) we report, per detector and trigger family:
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import time
@@ -36,9 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import numpy as np
-import pandas as pd
 import torch
 
 TRIGGERS = ("patch:3", "patch:5@3,3", "blend:0.1", "blend:0.15")

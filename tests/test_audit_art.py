@@ -52,7 +52,7 @@ def test_spectral_scores_and_removal_set_match_art(poisoned) -> None:
     ssd = art_poison.SpectralSignatureDefense
     acts, truth = class_activations(poisoned, 1)
     assert truth.any()
-    tau, v, _ = outlier_scores(acts)
+    tau, _v, _sigma = outlier_scores(acts)
     centred = acts - acts.mean(axis=0)
     art_scores = ssd.spectral_signature_scores(centred)[:, 0]
     np.testing.assert_allclose(tau, art_scores**2, rtol=1e-9, atol=1e-9)

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -23,7 +19,7 @@ from torch import Tensor
 from xailab.audit.result import AttackResult
 from xailab.audit.shift import ShiftResult
 from xailab.audit.verdict import ClassEvidence, DetectionReport
-from xailab.plotting import color_limits, plain, to_hwc
+from xailab.plotting import color_limits, plain, subplots, to_hwc
 
 
 def _box(ax: Axes, box: tuple[int, int, int, int] | None, color: str = "lime") -> None:
@@ -57,7 +53,7 @@ def shift_figure(result: AttackResult, shift: ShiftResult, index: int,
     scale (diverging blue-white-red when signed, sequential from zero otherwise)."""
     i = index
     rows = [(m, j, t) for m in shift.clean for j, t in enumerate(shift.targets)]
-    fig, axes = plt.subplots(len(rows), 5, figsize=(11, 2.3 * len(rows) + 0.6), squeeze=False)
+    fig, axes = subplots(len(rows), 5, figsize=(11, 2.3 * len(rows) + 0.6), squeeze=False)
     box = _mask_box(result.mask[i]) if result.mask is not None else None
     clean = to_hwc(result.clean[i].numpy())
     adv = to_hwc(result.adversarial[i].numpy())
@@ -121,7 +117,7 @@ def cluster_figure(ev: ClassEvidence, images: Tensor, class_name: str = "", per_
         rows = ((small, "suspected"), (rest, "the rest"))
     else:
         rows = ((np.arange(min(per_row, len(ev.indices))), "examples"),)
-    fig = plt.figure(figsize=(1.4 * per_row, 2.2 + 1.45 * (1 + len(rows))))
+    fig = Figure(figsize=(1.4 * per_row, 2.2 + 1.45 * (1 + len(rows))))
     gs = fig.add_gridspec(1 + len(rows), per_row, height_ratios=[1.6] + [1] * len(rows))
     _score_bars(fig.add_subplot(gs[0, 0:2]), ev)
     if ev.flagged and ev.mean_small is not None and ev.mean_rest is not None:
@@ -165,7 +161,7 @@ def scores_figure(report: DetectionReport) -> Figure:
     rule flags are named in red, those only some detector fired on ("check") in orange."""
     detectors = list(report.results)
     n = len(report.classes)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * n + 2), 3.4))
+    fig, ax = subplots(figsize=(max(6.0, 0.8 * n + 2), 3.4))
     x = np.arange(n)
     width = 0.8 / max(1, len(detectors))
     for j, d in enumerate(detectors):
