@@ -28,6 +28,7 @@ and 2, clean seeds 6..11) we report, per detector and trigger family:
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import time
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 TRIGGERS = ("patch:3", "patch:5@3,3", "blend:0.1", "blend:0.15")
@@ -149,8 +151,109 @@ def detect_rows(st: dict[str, Any], model: Any, ds: Any, truth: np.ndarray, info
     return rows
 
 
+def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney)."""
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    p, n = np.asarray(pos, float)[:, None], np.asarray(neg, float)[None, :]
+    return float(((p > n).sum() + 0.5 * (p == n).sum()) / (p.size * n.size))
+
+
+def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float = 0.05) -> float:
+    """Share of positives strictly above the score that at most ``fpr`` of the negatives exceed."""
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    cut = np.sort(np.asarray(neg, float))[::-1][int(np.floor(fpr * len(neg)))] if len(neg) > 0 else np.inf
+    return float((np.asarray(pos, float) > cut).mean())
+
+
+def class_scores(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(positives: the target class of each effective poisoned model, negatives: every other class
+    and every class of the clean models), normalised scores, one row each."""
+    pos, neg = [], []
+    for _, r in df.iterrows():
+        scores = {int(k): v for k, v in json.loads(r["scores"]).items()}
+        for c, v in scores.items():
+            row = {"detector": r["detector"], "family": r["family"], "rate": r["rate"], "seed": r["seed"], "score": v}
+            (pos if c == r["target"] and r["effective"] else neg).append(row)
+    return pd.DataFrame(pos), pd.DataFrame(neg)
+
+
+def summarise(df: pd.DataFrame, calib_seeds: set[int]) -> pd.DataFrame:
+    """Per detector and trigger family, on the test seeds: class-level AUC and TPR at 5 % FPR,
+    TPR / FPR at the threshold fixed on the calibration seeds, item precision / recall, seconds."""
+    df = df.assign(family=df["trigger"].str.split(":").str[0], effective=df["asr"].fillna(0) >= 0.5)
+    pos, neg = class_scores(df)
+    out = []
+    for d in sorted(df["detector"].unique()):
+        cal_neg = neg[(neg.detector == d) & neg.seed.isin(calib_seeds)]["score"]
+        thr = float(cal_neg.quantile(0.95)) if len(cal_neg) else float("nan")  # 5 % class FPR on calibration
+        test_neg = neg[(neg.detector == d) & ~neg.seed.isin(calib_seeds)]["score"].to_numpy()
+        for fam in ["patch", "blend", "all"]:
+            p = pos[(pos.detector == d) & ~pos.seed.isin(calib_seeds) & ((pos.family == fam) | (fam == "all"))]
+            sub = df[(df.detector == d) & ~df.seed.isin(calib_seeds) & df.effective
+                     & ((df.family == fam) | (fam == "all"))]
+            ps = p["score"].to_numpy()
+            out.append({"detector": d, "trigger": fam, "n_pos": len(ps), "n_neg": len(test_neg),
+                        "auc": roc_auc(ps, test_neg), "tpr@5%fpr": tpr_at_fpr(ps, test_neg),
+                        "thr_cal": thr, "tpr_cal": float((ps >= thr).mean()) if len(ps) else np.nan,
+                        "fpr_cal": float((test_neg >= thr).mean()) if len(test_neg) else np.nan,
+                        "tpr_default": float(sub["target_flagged"].astype(bool).mean()) if len(sub) else np.nan,
+                        "precision": float(sub["precision"].mean()), "recall": float(sub["recall"].mean()),
+                        "seconds": float(df[df.detector == d]["seconds"].mean())})
+    return pd.DataFrame(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", default="/tmp/xailab-bench-backdoor", help="where trained models are kept")
+    ap.add_argument("--quick", action="store_true", help="one trigger, one rate, one seed, one clean model")
+    ap.add_argument("--n-train", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--per-class", type=int, default=200)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--clean-seeds", default="0,1,2,3,4,5")
+    ap.add_argument("--detectors", default="spectral,scan,ac")
+    ap.add_argument("--json", help="write the per-model rows and the summary here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    from xailab.data import load_dataset
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    clean = [int(s) for s in args.clean_seeds.split(",")]
+    triggers, rates = ("patch:3", "patch:5@3,3", "blend:0.15"), RATES
+    if args.quick:
+        seeds, clean, triggers, rates = [0], [0], ("patch:3",), (0.05,)
+    sts = settings(seeds, clean, triggers, rates)
+    cache = Path(args.cache)
+    train_all(sts, args.n_train, args.epochs, cache)
+    train_full = load_dataset("fashion_mnist", "train")
+    rows = []
+    dets = tuple(args.detectors.split(","))
+    for st in sts:
+        done = cache / f"{key(st)}.{'-'.join(dets)}.{args.per_class}.json"  # detection kept beside the model
+        if done.is_file():
+            rows += json.loads(done.read_text())
+        else:
+            model, ds, truth, info = load_setting(st, cache / f"{key(st)}.pt", train_full)
+            new = detect_rows(st, model, ds, truth, info, args.per_class, dets)
+            done.write_text(json.dumps(new, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+            rows += new
+        print(f"{key(st)}: ASR {rows[-1]['asr']:.2f} " + " ".join(
+            f"{r['detector']}={r['model_score']:.2f}" for r in rows[-len(dets):]), flush=True)
+    df = pd.DataFrame(rows)
+    summary = summarise(df, {seeds[0]})
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": df.drop(columns=["scores"]).to_dict(orient="records"),
+                                               "summary": summary.to_dict(orient="records")}, default=str))
+
+
 if __name__ == "__main__" and __import__("sys").argv[1:2] == ["train-only"]:
     torch.set_num_threads(1)
-    sts = settings([0, 1, 2], list(range(9)), ("patch:3", "patch:5@3,3", "blend:0.15"), RATES)
-    sts.sort(key=lambda st: st["seed"])
+    sts = settings([0, 1, 2], list(range(6)), ("patch:3", "patch:5@3,3", "blend:0.15"), RATES)
+    sts.sort(key=lambda st: (st["trigger"] != "clean", st["seed"]))
     train_all(sts, 2000, 3, Path("/tmp/h15a_bd"))
+
+elif __name__ == "__main__":
+    main()
