@@ -6,7 +6,9 @@ Actions:
                explanations of the clean and the attacked images
   poison       train a model on data with a backdoor (a trigger on some images of a source
                class, relabelled as the target) and measure clean accuracy and attack success
-  backdoor     look for a backdoor in a trained model and its training data, per class
+  backdoor     look for a backdoor in a trained model, per class: from its training data (--data)
+               and/or from clean images alone (--images: Neural Cleanse)
+  strip        screen inputs for a trigger at inference time (STRIP)
 
 Examples:
   xailab audit adversarial --model small_cnn --weights w.safetensors --images fashion_mnist:test:64 \\
@@ -18,13 +20,16 @@ Examples:
   xailab audit backdoor --run runs/bd --out runs/bd-audit
   xailab audit backdoor --run runs/bd --detectors spectral,scan --rule any --out runs/bd-any
   xailab audit backdoor --model small_cnn --weights w.safetensors --data fashion_mnist --out runs/check
+  xailab audit backdoor --run runs/bd --images fashion_mnist:test:200 --out runs/bd-nc
+  xailab audit strip --run runs/bd --images fashion_mnist:test:100 --clean fashion_mnist:train:200 --out runs/bd-strip
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-HELP = "adversarial attacks, backdoor poisoning and backdoor detection (actions: adversarial, poison, backdoor)"
+HELP = "adversarial attacks, backdoor poisoning, detection and input screening (actions: adversarial, poison, backdoor, strip)"
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -43,8 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                      formatter_class=fmt))
     _poison_args(sub.add_parser("poison", help="train a model on data with a backdoor", formatter_class=fmt))
     _backdoor_args(sub.add_parser("backdoor", help="detect a backdoor per class (spectral signatures, SCAn, "
-                                  "activation clustering, SpRAy; --rule combines them)",
+                                  "activation clustering, SpRAy, --rule combines them; Neural Cleanse on clean images)",
                                   formatter_class=fmt))
+    _strip_args(sub.add_parser("strip", help="screen inputs for a trigger (STRIP)", formatter_class=fmt))
 
 
 def _adversarial_args(a: argparse.ArgumentParser) -> None:
@@ -122,6 +128,28 @@ def _backdoor_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--batch-size", type=int, default=128)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True, help="run directory")
+    b.add_argument("--images", help="clean images (dataset:split:N, files or a folder): run Neural Cleanse on them; "
+                   "the way to audit without the training data")
+    b.add_argument("--nc-steps", type=int, default=300, help="Neural Cleanse: optimisation steps per class")
+    b.add_argument("--nc-threshold", type=float, default=2.0,
+                   help="Neural Cleanse: flag a class whose mask is smaller than the median with anomaly index above this")
+    b.add_argument("--nc-method", default="lrp", help="explanation method of the flagged triggers' images")
+
+
+def _strip_args(s: argparse.ArgumentParser) -> None:
+    _model_args(s)
+    s.add_argument("--images", required=True, help="inputs to screen (dataset:split:N, files or a folder)")
+    s.add_argument("--clean", required=True, help="clean images: half superimposed on the inputs, half to set "
+                   "the threshold (keep them apart from --images)")
+    s.add_argument("--data-root", help="where the datasets lie")
+    s.add_argument("--trigger", help="also screen the inputs with this trigger stamped on (patch:S, ...) and measure "
+                   "the false acceptance rate (default with --run of audit poison: its trigger)")
+    s.add_argument("--frr", type=float, default=0.05, help="false rejection rate the threshold allows on clean inputs")
+    s.add_argument("--overlays", type=int, default=20, help="clean images superimposed on each input")
+    s.add_argument("--mode", choices=["add", "blend"], default="add", help="superimposition: clipped sum or mean")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="run directory")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         return _poison(args)
     if action == "backdoor":
         return _backdoor(args)
+    if action == "strip":
+        return _strip(args)
     from xailab.cli import build_parser
 
     build_parser().parse_args(["audit", "--help"])  # prints the help and exits
@@ -172,8 +202,8 @@ def _poison(args: argparse.Namespace) -> int:
 
 def _backdoor(args: argparse.Namespace) -> int:
     from xailab.cli.common import model_spec, names
-    from xailab.jobs.audit import BackdoorSpec, backdoor_to_run
-    from xailab.jobs.audit_writers import summary_frame
+    from xailab.jobs.audit import BackdoorSpec
+    from xailab.jobs.cleanse import CleanseSpec, backdoor_audit_to_run
 
     spec = BackdoorSpec(
         model=model_spec(args) if args.model else None, run=args.run, data=args.data, data_root=args.data_root,
@@ -183,13 +213,42 @@ def _backdoor(args: argparse.Namespace) -> int:
         ac_dims=args.ac_dims, ac_reduce=args.ac_reduce, layer=args.layer, png=not args.no_png,
         batch_size=args.batch_size, seed=args.seed, device=args.device,
     )
-    run_, report = backdoor_to_run(spec, args.out)
+    cleanse = CleanseSpec(args.images, data_root=args.data_root, steps=args.nc_steps, threshold=args.nc_threshold,
+                          method=args.nc_method, seed=args.seed) if args.images else None
+    audit = backdoor_audit_to_run(spec, cleanse, args.out)
+    if audit.detection is not None:
+        _print_detection(audit.detection)
+    if audit.cleanse is not None:
+        from xailab.jobs.cleanse import cleanse_lines
+
+        print("\n".join(cleanse_lines(audit.cleanse)))
+    print(f"run: {audit.run.path}  (figures in {audit.run.path / 'files'})")
+    return 0
+
+
+def _print_detection(report: Any) -> None:
+    from xailab.jobs.audit_writers import summary_frame
+
+    print("training data:")
     print(summary_frame(report).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"rule: {report.params['rule_text']}")
     for e in report.classes:
         if e.flagged or e.verdict == "check":
             print(("FLAGGED " if e.flagged else "check (the rule does not flag it): ") + e.describe())
     if not report.flagged:
-        print(f"no class flagged by the rule ({report.params['rule']}) among {len(report.classes)} classes examined")
-    print(f"run: {run_.path}  (figures in {run_.path / 'files' / 'backdoor'})")
+        print(f"no class flagged from the training data by the rule ({report.params['rule']}) among "
+              f"{len(report.classes)} classes examined")
+
+
+def _strip(args: argparse.Namespace) -> int:
+    from xailab.cli.common import model_spec
+    from xailab.jobs.strip import StripSpec, strip_lines, strip_to_run
+
+    spec = StripSpec(model=model_spec(args) if args.model else None, run=args.run, images=args.images,
+                     clean=args.clean, data_root=args.data_root, trigger=args.trigger, frr=args.frr,
+                     overlays=args.overlays, mode=args.mode, batch_size=args.batch_size, seed=args.seed,
+                     device=args.device)
+    run_, rates = strip_to_run(spec, args.out)
+    print("\n".join(strip_lines(rates)))
+    print(f"run: {run_.path}")
     return 0

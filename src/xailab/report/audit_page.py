@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from xailab.report.cleanse_page import cleanse_section, has_cleanse, has_strip, strip_section
 from xailab.report.data import ReportRun
 from xailab.report.html import esc, figure, kv, table
 from xailab.report.writer import Site
@@ -37,7 +38,7 @@ def has_detection(r: ReportRun) -> bool:
 
 
 def has_audit(r: ReportRun) -> bool:
-    return has_attack(r) or has_poison(r) or has_detection(r)
+    return has_attack(r) or has_poison(r) or has_detection(r) or has_cleanse(r) or has_strip(r)
 
 
 def _pct(v: Any) -> str:
@@ -243,4 +244,8 @@ def audit_page(site: Site, runs: list[ReportRun]) -> str:
             parts.append("<h3>Adversarial attack</h3>" + attack_section(site, r))
         if has_detection(r):
             parts.append("<h3>Backdoor detection</h3>" + detection_section(site, r))
+        if has_cleanse(r):
+            parts.append("<h3>Backdoor detection from clean images (Neural Cleanse)</h3>" + cleanse_section(site, r))
+        if has_strip(r):
+            parts.append("<h3>Input screening (STRIP)</h3>" + strip_section(site, r))
     return "".join(parts)
