@@ -126,7 +126,8 @@ def _explain_epoch(run: Run, spec: LearningSpec, model: Any, epoch: int, todo: l
         cpu, wall = time.process_time(), time.perf_counter()
         expl = create(name, model, **kw).explain(x, spec.target, labels=labels)
         native = expl.extras.get("cam")  # a CAM at its layer's resolution, before upsampling
-        maps = (native[:, 0] if native is not None and native.dim() == 4 else expl.pixel_maps()[:, 0]).numpy()
+        chosen = native[:, 0] if native is not None and native.dim() == 4 else expl.pixel_maps()[:, 0]
+        maps = chosen.detach().cpu().float().numpy()
         m16, scale = encode(maps)
         run.write_array(scale_name(name), scale, chunk=epoch)
         path = run.write_array(maps_name(name), m16, chunk=epoch)  # last: marks (epoch, method) done
