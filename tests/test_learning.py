@@ -155,9 +155,14 @@ def test_resume_after_a_kill_loses_and_repeats_nothing(trained: Path, tmp_path: 
     again: list[str] = []
     learning_to_run(LearningSpec(run=str(cut), strips=0), log=again.append)
     assert sum(line.startswith("epoch") for line in again) == 3  # only the missing (epoch, method) pairs
-    a, b = Run.open(whole), Run.open(cut)
+    cli = _copy(trained, tmp_path / "cli")
+    assert main(["learning", str(cli), "--strips", "0"]) == 0  # the CLI and Python give the same run
+    a, b, c = Run.open(whole), Run.open(cut), Run.open(cli)
     for m in ("gradcam", "saliency"):
         np.testing.assert_array_equal(load_maps(a, m)[0], load_maps(b, m)[0])
+        np.testing.assert_array_equal(load_maps(a, m)[0], load_maps(c, m)[0])
+    assert a.manifest["learning"]["methods"]["saliency"]["lead"] == c.manifest["learning"]["methods"]["saliency"]["lead"] \
+        or a.manifest["learning"]["methods"]["saliency"]["flips"] == 0
     assert len(b.read_table("learning_times")) == 6
     cols = ["method", "epoch", "instance", "rank_prev", "iou_last"]
     assert a.read_table("learning_steps")[cols].equals(b.read_table("learning_steps")[cols])
