@@ -1,5 +1,5 @@
 """Audit a model: adversarial attacks and what the explanations say about them, backdoor
-poisoning, and backdoor detection from explanations (SpRAy) and activations.
+poisoning, and backdoor detection (spectral signatures, SCAn, activation clustering, SpRAy).
 
 Actions:
   adversarial  attack images (fgsm, pgd, pgd_l2, fgm_l2, or a small patch) and compare the
@@ -18,6 +18,7 @@ Examples:
   xailab audit poison --data fashion_mnist --source Sandal --target Sneaker --fraction 0.1 \\
       --trigger patch:4 --model small_cnn --epochs 3 --limit-train 10000 --out runs/bd
   xailab audit backdoor --run runs/bd --out runs/bd-audit
+  xailab audit backdoor --run runs/bd --detectors spectral,scan --rule any --out runs/bd-any
   xailab audit backdoor --model small_cnn --weights w.safetensors --data fashion_mnist --out runs/check
   xailab audit backdoor --run runs/bd --images fashion_mnist:test:200 --out runs/bd-nc
   xailab audit strip --run runs/bd --images fashion_mnist:test:100 --clean fashion_mnist:train:200 --out runs/bd-strip
@@ -46,8 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _adversarial_args(sub.add_parser("adversarial", help="attack images and compare their explanations",
                                      formatter_class=fmt))
     _poison_args(sub.add_parser("poison", help="train a model on data with a backdoor", formatter_class=fmt))
-    _backdoor_args(sub.add_parser("backdoor", help="detect a backdoor per class (SpRAy, activation clustering; "
-                                  "Neural Cleanse on clean images)", formatter_class=fmt))
+    _backdoor_args(sub.add_parser("backdoor", help="detect a backdoor per class (spectral signatures, SCAn, "
+                                  "activation clustering, SpRAy, --rule combines them; Neural Cleanse on clean images)",
+                                  formatter_class=fmt))
     _strip_args(sub.add_parser("strip", help="screen inputs for a trigger (STRIP)", formatter_class=fmt))
 
 
@@ -108,6 +110,12 @@ def _backdoor_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--data-root", help="where the dataset's files are")
     b.add_argument("--split", default="train")
     b.add_argument("--classes", help="classes to analyse, indices or names, comma-separated (default all)")
+    b.add_argument("--detectors", default="spectral,scan,ac,spray",
+                   help="comma-separated: spectral (spectral signatures), scan (SCAn), ac (activation clustering), "
+                        "spray (SpRAy on explanations); default all four")
+    b.add_argument("--rule", default="majority",
+                   help="how the detectors' flags combine per class: any, majority (default), all, atleast:K, "
+                        "or a detector's name (it decides, the others are second opinions)")
     b.add_argument("--method", default="lrp", help="explanation method of SpRAy (default lrp)")
     b.add_argument("--max-per-class", type=int, default=500, help="items analysed per class (seeded sample)")
     b.add_argument("--neighbors", type=int, default=10, help="k of SpRAy's nearest-neighbour graph")
@@ -199,7 +207,8 @@ def _backdoor(args: argparse.Namespace) -> int:
 
     spec = BackdoorSpec(
         model=model_spec(args) if args.model else None, run=args.run, data=args.data, data_root=args.data_root,
-        split=args.split, classes=names(args.classes) or None, method=args.method,
+        split=args.split, classes=names(args.classes) or None, detectors=tuple(names(args.detectors) or ()),
+        rule=args.rule, method=args.method,
         max_per_class=args.max_per_class, neighbors=args.neighbors, downsample=args.downsample,
         ac_dims=args.ac_dims, ac_reduce=args.ac_reduce, layer=args.layer, png=not args.no_png,
         batch_size=args.batch_size, seed=args.seed, device=args.device,
@@ -222,13 +231,13 @@ def _print_detection(report: Any) -> None:
 
     print("training data:")
     print(summary_frame(report).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"rule: {report.params['rule_text']}")
     for e in report.classes:
         if e.flagged or e.verdict == "check":
-            where = "" if e.region is None else f"; it relies on rows {e.region[0]}-{e.region[2]}, columns {e.region[1]}-{e.region[3]}"
-            what = "FLAGGED" if e.flagged else "check (activation clustering only)"
-            print(f"{what}: class {e.label} ({e.name}), a cluster of {int(e.suspicious.sum())} of {len(e.indices)} items{where}")
+            print(("FLAGGED " if e.flagged else "check (the rule does not flag it): ") + e.describe())
     if not report.flagged:
-        print("no class flagged from the training data")
+        print(f"no class flagged from the training data by the rule ({report.params['rule']}) among "
+              f"{len(report.classes)} classes examined")
 
 
 def _strip(args: argparse.Namespace) -> int:
