@@ -15,6 +15,7 @@ under ``img/``. Pages, each written only when some run has its data:
 * ``flow.html``    the instance flow of a train run (its ``files/flow.html``, embedded);
 * ``concepts.html`` ICE concepts and TCAV scores of ``xailab concepts`` runs;
 * ``dissection.html`` labelled units of ``xailab dissect`` runs;
+* ``distill.html`` surrogate trees, rules and students of ``xailab distill`` runs;
 * ``audit.html``   attacks, planted backdoors and backdoor detection of ``xailab audit`` runs;
 * ``methods.html`` a card per method used (Hohman et al. 2018), its parameters and its cost.
 
@@ -39,6 +40,7 @@ from xailab.report.comparison import comparison_section, has_comparison
 from xailab.report.concepts_page import concepts_page, has_concepts
 from xailab.report.data import ReportRun, slug
 from xailab.report.dissection_page import dissection_page, has_dissection
+from xailab.report.distill_page import distill_page, has_distill
 from xailab.report.html import esc, table
 from xailab.report.images import image_pages
 from xailab.report.methods import cards_section
@@ -114,6 +116,7 @@ class _Groups:
     concepts: list[ReportRun]
     dissections: list[ReportRun]
     audits: list[ReportRun]
+    distills: list[ReportRun]
 
     @classmethod
     def of(cls, runs: list[ReportRun]) -> _Groups:
@@ -123,7 +126,7 @@ class _Groups:
             explain=explain, compared=[r for r in explain if has_comparison(r)],
             flows=[r for r in runs if r.file("flow.html") is not None],
             concepts=[r for r in runs if has_concepts(r)], dissections=[r for r in runs if has_dissection(r)],
-            audits=[r for r in runs if has_audit(r)],
+            audits=[r for r in runs if has_audit(r)], distills=[r for r in runs if has_distill(r)],
         )
 
     def nav(self) -> list[tuple[str, str]]:
@@ -132,6 +135,7 @@ class _Groups:
             ("images.html", "Images", self.explain), ("compare.html", "Comparison", self.compared),
             ("flow.html", "Instance flow", self.flows), ("concepts.html", "Concepts", self.concepts),
             ("dissection.html", "Dissection", self.dissections), ("audit.html", "Audit", self.audits),
+            ("distill.html", "Distillation", self.distills),
             ("methods.html", "Methods", self.explain)]
         return [("index.html", "Overview")] + [(href, label) for href, label, shown in pages if shown]
 
@@ -158,7 +162,8 @@ def _overview(site: Site, runs: list[ReportRun], g: _Groups, pages: dict[str, st
             links.pop("Comparison", None)
         body.append(f"<h2>Explanations: {esc(r.name)}</h2>" + explain_section(r, links))
     shown_elsewhere = {id(r): href for group, href in ((g.concepts, "concepts.html"), (g.dissections, "dissection.html"),
-                                                        (g.audits, "audit.html")) for r in group}
+                                                        (g.audits, "audit.html"), (g.distills, "distill.html"))
+                      for r in group}
     for r in runs:
         if r in g.train or r in g.explain:
             continue
@@ -196,3 +201,5 @@ def _write_pages(site: Site, g: _Groups, max_images: int) -> None:
         site.write("dissection.html", "Dissection", dissection_page(site, g.dissections))
     if g.audits:
         site.write("audit.html", "Audit", audit_page(site, g.audits))
+    if g.distills:
+        site.write("distill.html", "Distillation", distill_page(site, g.distills))
