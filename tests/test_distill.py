@@ -147,3 +147,25 @@ def test_a_tiny_student_learns_its_teacher() -> None:
     assert not student.training
     maps = agreement_of_maps(teacher, student, x[:4], methods=("saliency",))
     assert len(maps) == 4 and maps["spearman"].between(-1, 1).all()
+
+
+def test_unit_and_concept_features_read_the_layer(tiny_cnn: torch.nn.Module, images: torch.Tensor) -> None:
+    from xailab.concepts.ice import explain_concepts, fit_concepts
+    from xailab.distill import FeatureError, ice_features, unit_features
+
+    f = unit_features(tiny_cnn, "features.3", [0, 4], ["red", "stripes"], images)
+    with torch.no_grad():
+        acts = tiny_cnn.features(images)
+    assert np.allclose(f.values, acts.mean((2, 3))[:, [0, 4]].double().numpy(), atol=1e-6)
+    assert f.names == ["unit 0 (red)", "unit 4 (stripes)"]
+    with pytest.raises(FeatureError, match="another model"):
+        unit_features(tiny_cnn, "features.3", [9], ["x"], images)  # the layer has 6 units
+    with pytest.raises(FeatureError, match="does not have"):
+        unit_features(tiny_cnn, "layer9", [0], ["x"], images)
+
+    basis = fit_concepts(tiny_cnn, images, [2], layer="features.3", seed=0)[2]
+    feats = ice_features(tiny_cnn, basis, images)
+    assert np.allclose(feats.values, explain_concepts(tiny_cnn, basis, images).scores.double().numpy(), atol=1e-5)
+    other = type(basis)("features.1", basis.directions, basis.clamp)  # a layer of 4 channels, not 6
+    with pytest.raises(FeatureError, match="another model"):
+        ice_features(tiny_cnn, other, images)
