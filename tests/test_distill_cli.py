@@ -97,3 +97,14 @@ def test_bad_input_is_one_line(world: dict[str, Path], tmp_path: Path, capsys: p
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_fashion_study_distils_its_model() -> None:
+    from .test_studies_a import by_command, study_steps
+
+    steps = study_steps("fashion_mnist", "--out", "/o", "--quick")
+    d = by_command(steps)["distill"][0]
+    assert (d.weights, d.features, d.student, d.out) == ("/o/train/checkpoints/best.safetensors", "pixels", True,
+                                                        "/o/distill")
+    assert d.images.startswith("fashion_mnist:train:") and d.test_images.startswith("fashion_mnist:test:")
+    assert "/o/distill" in steps[-1][1]  # the report shows it

@@ -169,11 +169,11 @@ def _backdoor_steps(args: argparse.Namespace, out: Path, trained: list[str], dat
 
 def _distill_step(args: argparse.Namespace, out: Path, trained: list[str], root: list[str], device: list[str]) -> Step:
     """Distil the CNN: a surrogate tree on pixel statistics, per-class rules and a student CNN."""
-    fit, test, epochs = (1000, 300, 1) if args.quick else (6000, 1000, 5)
+    fit, test, epochs, maps = (600, 200, 1, 8) if args.quick else (6000, 1000, 5, 32)
     return ("distil the CNN: a surrogate tree and rules on colour/texture of image regions, and a student CNN",
             ["distill", *trained, *root, "--images", f"{args.data}:train:{fit}", "--test-images",
              f"{args.data}:test:{test}", "--features", "pixels", "--grid", "4", "--student", "--student-epochs",
-             str(epochs), *device, "--out", str(out / "distill")])
+             str(epochs), "--map-images", str(maps), *device, "--out", str(out / "distill")])
 
 
 TITLE = "Fashion-MNIST: SHAP, DeepLIFT, IG; a patch attack; a backdoor audit"
