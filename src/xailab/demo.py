@@ -77,7 +77,7 @@ def run_demo(out: str | Path = "runs/demo", *, command: Command, quick: bool = F
          ["compare", str(out / "explain"), "--reference", "gradcam"] + (["--no-sanity"] if quick else [])),
         ("ICE: concepts the CNN's last ReLU layer learned (NMF), and how much each class relies on them",
          ["concepts", "ice", "--model", "small_cnn", "--weights", weights, "--images", "fashion_mnist:test:500",
-          "--concepts", "6", "--curve", "2,6", "--curve-images", "200", "--out", str(out / "ice")]),
+          "--concepts", "6", "--curve", "2,4,6,8", "--curve-images", "200", "--out", str(out / "ice")]),
         ("network dissection: label every unit of two layers with the class that activates it most",
          ["dissect", "--model", "small_cnn", "--weights", weights, "--images", "fashion_mnist:test",
           "--max-images", "500", "--layers", "features.2,features.9", "--concepts", "classes",

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -23,7 +19,7 @@ from torch import Tensor
 from xailab.audit.detection import ClassEvidence, DetectionReport
 from xailab.audit.result import AttackResult
 from xailab.audit.shift import ShiftResult
-from xailab.plotting import color_limits, plain, to_hwc
+from xailab.plotting import color_limits, plain, subplots, to_hwc
 
 
 def _box(ax: Axes, box: tuple[int, int, int, int] | None, color: str = "lime") -> None:
@@ -57,7 +53,7 @@ def shift_figure(result: AttackResult, shift: ShiftResult, index: int,
     scale (diverging blue-white-red when signed, sequential from zero otherwise)."""
     i = index
     rows = [(m, j, t) for m in shift.clean for j, t in enumerate(shift.targets)]
-    fig, axes = plt.subplots(len(rows), 5, figsize=(11, 2.3 * len(rows) + 0.6), squeeze=False)
+    fig, axes = subplots(len(rows), 5, figsize=(11, 2.3 * len(rows) + 0.6), squeeze=False)
     box = _mask_box(result.mask[i]) if result.mask is not None else None
     clean = to_hwc(result.clean[i].numpy())
     adv = to_hwc(result.adversarial[i].numpy())
@@ -101,7 +97,7 @@ def cluster_figure(ev: ClassEvidence, images: Tensor, class_name: str = "", per_
     ``images [n, C, H, W]`` in [0, 1], the items of ``ev.indices`` in order."""
     small = np.nonzero(ev.suspicious)[0][:per_row]
     rest = np.nonzero(~ev.suspicious)[0][:per_row]
-    fig = plt.figure(figsize=(1.4 * per_row, 6.6))
+    fig = Figure(figsize=(1.4 * per_row, 6.6))
     gs = fig.add_gridspec(3, per_row, height_ratios=[1.6, 1, 1])
     ax = fig.add_subplot(gs[0, 0:2])
     lam = ev.spray.eigenvalues
@@ -145,7 +141,7 @@ def scores_figure(report: DetectionReport) -> Figure:
     """Per class: SpRAy's gap score and activation clustering's silhouette (bars), the smaller
     clusters' shares (markers); flagged classes red, "check" orange; thresholds as lines."""
     t = report.table.dropna(subset=["spray_gap"]) if "spray_gap" in report.table else report.table
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(t) + 2), 3.4))
+    fig, ax = subplots(figsize=(max(6.0, 0.7 * len(t) + 2), 3.4))
     x = np.arange(len(t))
     palette = {"backdoor": "tab:red", "flagged": "tab:red", "check": "tab:orange"}
     colors = [palette.get(v, "tab:gray") for v in t["verdict"]]

@@ -71,6 +71,8 @@ def _adversarial_args(a: argparse.ArgumentParser) -> None:
 
 
 def _poison_args(q: argparse.ArgumentParser) -> None:
+    from xailab.cli.common import add_normalization_arguments
+
     q.add_argument("--data", required=True, help="cifar10, mnist, fashion_mnist or folder:<path>")
     q.add_argument("--data-root", help="where the dataset's files are")
     q.add_argument("--source", default=None,
@@ -87,6 +89,7 @@ def _poison_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--limit-test", type=int, metavar="N", help="measure on a stratified sample of N")
     q.add_argument("--val-fraction", type=float, default=0.1, help="clean held-out share choosing the best epoch")
     q.add_argument("--seed", type=int, default=0)
+    add_normalization_arguments(q, trains=True)
     q.add_argument("--device", default="auto")
     q.add_argument("--quiet", action="store_true")
     q.add_argument("--out", required=True, help="run directory (new)")
@@ -145,13 +148,14 @@ def _adversarial(args: argparse.Namespace) -> int:
 
 
 def _poison(args: argparse.Namespace) -> int:
+    from xailab.cli.common import normalization
     from xailab.jobs.audit import PoisonSpec, poison_to_run
 
     spec = PoisonSpec(
         data=args.data, data_root=args.data_root, source=args.source, target=args.target, fraction=args.fraction,
         trigger=args.trigger, model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         limit_train=args.limit_train, limit_test=args.limit_test, val_fraction=args.val_fraction, seed=args.seed,
-        device=args.device, quiet=args.quiet,
+        device=args.device, quiet=args.quiet, **normalization(args),
     )
     run_ = poison_to_run(spec, args.out)
     print(f"run: {run_.path}")
