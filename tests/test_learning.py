@@ -174,6 +174,11 @@ def test_a_resume_with_other_settings_is_refused(trained: Path, tmp_path: Path, 
     assert main(["learning", str(path), "--methods", "gradcam", "--target", "top1"]) == 2
     assert "other settings (target)" in capsys.readouterr().err
     assert main(["learning", str(path), "--methods", "gradcam", "--epochs", "7-9"]) == 2
+    # methods explained over different epochs: the strips show the epochs all of them have
+    assert main(["learning", str(path), "--methods", "gradcam,saliency", "--epochs", "2-3", "--strips", "2"]) == 0
+    run = Run.open(path)
+    assert explained_epochs(run, "gradcam") == [1, 2, 3] and explained_epochs(run, "saliency") == [2, 3]
+    assert all((path / s["file"]).is_file() for s in run.manifest["learning"]["strips"])
 
 
 def test_spray_eigengap_sees_two_groups_of_maps(tmp_path: Path) -> None:
