@@ -109,3 +109,16 @@ def test_the_fashion_study_distils_its_model() -> None:
                                                         "/o/distill")
     assert d.images.startswith("fashion_mnist:train:") and d.test_images.startswith("fashion_mnist:test:")
     assert "/o/distill" in steps[-1][1]  # the report shows it
+
+
+def test_units_of_a_dissection_as_features(world: dict[str, Path], tmp_path: Path) -> None:
+    common = ["--model", "student_cnn", "--num-classes", "2", "--images", str(world["root"] / "images")]
+    dis = tmp_path / "dissect"
+    assert main(["dissect", *common, "--weights", str(world["weights"]), "--layers", "features.14",
+                 "--concepts", "classes", "--no-png", "--out", str(dis)]) == 0
+    out = tmp_path / "units"
+    assert main(_args(world, out, "--features", f"units:{dis}", "--no-png")) == 0
+    labelled = Run.open(dis).read_table("dissection")
+    names = Run.open(out).read_table("distill_features")["name"].tolist()
+    assert len(names) == int(labelled["labelled"].sum()) and all(n.startswith("unit ") for n in names)
+    assert main(_args(world, tmp_path / "bad", "--features", f"units:{dis}", weights="other")) == 2
