@@ -1,5 +1,5 @@
 """Every registered method over the models people train in 2026 (issue 13): a tiny timm ViT, a tiny
-Hugging Face ViTForImageClassification, a timm ConvNeXt, a timm EfficientNet (SiLU, squeeze-excitation)
+Hugging Face ViTForImageClassification, a torchvision VisionTransformer (nn.MultiheadAttention), a timm ConvNeXt, a timm EfficientNet (SiLU, squeeze-excitation)
 and a CNN written with F.relu. Each method
 either keeps the contract (shapes, finite maps, model left as found) or refuses with the reason
 listed in REFUSED; a refusal not listed, or a listed one that does not happen, fails."""
@@ -38,6 +38,15 @@ def hf_vit() -> nn.Module:
     return HFLogits(transformers.ViTForImageClassification(cfg))
 
 
+def torchvision_vit() -> nn.Module:  # the vit_b_16 family: nn.MultiheadAttention, class token
+    from torchvision.models import VisionTransformer
+
+    model = VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                              num_classes=5)
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts the head at zero: every gradient would be 0
+    return model
+
+
 def convnext() -> nn.Module:
     return timm.create_model("convnext_atto", num_classes=5, dims=(8, 16, 24, 32), depths=(1, 1, 1, 1))
 
@@ -49,6 +58,7 @@ def efficientnet() -> nn.Module:  # timm's test model: SiLU, squeeze-excitation 
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]] = {
     "timm_vit": (timm_vit, (3, 16, 16)),
     "hf_vit": (hf_vit, (3, 16, 16)),
+    "tv_vit": (torchvision_vit, (3, 16, 16)),
     "convnext": (convnext, (3, 64, 64)),
     "efficientnet": (efficientnet, (3, 32, 32)),
     "frelu_cnn": (FunctionalCNN, (1, 16, 16)),
@@ -63,6 +73,8 @@ REFUSED = {
     ("timm_vit", "propagation"): "layer normalisation.*fused softmax attention",
     ("hf_vit", "deeplift"): NO_DEEPLIFT, ("hf_vit", "deeplift_shap"): NO_DEEPLIFT,
     ("hf_vit", "propagation"): NOT_CONSERVED,
+    ("tv_vit", "deeplift"): NO_DEEPLIFT, ("tv_vit", "deeplift_shap"): NO_DEEPLIFT,
+    ("tv_vit", "propagation"): "layer normalisation.*fused softmax attention",
     ("convnext", "deeplift"): NO_DEEPLIFT, ("convnext", "deeplift_shap"): NO_DEEPLIFT,
     ("convnext", "propagation"): NOT_CONSERVED, ("convnext", "attention"): NOT_A_VIT,
     ("efficientnet", "deeplift"): SE_GATE, ("efficientnet", "deeplift_shap"): SE_GATE,
