@@ -9,7 +9,7 @@ from torch import nn
 import xailab
 from xailab.core.errors import InputError
 from xailab.methods.perturbation.adaptive import Schedule
-from xailab.methods.perturbation.sampling import shapley_stream
+from xailab.methods.perturbation.sampling import is_edge, shapley_stream, shapley_stream_weights
 from xailab.methods.perturbation.segmentation import superpixel_fill
 from xailab.methods.perturbation.uncertainty import (
     rank_error,
@@ -149,3 +149,52 @@ def test_the_docs_example_runs() -> None:
     blocks_ = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
     example = next(b for b in blocks_ if 'num_samples="auto"' in b)
     exec(compile(example, "perturbation.md", "exec"), {})
+
+
+def test_shapley_stream_enumerates_the_edges_first_and_weighs_them_by_their_mass() -> None:
+    """KernelSHAP's rounds start with every coalition of one superpixel and of all but one
+    (exactly once each, as complement pairs), then draw the other sizes only; the weights give
+    the edge sizes exactly their share of the Shapley kernel's mass."""
+    s = 10
+    stream = shapley_stream(s, torch.Generator().manual_seed(0), pairs=64)
+    edges = next(stream)
+    drawn = next(stream)
+    k = edges.sum(1)
+    assert len(edges) == 2 * s and bool(((k == 1) | (k == s - 1)).all())
+    assert len(torch.unique(edges, dim=0)) == 2 * s
+    assert bool((edges[0::2] == ~edges[1::2]).all())
+    assert bool(((drawn.sum(1) > 1) & (drawn.sum(1) < s - 1)).all())
+    z = torch.cat([edges, drawn])
+    w = shapley_stream_weights(z)
+    sizes = torch.arange(1, s, dtype=torch.float64)
+    mass = (s - 1) / (sizes * (s - sizes))
+    assert abs(float(w.sum()) - 1.0) < 1e-12
+    assert abs(float(w[: 2 * s].sum()) - float((mass[0] + mass[-1]) / mass.sum())) < 1e-12
+
+
+def test_the_jackknife_errs_on_the_safe_side_with_few_drawn_pairs() -> None:
+    """With the edges enumerated and few drawn pairs, the estimated spread of the Shapley values
+    is at least the real one over seeds (a stopping rule must not stop early)."""
+    s = 12
+    torch.manual_seed(0)
+    c = torch.randn(s, dtype=torch.float64)
+    a = torch.randn(s, s, dtype=torch.float64) * 0.3
+    b = torch.randn(s, s, s, dtype=torch.float64) * 0.05
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        zf = z.double()
+        odd = zf @ c + torch.einsum("ni,ij,nj->n", zf, a, zf) + torch.einsum("ni,ijk,nj,nk->n", zf, b, zf, zf)
+        return odd.reshape(-1, 1)
+
+    f0, f1 = f(torch.zeros(1, s, dtype=torch.bool))[0], f(torch.ones(1, s, dtype=torch.bool))[0]
+    phis, ses = [], []
+    for seed in range(120):
+        stream = shapley_stream(s, torch.Generator().manual_seed(seed), pairs=16)
+        z = torch.cat([next(stream), next(stream)])
+        phi, cov = shapley_with_covariance(z, f(z), shapley_stream_weights(z), f0, f1, torch.arange(len(z)) // 2,
+                                           fixed=is_edge(z))
+        phis.append(phi[0])
+        ses.append(cov[0].diagonal().clamp_min(0).sqrt())
+    ratio = torch.stack(phis).std(0) / torch.stack(ses).mean(0)
+    assert float(ratio.median()) < 1.0, ratio
+    assert float(ratio.median()) > 0.6, ratio  # and not uselessly loose

@@ -13,9 +13,11 @@ under ``img/``. Pages, each written only when some run has its data:
 * ``compare.html`` what ``xailab compare`` wrote: scoreboard, IoU and rank-correlation matrices,
   faithfulness, sanity, figures;
 * ``flow.html``    the instance flow of a train run (its ``files/flow.html``, embedded);
+* ``learning.html`` explanations over training of ``xailab learning`` (see :mod:`~xailab.report.learning_page`);
 * ``concepts.html`` ICE concepts and TCAV scores of ``xailab concepts`` runs;
 * ``dissection.html`` labelled units of ``xailab dissect`` runs;
 * ``audit.html``   attacks, planted backdoors and backdoor detection of ``xailab audit`` runs;
+* ``counterfactuals.html`` counterfactuals of ``xailab counterfactual`` runs (pixel, region, prototype, concept);
 * ``methods.html`` a card per method used (Hohman et al. 2018), its parameters and its cost.
 
 The site is built in a hidden folder beside ``out`` and renamed into place, so a failed build
@@ -37,10 +39,12 @@ from pathlib import Path
 from xailab.report.audit_page import audit_page, has_audit
 from xailab.report.comparison import comparison_section, has_comparison
 from xailab.report.concepts_page import concepts_page, has_concepts
+from xailab.report.counterfactual_page import counterfactual_page, has_counterfactuals
 from xailab.report.data import ReportRun, slug
 from xailab.report.dissection_page import dissection_page, has_dissection
 from xailab.report.html import esc, table
 from xailab.report.images import image_pages
+from xailab.report.learning_page import has_learning, learning_page
 from xailab.report.methods import cards_section
 from xailab.report.overview import (
     explain_section,
@@ -114,6 +118,8 @@ class _Groups:
     concepts: list[ReportRun]
     dissections: list[ReportRun]
     audits: list[ReportRun]
+    learning: list[ReportRun]
+    counterfactuals: list[ReportRun]
 
     @classmethod
     def of(cls, runs: list[ReportRun]) -> _Groups:
@@ -123,15 +129,18 @@ class _Groups:
             explain=explain, compared=[r for r in explain if has_comparison(r)],
             flows=[r for r in runs if r.file("flow.html") is not None],
             concepts=[r for r in runs if has_concepts(r)], dissections=[r for r in runs if has_dissection(r)],
-            audits=[r for r in runs if has_audit(r)],
+            audits=[r for r in runs if has_audit(r)], learning=[r for r in runs if has_learning(r)],
+            counterfactuals=[r for r in runs if has_counterfactuals(r)],
         )
 
     def nav(self) -> list[tuple[str, str]]:
         """The pages in the navigation: the overview, then each page that has runs to show."""
         pages: list[tuple[str, str, list[ReportRun]]] = [
             ("images.html", "Images", self.explain), ("compare.html", "Comparison", self.compared),
-            ("flow.html", "Instance flow", self.flows), ("concepts.html", "Concepts", self.concepts),
+            ("flow.html", "Instance flow", self.flows), ("learning.html", "Learning", self.learning),
+            ("concepts.html", "Concepts", self.concepts),
             ("dissection.html", "Dissection", self.dissections), ("audit.html", "Audit", self.audits),
+            ("counterfactuals.html", "Counterfactuals", self.counterfactuals),
             ("methods.html", "Methods", self.explain)]
         return [("index.html", "Overview")] + [(href, label) for href, label, shown in pages if shown]
 
@@ -158,7 +167,8 @@ def _overview(site: Site, runs: list[ReportRun], g: _Groups, pages: dict[str, st
             links.pop("Comparison", None)
         body.append(f"<h2>Explanations: {esc(r.name)}</h2>" + explain_section(r, links))
     shown_elsewhere = {id(r): href for group, href in ((g.concepts, "concepts.html"), (g.dissections, "dissection.html"),
-                                                        (g.audits, "audit.html")) for r in group}
+                                                        (g.audits, "audit.html"),
+                                                        (g.counterfactuals, "counterfactuals.html")) for r in group}
     for r in runs:
         if r in g.train or r in g.explain:
             continue
@@ -190,9 +200,13 @@ def _write_pages(site: Site, g: _Groups, max_images: int) -> None:
     if g.flows:
         site.write("flow.html", "Instance flow",
                    "".join(f"<h2>{esc(r.name)}</h2>" + flow_section(site, r) for r in g.flows))
+    if g.learning:
+        site.write("learning.html", "Learning", learning_page(site, g.learning))
     if g.concepts:
         site.write("concepts.html", "Concepts", concepts_page(site, g.concepts))
     if g.dissections:
         site.write("dissection.html", "Dissection", dissection_page(site, g.dissections))
     if g.audits:
         site.write("audit.html", "Audit", audit_page(site, g.audits))
+    if g.counterfactuals:
+        site.write("counterfactuals.html", "Counterfactuals", counterfactual_page(site, g.counterfactuals))

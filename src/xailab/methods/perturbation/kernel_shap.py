@@ -35,7 +35,12 @@ from torch import Tensor, nn
 from xailab.core.registry import register
 from xailab.methods.perturbation.base import perturbation_card
 from xailab.methods.perturbation.regression import constrained_wls
-from xailab.methods.perturbation.sampling import shapley_kernel_coalitions, shapley_stream
+from xailab.methods.perturbation.sampling import (
+    is_edge,
+    shapley_kernel_coalitions,
+    shapley_stream,
+    shapley_stream_weights,
+)
 from xailab.methods.perturbation.superpixel import SuperpixelExplainer
 from xailab.methods.perturbation.uncertainty import shapley_with_covariance
 
@@ -95,10 +100,14 @@ class KernelShap(SuperpixelExplainer):
             yield from shapley_stream(n_segments, g)
 
     def sample_weights(self, z: Tensor) -> Tensor:
-        return z.any(dim=1).to(torch.float64)  # drawn in proportion to the kernel: equal weights
+        return z.any(dim=1).to(torch.float64)  # placeholders: the fit weighs the whole set
 
     def fit_with_covariance(self, z: Tensor, w: Tensor, y: Tensor, clean: Tensor,
                             clusters: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         f_empty = y[0]
-        phi, cov = shapley_with_covariance(z[1:], y[1:], w[1:], f_empty, clean, clusters[1:])
+        zs = z[1:]
+        w = shapley_stream_weights(zs)
+        # the enumerated edge rows are the same for every seed: no sampling noise in the sandwich
+        fixed = is_edge(zs) if int(is_edge(zs).sum()) == 2 * z.shape[1] else None
+        phi, cov = shapley_with_covariance(zs, y[1:], w, f_empty, clean, clusters[1:], fixed=fixed)
         return phi, f_empty, cov

@@ -195,19 +195,57 @@ def lime_stream(n_features: int, g: torch.Generator) -> Iterator[Tensor]:
 
 
 def shapley_stream(n_features: int, g: torch.Generator, pairs: int = 64) -> Iterator[Tensor]:
-    """KernelSHAP's coalitions for sampling in rounds, drawn in proportion to the Shapley kernel.
+    """KernelSHAP's coalitions for sampling in rounds: the edges enumerated, the rest drawn.
 
-    Chunks of ``pairs`` complement pairs ``(z, 1 - z)``: the sizes of a chunk are allocated to
-    the kernel's mass of each size exactly (systematic sampling, :func:`stratified`, the pair of
-    sizes ``k`` and ``S - k`` counted together), each ``z`` a uniform subset of its size, the
-    pairs in a random order (so a round that takes part of a chunk is not biased to some
-    sizes). Drawn in proportion to the kernel, every row weighs the same in the fit.
+    With ``S >= 4`` superpixels the stream starts with the ``2 S`` coalitions of one superpixel
+    and of all but one (:func:`edge_coalitions`: the sizes that carry the most kernel weight per
+    coalition, a fifth of the kernel's mass at ``S = 50``; shap's fixed budget enumerates them
+    too), as complement pairs ``({i}, 1 - {i})`` in a random order. Then chunks of ``pairs``
+    complement pairs ``(z, 1 - z)`` of the other sizes: the sizes of a chunk are allocated to the
+    kernel's mass of each size exactly (systematic sampling, :func:`stratified`, the pair of sizes
+    ``k`` and ``S - k`` counted together), each ``z`` a uniform subset of its size, the pairs in a
+    random order (so a round that takes part of a chunk is not biased to some sizes). Drawn in
+    proportion to the kernel, every drawn row weighs the same in the fit; the enumerated rows
+    share the mass of their sizes (:func:`shapley_stream_weights`). With ``S < 4`` every size is
+    an edge, and all rows are drawn.
     """
     s = n_features
     n_sizes = math.ceil((s - 1) / 2)
     weight = torch.tensor([(s - 1) / (k * (s - k)) for k in range(1, n_sizes + 1)], dtype=_F64)
     weight[: (s - 1) // 2] *= 2  # sizes k < S/2 stand for k and S - k
+    first = 1 if s >= 4 else 0  # the sizes drawn start after the enumerated edge
+    if first:
+        order = torch.randperm(s, generator=g)
+        single = torch.zeros(s, s, dtype=torch.bool)
+        single[torch.arange(s), order] = True
+        yield torch.stack([single, ~single], dim=1).reshape(2 * s, s)
     while True:
-        sizes = stratified(weight, pairs, g) + 1
+        sizes = stratified(weight[first:], pairs, g) + 1 + first
         half = random_subsets(sizes[torch.randperm(pairs, generator=g)], s, g)
         yield torch.stack([half, ~half], dim=1).reshape(2 * pairs, s)
+
+
+def is_edge(z: Tensor) -> Tensor:
+    """``[n]`` bool: the rows :func:`shapley_stream` enumerates (one superpixel kept or hidden; ``S >= 4``)."""
+    s = z.shape[1]
+    k = z.sum(1)
+    return ((k == 1) | (k == s - 1)) if s >= 4 else torch.zeros(len(z), dtype=torch.bool)
+
+
+def shapley_stream_weights(z: Tensor) -> Tensor:
+    """``[n]`` fit weights of :func:`shapley_stream`'s rows (summing to 1): the enumerated edge
+    rows share the kernel mass of sizes ``1`` and ``S - 1`` equally, the drawn rows (already in
+    proportion to the kernel) share the rest equally."""
+    s = z.shape[1]
+    edge = is_edge(z)
+    if s < 4 or not bool(edge.any()) or bool(edge.all()):
+        return torch.full((len(z),), 1.0 / max(len(z), 1), dtype=_F64)
+    sizes = torch.arange(1, s, dtype=_F64)
+    mass = (s - 1) / (sizes * (s - sizes))
+    edge_mass = float((mass[0] + mass[-1]) / mass.sum())
+    n_edge = int(edge.sum())
+    # a partial enumeration (a budget below 2 S) is a random subset of the edge pairs: still
+    # in proportion, each present edge row carries its share of the edge mass
+    w = torch.full((len(z),), (1.0 - edge_mass) / (len(z) - n_edge), dtype=_F64)
+    w[edge] = edge_mass / n_edge
+    return w

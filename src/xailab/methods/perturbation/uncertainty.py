@@ -57,6 +57,40 @@ def cluster_sandwich(x: Tensor, w: Tensor, r: Tensor, bread: Tensor, clusters: T
     return scale * bread @ meat @ bread
 
 
+def jackknife_sandwich(x: Tensor, w: Tensor, r: Tensor, bread: Tensor, clusters: Tensor,
+                       fixed: Tensor) -> Tensor:
+    """``[T, S, S]``: the CR3 (cluster jackknife) covariance over the drawn rows only.
+
+    A design with an enumerated part (``fixed [n]``: rows every seed has) varies between seeds
+    only through its drawn rows, so only their clusters enter the meat; each cluster's residuals
+    are taken as if the fit had left it out, ``(I - H_kk)^-1 r_k`` with ``H = X M^-1 X' W``,
+    scaled by ``(K - 1) / K``. With few drawn clusters (fewer than parameters) the CR1 estimate
+    understates the spread (1.4x in standard error at 16 pairs for 16 superpixels, measured over
+    200 seeds); the jackknife overstates it (0.81x at 16 pairs, 0.93x at 48, 0.96x at 128), the
+    safe side for a stopping rule.
+    """
+    keep = ~fixed
+    x, w, r, clusters = x[keep], w[keep], r[keep], clusters[keep]
+    n, s = x.shape
+    if n == 0 or s == 0:
+        return torch.zeros(r.shape[1], s, s, dtype=_F64)
+    ids = torch.unique(clusters, return_inverse=True)[1]
+    k = int(ids.max()) + 1
+    order = torch.argsort(ids, stable=True)
+    counts = torch.bincount(ids, minlength=k)
+    sorted_ids = ids[order]
+    within = torch.arange(n) - (torch.cumsum(counts, 0) - counts)[sorted_ids]
+    m = int(counts.max())
+    xs = torch.zeros(k, m, s, dtype=_F64).index_put_((sorted_ids, within), x[order])
+    ws = torch.zeros(k, m, dtype=_F64).index_put_((sorted_ids, within), w[order])
+    rs = torch.zeros(k, m, r.shape[1], dtype=_F64).index_put_((sorted_ids, within), r[order])
+    hat = xs @ bread @ xs.transpose(1, 2) * ws[:, None, :]  # padding rows: zero, identity below
+    left_out = torch.linalg.solve(torch.eye(m, dtype=_F64) - hat, rs)
+    g = torch.einsum("kms,km,kmt->kst", xs, ws, left_out)
+    meat = torch.einsum("kst,kut->tsu", g, g)
+    return ((k - 1) / max(k, 1)) * bread @ meat @ bread
+
+
 def ridge_with_covariance(z: Tensor, y: Tensor, w: Tensor, alpha: float,
                           clusters: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """LIME's ridge fit (:func:`~xailab.methods.perturbation.regression.weighted_ridge`) and the
@@ -70,10 +104,12 @@ def ridge_with_covariance(z: Tensor, y: Tensor, w: Tensor, alpha: float,
 
 
 def shapley_with_covariance(z: Tensor, y: Tensor, w: Tensor, f_empty: Tensor, f_full: Tensor,
-                            clusters: Tensor) -> tuple[Tensor, Tensor]:
+                            clusters: Tensor, *, fixed: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """KernelSHAP's constrained fit (:func:`~xailab.methods.perturbation.regression.constrained_wls`)
     and the covariance of all ``S`` values: ``(phi [T, S], cov [T, S, S])``. The last value is
-    the sum's remainder, ``phi_S = total - sum_{j<S} phi_j``, so its row is minus the others'."""
+    the sum's remainder, ``phi_S = total - sum_{j<S} phi_j``, so its row is minus the others'.
+    ``fixed [n]``: rows every seed has (the enumerated edges of
+    :func:`~xailab.methods.perturbation.sampling.shapley_stream`): :func:`jackknife_sandwich`."""
     phi = constrained_wls(z, y, w, f_empty, f_full)
     s = z.shape[1]
     if s < 2 or len(z) == 0:
@@ -83,7 +119,10 @@ def shapley_with_covariance(z: Tensor, y: Tensor, w: Tensor, f_empty: Tensor, f_
     x = z[:, :-1] - last
     r = (y - f_empty.to(_F64) - last * (f_full - f_empty).to(_F64)) - x @ phi[:, :-1].T
     bread = torch.linalg.pinv((x * w.reshape(-1, 1)).T @ x)
-    head = cluster_sandwich(x, w, r, bread, clusters, s - 1, per_cluster=True)
+    if fixed is not None and bool(fixed.any()):
+        head = jackknife_sandwich(x, w, r, bread, clusters, fixed)
+    else:
+        head = cluster_sandwich(x, w, r, bread, clusters, s - 1, per_cluster=True)
     lift = torch.cat([torch.eye(s - 1, dtype=_F64), -torch.ones(1, s - 1, dtype=_F64)])  # phi = lift head + c
     return phi, lift @ head @ lift.T
 
