@@ -121,7 +121,7 @@ def test_deeplift_is_exact_on_an_efficientnet_without_its_gates() -> None:
     EfficientNet sums to f(x) - f(b) (float64); with them it is refused (REFUSED above)."""
     torch.manual_seed(0)
     model = efficientnet().double().eval()
-    for name, m in list(model.named_modules()):
+    for m in list(model.modules()):
         if hasattr(m, "se"):
             m.se = nn.Identity()
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))

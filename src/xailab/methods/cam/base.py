@@ -44,7 +44,7 @@ from xailab.core.explainer import (
 )
 from xailab.methods.cam.choose import CamLayer, choose_cam_layer
 from xailab.methods.cam.layers import LayerTap, conv_layer_hint, resolve_cam_layer
-from xailab.methods.cam.tokens import TokenGrid, find_token_grid
+from xailab.core.tokens import TokenGrid, find_token_grid
 
 
 class CAM(Explainer):
