@@ -35,9 +35,17 @@ def accuracy(out: Path, which: str) -> str:
     path = out / which / "train"
     if not (path / "manifest.json").is_file():
         return "(weights given)"
-    table = Run.open(path).read_table("evaluation")
-    test = table[table["name"] == "test"]
-    return f"{float(test['accuracy'].iloc[0]):.4f} on {int(test['n'].iloc[0])} test images" if len(test) else "?"
+    run = Run.open(path)
+    if "evaluation" in run.tables():
+        table = run.read_table("evaluation")
+        test = table[table["name"] == "test"]
+        return f"{float(test['accuracy'].iloc[0]):.4f} on {int(test['n'].iloc[0])} test images" if len(test) else "?"
+    # a training stopped before its final evaluation: the tracked test predictions of its best epoch
+    best = int(run.manifest["status"]["best_epoch"])
+    p = run.read_table("predictions")
+    p = p[p["epoch"] == best]
+    return (f"{float((p['label'] == p['predicted']).mean()):.4f} on {len(p)} tracked test images "
+            f"(epoch {best}; the training was stopped before its final evaluation)")
 
 
 def _cell(board: pd.DataFrame, method: str, col: str) -> str:
