@@ -99,7 +99,7 @@ def _pair(name: str, model: torch.nn.Module, xb: torch.Tensor, a: torch.Tensor, 
     if name == "road":
         def ours() -> np.ndarray:
             return road(model, xb, a, y, percentages=pcts, noise=0.0, output="accuracy",
-                        batch_size=256).scores.mean(0).numpy()
+                        batch_size=64).scores.mean(0).numpy()
 
         def theirs() -> np.ndarray:
             res = quantus.ROAD(percentages=pcts, noise=0.0, normalise=False, disable_warnings=True)(**common)
@@ -107,7 +107,7 @@ def _pair(name: str, model: torch.nn.Module, xb: torch.Tensor, a: torch.Tensor, 
         return ours, theirs
 
     def ours_i() -> np.ndarray:
-        return infidelity(model, xb, a, y, patch=4, fill=0.0, batch_size=256).numpy()
+        return infidelity(model, xb, a, y, patch=4, fill=0.0, batch_size=64).numpy()
 
     def theirs_i() -> np.ndarray:
         metric = quantus.Infidelity(perturb_baseline=0.0, perturb_patch_sizes=[4], n_perturb_samples=1,

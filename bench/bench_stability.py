@@ -24,6 +24,11 @@ beside them.
     python -m bench.bench_stability --models cifar_cnn --json stability.json
     python -m bench.bench_stability --models resnet18 --families lime --skip captum --tols 0.05 \
         --budgets 250 --ref-budgets 1000
+    python -m bench.bench_stability --models efficientnet_lite0 --families lime --skip captum \
+        --tols 0.05,0.03 --budgets 500,1000 --ref-budgets 1000     # the ResNet study's photos
+
+``--resnet18-images`` / ``--resnet18-ref-samples`` also set the photos and reference of
+EfficientNet-Lite0 (pretrained, from its PyPI wheel).
 """
 
 from __future__ import annotations
@@ -121,6 +126,19 @@ def captum_run(method: str, n: int) -> Run:
     return run
 
 
+def efficientnet_lite0() -> nn.Module:
+    from xailab.models import create_model
+
+    return create_model("efficientnet_lite0", pretrained=True).eval()
+
+
+def photo_batch(n: int) -> torch.Tensor:
+    """ImageNet photos in EfficientNet-Lite0's preprocessing ``(x * 255 - 127) / 128``."""
+    x = imagenet_batch(n) * torch.tensor((0.229, 0.224, 0.225))[:, None, None] + torch.tensor(
+        (0.485, 0.456, 0.406))[:, None, None]
+    return (x * 255 - 127) / 128
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
@@ -204,7 +222,8 @@ def summary(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="2 images, small budgets, no 8,000 reference")
-    p.add_argument("--models", default="cifar_cnn,resnet20,resnet18", help="comma-separated subset")
+    p.add_argument("--models", default="cifar_cnn,resnet20,resnet18",
+                   help="comma-separated subset (also: efficientnet_lite0)")
     p.add_argument("--images", type=int, default=8, help="images of the CIFAR models")
     p.add_argument("--resnet18-images", type=int, default=1)
     p.add_argument("--resnet18-ref-samples", type=int, default=0, help="ResNet-18's reference (0: none)")
@@ -233,6 +252,8 @@ def main(argv: list[str]) -> None:
             rows += measure(trained[0], trained[1][: a.images], name, a, a.ref_samples)
         elif name == "resnet18":
             rows += measure(resnet18(), imagenet_batch(a.resnet18_images), name, a, a.resnet18_ref_samples)
+        elif name == "efficientnet_lite0":  # the ResNet study's photo model, pretrained (PyPI wheel)
+            rows += measure(efficientnet_lite0(), photo_batch(a.resnet18_images), name, a, a.resnet18_ref_samples)
     summary(rows)
     if a.json:
         with open(a.json, "w") as fh:

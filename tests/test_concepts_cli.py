@@ -36,14 +36,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_pngs(root / "random", 12, 3)
     (root / "empty").mkdir()
     torch.manual_seed(0)
-    weights = save_weights(create_model("cifar_cnn"), root / "cnn.safetensors")
+    # two classes, as the labelled images (a model of other classes is refused: issue 16.4)
+    weights = save_weights(create_model("cifar_cnn", num_classes=2), root / "cnn.safetensors")
     return {"root": root, "weights": weights}
 
 
 def test_ice_then_explain(world: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     root, weights = world["root"], world["weights"]
     out = root / "ice_run"
-    rc = main(["concepts", "ice", "--model", "cifar_cnn", "--weights", str(weights), "--images", str(root / "images"),
+    rc = main(["concepts", "ice", "--model", "cifar_cnn", "--num-classes", "2", "--weights", str(weights), "--images", str(root / "images"),
                "--layer", "features.5", "--concepts", "3", "--curve", "2,3", "--curve-images", "6",
                "--gallery", "3", "--batch-size", "5", "--out", str(out)])
     assert rc == 0
@@ -66,7 +67,7 @@ def test_ice_then_explain(world: dict[str, Path], capsys: pytest.CaptureFixture[
 
 def test_ice_refuses_a_batchnorm_layer(world: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     root, weights = world["root"], world["weights"]
-    rc = main(["concepts", "ice", "--model", "cifar_cnn", "--weights", str(weights), "--images", str(root / "images"),
+    rc = main(["concepts", "ice", "--model", "cifar_cnn", "--num-classes", "2", "--weights", str(weights), "--images", str(root / "images"),
                "--layer", "features.4", "--concepts", "2", "--curve", "", "--no-png", "--out", str(root / "bad")])
     assert rc == 2
     err = capsys.readouterr().err
@@ -75,7 +76,7 @@ def test_ice_refuses_a_batchnorm_layer(world: dict[str, Path], capsys: pytest.Ca
 
 def test_tcav_and_an_empty_concept_folder(world: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     root, weights = world["root"], world["weights"]
-    common = ["concepts", "tcav", "--model", "cifar_cnn", "--weights", str(weights), "--layer", "features.5",
+    common = ["concepts", "tcav", "--model", "cifar_cnn", "--num-classes", "2", "--weights", str(weights), "--layer", "features.5",
               "--random", str(root / "random"), "--random-size", "4", "--runs", "2",
               "--images", str(root / "images"), "--classes", "b"]
     rc = main([*common, "--concept", f"stripes={root / 'stripes'}", "--out", str(root / "tcav_run")])

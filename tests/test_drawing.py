@@ -53,8 +53,8 @@ def test_overlay_shows_the_image_where_the_map_is_zero_and_the_colour_where_it_p
     w = arr.shape[1]
     row = arr[arr.shape[0] // 2 + 20]  # a row through the panels, below the titles
     grey = np.round(0.5 * 255)
-    left_panel = row[int(w * 0.6): int(w * 0.7)]  # the overlay panel's left half (zero map)
-    right_panel = row[int(w * 0.85): int(w * 0.9)]  # its right half (the peak)
+    left_panel = row[int(w * 0.50): int(w * 0.64)]  # the overlay panel's left half (zero map)
+    right_panel = row[int(w * 0.70): int(w * 0.84)]  # its right half (the peak); its colour bar follows
     assert np.abs(left_panel - grey).max() <= 1
     top = np.round(heat_rgba(np.ones(1), 0.0, 1.0, "inferno", 1.0)[0, :3] * 255)
     want = 0.85 * top + 0.15 * grey
@@ -81,3 +81,21 @@ def test_explain_png_modes(tiny_cnn, images, tmp_path: Path) -> None:
     assert pngs("none") == [] and pngs(False) == []
     with pytest.raises(InputError, match="png must be one of"):
         pngs("some")
+
+
+def test_each_map_has_its_own_scale_and_equal_targets_share_a_column() -> None:
+    from xailab.drawing import merge_columns
+
+    keep, titles = merge_columns(["true: cat (0.81)", "top1: cat (0.81)", "least: car (0.00)"], [3, 3, 1])
+    assert keep == [0, 2] and titles == ["true = top1: cat (0.81)", "least: car (0.00)"]
+    assert merge_columns(["a: x", "b: x"], None) == ([0, 1], ["a: x", "b: x"])
+    image = np.full((3, 8, 8), 0.5)
+    small, big = np.zeros((8, 8)), np.zeros((8, 8))
+    small[:, 4:], big[:, 4:] = 1e-3, 1e3  # a least-likely map a million times larger
+    both = np.asarray(Image.open(io.BytesIO(grid_png(image, {"a": [small, big]}, ["t", "u"]))).convert("RGB"))
+    y = both.shape[0] // 2 + 20
+    peak = both[y, 390:470].astype(int)  # the right half of the small map's panel (x 269-484 of 840)
+    top = np.round(heat_rgba(np.ones(1), 0.0, 1.0, "inferno", 1.0)[0, :3] * 255)
+    assert np.abs(peak - (0.85 * top + 0.15 * 128)).max() <= 2  # its own maximum: full colour, not washed out
+    merged = Image.open(io.BytesIO(grid_png(image, {"a": [small, small]}, ["true: c", "top1: c"], classes=[1, 1])))
+    assert merged.size == Image.open(io.BytesIO(grid_png(image, {"a": [small]}, ["t"]))).size

@@ -177,10 +177,14 @@ def test_concepts_tcav(setup: dict[str, Path]) -> None:
                 img[:, ::4] = 255
             Image.fromarray(img).save(root / name / f"{i}.png")
     cli, api = root / "cli", root / "api"
-    assert main(["concepts", "tcav", "--model", "small_cnn", "--weights", str(setup["w"]), "--layer", "features.2",
+    from xailab.models import create_model, save_weights
+
+    w2 = save_weights(create_model("small_cnn", num_classes=2), root / "w2.safetensors")  # the images' 2 classes
+    assert main(["concepts", "tcav", "--model", "small_cnn", "--num-classes", "2", "--weights", str(w2),
+                 "--layer", "features.2",
                  "--concept", f"stripes={root / 'stripes'}", "--random", str(root / "random"), "--random-size", "4",
                  "--runs", "2", "--images", str(root / "labelled"), "--classes", "b", "--no-png", "--out", str(cli)]) == 0
-    tcav_to_run(TcavSpec(ModelSpec("small_cnn", weights=str(setup["w"])), layer="features.2",
+    tcav_to_run(TcavSpec(ModelSpec("small_cnn", weights=str(w2), num_classes=2), layer="features.2",
                          concepts=(f"stripes={root / 'stripes'}",), random=str(root / "random"),
                          images=str(root / "labelled"), classes="b", random_size=4, runs=2, png=False), api)
     _same(cli, api, "tcav")

@@ -68,7 +68,8 @@ def test_compare_writes_tables_figures_and_scoreboard(patch_run: tuple[Run, torc
 
     logs.clear()
     again = compare_run(run, model, reference="saliency", settings=QUICK, log=logs.append, figures_on=False)
-    assert sum("already in the run" in m for m in logs) == 3 + 2  # faithfulness x3, sanity x2
+    # faithfulness x3, ROAD and infidelity x3, the metric checks, sanity x2
+    assert sum("already in the run" in m for m in logs) == 3 + 3 + 1 + 2
     np.testing.assert_allclose(again["deletion_auc"], board["deletion_auc"])
     logs.clear()
     compare_run(run, model, reference="saliency", settings=CompareSettings(**{**QUICK.__dict__, "steps": 4}),

@@ -51,3 +51,17 @@ def test_plotting_forces_no_backend_and_show_draws_every_target(tmp_path) -> Non
     fig = show(res, x, index=1)
     assert len(fig.axes) == 4 * len(res.target_names)  # per target: image, heatmap, overlay, colour bar
     assert save_png(fig, tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_figure_modules_leave_the_backend_alone_and_draw_without_pyplot() -> None:
+    import subprocess
+    import sys
+
+    modules = ["xailab.metrics.metric_figures", "xailab.report.report_figures", "xailab.audit.audit_figures",
+               "xailab.concepts.dissection_report", "xailab.concepts.concept_figures"]
+    code = ("import sys, matplotlib; matplotlib.use('svg'); " + "; ".join(f"import {m}" for m in modules)
+            + "; from xailab.metrics import metric_figures as f; import numpy as np; "
+            "png = f.curves_png({'a': (np.linspace(0, 1, 5), np.linspace(1, 0, 5))}, title='t', ylabel='s'); "
+            "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules, png[:4] == b'\\x89PNG')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["svg", "False", "True"]  # the user's backend kept, pyplot never imported

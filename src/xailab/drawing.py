@@ -120,7 +120,8 @@ class Canvas:
         self.image.paste(tile, (x, y))
         self.draw.rectangle((x - 1, y - 1, x + side, y + side), outline=BORDER)
 
-    def colorbar(self, x: int, y: int, width: int, height: int, vmin: float, vmax: float, cmap: str) -> None:
+    def colorbar(self, x: int, y: int, width: int, height: int, vmin: float, vmax: float, cmap: str,
+                 points: float = 10) -> None:
         """A vertical colour bar with ticks at round values and matplotlib's minus sign."""
         ramp = (lut(cmap)[::-1, :3] * 255 + 0.5).astype(np.uint8)[:, None, :]
         bar = Image.fromarray(np.ascontiguousarray(np.repeat(ramp, 2, axis=1))).resize(
@@ -130,7 +131,7 @@ class Canvas:
         for v in ticks(vmin, vmax):
             ty = y + (vmax - v) / max(vmax - vmin, 1e-12) * height
             self.draw.line((x + width, ty, x + width + 3, ty), fill=BORDER)
-            self.text(x + width + 6, ty, tick_label(v), 10, anchor="lm")
+            self.text(x + width + 6, ty, tick_label(v), points, anchor="lm")
 
     def png(self) -> bytes:
         buf = io.BytesIO()
@@ -171,6 +172,32 @@ def tick_label(v: float) -> str:
     return s.replace("-", "\u2212", 1) if s.startswith("-") else s
 
 
+#: inches per column of :func:`grid_png` (a panel and its colour bar)
+GRID_COLUMN = 2.8
+
+
+def merge_columns(titles: Sequence[str], classes: Sequence[int] | None) -> tuple[list[int], list[str]]:
+    """The columns to draw and their titles: columns explaining the same class as an earlier one
+    (``true`` and ``top1`` of a correctly classified image) are merged into it, their names joined
+    (``'true = top1: cat (0.81)'``). Titles are ``'name: rest'``; without ``classes`` nothing merges."""
+    if classes is None:
+        return list(range(len(titles))), list(titles)
+    keep: list[int] = []
+    names: dict[int, list[str]] = {}
+    for j, c in enumerate(classes):
+        first = next((k for k in keep if classes[k] == c), None)
+        if first is None:
+            keep.append(j)
+            names[j] = [titles[j].split(": ", 1)[0]]
+        else:
+            names[first].append(titles[j].split(": ", 1)[0])
+    out = []
+    for j in keep:
+        rest = titles[j].split(": ", 1)[1] if ": " in titles[j] else ""
+        out.append(" = ".join(names[j]) + (f": {rest}" if rest else ""))
+    return keep, out
+
+
 def grid_png(
     image: np.ndarray,
     maps: Mapping[str, Sequence[np.ndarray]],
@@ -178,30 +205,41 @@ def grid_png(
     *,
     suptitle: str = "",
     alpha: float = 0.85,
+    classes: Sequence[int] | None = None,
 ) -> bytes:
-    """Methods as rows, targets as columns, overlays; each row on its own colour scale
-    (the layout of :func:`xailab.plotting.grid_figure`, as PNG bytes)."""
+    """Methods as rows, targets as columns, overlays; every map on its own colour scale, shown by
+    a colour bar beside it (one least-likely map does not wash out the others); with ``classes``
+    (the class of each target column) columns of the same class are merged (:func:`merge_columns`).
+    The layout of :func:`xailab.plotting.grid_figure`, as PNG bytes."""
     rgb = to_rgb8(image)
+    keep, titles = merge_columns(target_titles, classes)
     methods = list(maps)
-    rows, cols = len(methods), len(target_titles) + 1
-    width, height = round(2.2 * cols * DPI), round((2.2 * rows + 0.4) * DPI)
+    rows, cols = len(methods), len(titles) + 1
+    width, height = round(GRID_COLUMN * cols * DPI), round((2.2 * rows + 0.4) * DPI)
     page = Canvas(width, height)
     top = 70 if suptitle else 30
-    left, right, bottom, gx, gy = 36, 16, 13, 17, 4
-    side = int(min((width - left - right - gx * (cols - 1)) / cols, (height - top - bottom - gy * (rows - 1)) / rows))
-    x0 = left + (width - left - right - cols * side - gx * (cols - 1)) // 2
+    left, right, bottom, gap, gx, gy, bar = 36, 8, 13, 17, 66, 6, 7
+    side = int(min((width - left - right - gap - gx * (cols - 1)) / cols,
+                   (height - top - bottom - gy * (rows - 1)) / rows))
+    x0 = left + (width - left - right - gap - cols * side - gx * (cols - 1)) // 2
     y0 = max(top, height - bottom - rows * side - gy * (rows - 1))  # bottom-aligned, as tight_layout
     if suptitle:
         page.text(width / 2, 8, suptitle, 10, anchor="mt")
-    for c, title in enumerate(target_titles, start=1):
-        page.text(x0 + c * (side + gx) + side / 2, y0 - 8, title, 8)
+
+    def column_x(c: int) -> int:
+        return x0 if c == 0 else x0 + side + gap + (c - 1) * (side + gx)
+
+    for c, title in enumerate(titles, start=1):
+        page.text(column_x(c) + side / 2, y0 - 8, title, 8)
     for r, name in enumerate(methods):
-        vmin, vmax, cmap = color_limits(maps[name])
         y = y0 + r * (side + gy)
         page.panel(x0, y, side, rgb)
         page.vtext(x0 - 14, y + side / 2, name, 9)
-        for c, m in enumerate(maps[name], start=1):
-            page.panel(x0 + c * (side + gx), y, side, rgb, heat_rgba8(m, vmin, vmax, cmap, alpha))
+        for c, j in enumerate(keep, start=1):
+            m = maps[name][j]
+            vmin, vmax, cmap = color_limits([m])
+            page.panel(column_x(c), y, side, rgb, heat_rgba8(m, vmin, vmax, cmap, alpha))
+            page.colorbar(column_x(c) + side + 4, y, bar, side, vmin, vmax, cmap, points=8)
     return page.png()
 
 

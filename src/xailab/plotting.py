@@ -104,19 +104,25 @@ def grid_figure(
     suptitle: str = "",
     alpha: float = 0.85,
 ) -> Figure:
-    """Methods as rows, targets as columns, overlays; each row has its own colour scale."""
+    """Methods as rows, targets as columns, overlays; every map on its own colour scale with its
+    colour bar (:func:`xailab.drawing.grid_png` draws the same page fast)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     img = to_hwc(image)
     methods = list(maps)
     cols = len(target_titles) + 1
-    fig = Figure(figsize=(2.2 * cols, 2.2 * len(methods) + 0.4))
+    fig = Figure(figsize=(2.8 * cols, 2.2 * len(methods) + 0.4))
     axes = fig.subplots(len(methods), cols, squeeze=False)
     for r, name in enumerate(methods):
-        vmin, vmax, cmap = color_limits(maps[name])
         axes[r, 0].imshow(img, interpolation="nearest")
         axes[r, 0].set_ylabel(name, fontsize=9)
         for c, m in enumerate(maps[name], start=1):
+            vmin, vmax, cmap = color_limits([m])
             axes[r, c].imshow(img, interpolation="nearest")
             axes[r, c].imshow(heat_rgba(m, vmin, vmax, cmap, alpha), interpolation="bilinear")
+            bar = fig.colorbar(ScalarMappable(Normalize(vmin, vmax), cmap), ax=axes[r, c], fraction=0.046, pad=0.03)
+            bar.ax.tick_params(labelsize=7)
             if r == 0:
                 axes[r, c].set_title(target_titles[c - 1], fontsize=8)
         for ax in axes[r]:
@@ -124,6 +130,13 @@ def grid_figure(
             ax.set_yticks([])
     _finish(fig, suptitle)
     return fig
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
+    """``plt.subplots`` without pyplot: a plain :class:`Figure` (no backend chosen, nothing kept
+    in pyplot's registry) and its axes."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def _finish(fig: Figure, suptitle: str) -> None:

@@ -23,13 +23,24 @@ def add_model_arguments(
     p.add_argument("--random-weights", action="store_true",
                    help="use a zoo model's random initialisation on purpose (a sanity study); refused otherwise")
     p.add_argument("--num-classes", type=int, help="number of classes of a zoo model, if not its default")
+    add_normalization_arguments(p)
+    p.add_argument("--device", default=device, help="cpu, cuda, cuda:N or auto")
+
+
+def add_normalization_arguments(p: argparse.ArgumentParser, trains: bool = False) -> None:
+    """``--mean --std --input-range``: the inputs the model takes (``trains``: will be trained on)."""
+    what = "will be trained with" if trains else "was trained with"
     p.add_argument("--mean", type=floats, metavar="M[,M,M]",
-                   help="per-channel mean the model was trained with (pixels in [0, 1]), with --std")
-    p.add_argument("--std", type=floats, metavar="S[,S,S]", help="per-channel std the model was trained with")
+                   help=f"per-channel mean the model {what} (pixels in [0, 1]), with --std")
+    p.add_argument("--std", type=floats, metavar="S[,S,S]", help=f"per-channel std the model {what}")
     p.add_argument("--input-range", type=floats, metavar="LOW,HIGH",
                    help="the model takes pixels scaled to [LOW, HIGH] instead of --mean/--std, e.g. --input-range=-1,1 "
                         "(with '=' when LOW is negative) or --input-range 0,255")
-    p.add_argument("--device", default=device, help="cpu, cuda, cuda:N or auto")
+
+
+def normalization(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"mean", "std", "input_range"}`` of :func:`add_normalization_arguments`' options."""
+    return {"mean": getattr(args, "mean", None), "std": getattr(args, "std", None), "input_range": _input_range(args)}
 
 
 def model_spec(args: argparse.Namespace) -> Any:

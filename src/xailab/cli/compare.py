@@ -1,13 +1,15 @@
 """Compare the explanation methods of a run: agreement, faithfulness, sanity, time.
 
 Reads the maps ``xailab explain`` saved in RUN and writes tables ``agreement``,
-``agreement_images``, ``faithfulness``, ``faithfulness_curves``, ``sanity`` and ``scoreboard``
+``agreement_images``, ``faithfulness``, ``faithfulness_curves``, ``faithfulness_extra`` (ROAD,
+infidelity), ``metric_checks``, ``sanity``, ``scoreboard`` and ``verdict``
 plus figures under RUN/files/metrics/, then prints the scoreboard. The model defaults to the
 one the run's manifest records.
 
 Examples:
   xailab compare runs/cifar
   xailab compare runs/cifar --reference saliency --top 5 --steps 64 --no-sanity
+  xailab compare runs/cifar --metrics road --road-steps 20 --no-metric-checks
   xailab compare runs/cifar --backend ray --workers 8    # faithfulness shard by shard on Ray
 """
 
@@ -37,6 +39,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sanity-images", type=int, default=4, help="images used by the randomisation test (default 4)")
     p.add_argument("--sanity-steps", type=int, default=6, help="re-explanations along the randomisation cascade")
     p.add_argument("--no-sanity", action="store_true", help="skip the randomisation test")
+    p.add_argument("--metrics", default="road,infidelity",
+                   help="per-image metrics beside deletion/insertion: road, infidelity (the default: both), irof, or none")
+    p.add_argument("--road-steps", type=int, default=10, help="ROAD removal levels (default 10: 5, 15, ..., 95 %%)")
+    p.add_argument("--infidelity-patch", type=int, default=0,
+                   help="side of infidelity's squares in pixels (default 0: an eighth of the image side)")
+    p.add_argument("--check-images", type=int, default=16,
+                   help="images of the reference method used to check the metrics themselves (default 16)")
+    p.add_argument("--no-metric-checks", action="store_true",
+                   help="skip the checks of the metrics (noise resilience, reactivity)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--batch-size", type=int, default=64, help="most perturbed images in one forward pass")
     p.add_argument("--seed", type=int, default=0)
@@ -55,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         top=args.top / 100.0, steps=args.steps, deletion_fill=args.fill, faithfulness_runs=args.runs,
         sanity=not args.no_sanity, sanity_images=args.sanity_images, sanity_steps=args.sanity_steps,
         batch_size=args.batch_size, target=target, seed=args.seed,
+        extra_metrics=tuple(m for m in names(args.metrics) if m != "none"), road_steps=args.road_steps,
+        infidelity_patch=args.infidelity_patch, metric_checks=not args.no_metric_checks,
+        check_images=args.check_images,
     )
     spec = CompareSpec(model=model_override(args), settings=settings, methods=names(args.methods) or None,
                        reference=args.reference, figures=not args.no_figures, backend=backend_from_args(args))
@@ -62,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     compare = run_.manifest.get("compare", {})
     print()
     print(format_board(run_.read_table("scoreboard"), compare.get("reference", "")))
-    print(f"\ntables: agreement, agreement_images, faithfulness, sanity, scoreboard in {run_.path / 'tables'}")
+    print(f"\ntables: {', '.join(compare.get('tables', []))} in {run_.path / 'tables'}")
     if not args.no_figures:
         print(f"figures: {run_.path / 'files' / 'metrics'}")
     return 0

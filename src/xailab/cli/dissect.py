@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concepts", default="colour", help="colour | classes | broden:<path> (default colour)")
     p.add_argument("--quantile", type=float, default=0.005, help="top-activation quantile per unit (0.005)")
     p.add_argument("--threshold", type=float,
-                   help="score from which a unit is labelled (IoU 0.04; class selectivity 0.0)")
+                   help="score from which a unit is labelled, else no clear concept (IoU 0.04; class selectivity 0.3)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--gallery-units", type=int, default=8, help="units per layer shown in the galleries")
     p.add_argument("--no-png", action="store_true", help="skip the figures")

@@ -19,6 +19,8 @@ HELP = "train a model into a run directory (resumable; per-epoch predictions; --
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of this command."""
+    from xailab.cli.common import add_normalization_arguments
+
     p.add_argument("--model", required=True, help="zoo name (small_cnn, cifar_cnn, binary_cnn, "
                    "resnet20, ...) or a model spec used with --weights")
     p.add_argument("--weights", help="start from these weights (safetensors)")
@@ -41,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--track-limit", type=int, metavar="N", help="record a stratified sample of N")
     p.add_argument("--folds", type=int, metavar="K", help="stratified K-fold training")
     p.add_argument("--seed", type=int, default=0)
+    add_normalization_arguments(p, trains=True)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -48,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the job\'s spec from the options, run the job, print; returns the exit status."""
+    from xailab.cli.common import normalization
     from xailab.jobs.train import TrainSpec, train_to_run
 
     spec = TrainSpec(
@@ -56,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, augment=args.augment, limit_train=args.limit_train,
         limit_test=args.limit_test, val_fraction=args.val_fraction, track=args.track, track_limit=args.track_limit,
         folds=args.folds, seed=args.seed, device=args.device, workers=args.workers, quiet=args.quiet,
+        **normalization(args),
     )
     run_ = train_to_run(spec, args.out)
     if run_.manifest.get("kind") != "kfold":

@@ -13,16 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from xailab.plotting import heat_rgba, plain, to_hwc
+from xailab.plotting import heat_rgba, plain, subplots, to_hwc
 
 
 def _show(ax: Axes, img: np.ndarray, heat: np.ndarray | None, vmax: float, title: str = "") -> None:
@@ -48,7 +45,7 @@ def gallery_figure(
 ) -> Figure:
     """Two rows: the images where ``concept`` is strongest (its map over them) and weakest."""
     cols = max(len(top), len(low), 1)
-    fig, axes = plt.subplots(2, cols, figsize=(1.5 * cols, 3.6), squeeze=False)
+    fig, axes = subplots(2, cols, figsize=(1.5 * cols, 3.6), squeeze=False)
     scale = vmax or float(max(top_maps.max() if top_maps.numel() else 0, 1e-12))
     for r, (xs, ms, titles) in enumerate(((top, top_maps, top_titles), (low, low_maps, low_titles))):
         for c in range(cols):
@@ -67,7 +64,7 @@ def overview_figure(rows: Sequence[tuple[Tensor, Tensor]], labels: Sequence[str]
     """One row per concept: its strongest images with the concept's map (a glance at all)."""
     n_rows = len(rows)
     cols = max((len(x) for x, _ in rows), default=1)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(1.2 * cols + 0.8, 1.25 * n_rows + 0.3), squeeze=False)
+    fig, axes = subplots(n_rows, cols, figsize=(1.2 * cols + 0.8, 1.25 * n_rows + 0.3), squeeze=False)
     for r, ((xs, ms), label) in enumerate(zip(rows, labels, strict=True)):
         vmax = float(max(ms.max() if ms.numel() else 0, 1e-12))
         for c in range(cols):
@@ -98,7 +95,7 @@ def patches_figure(patches: Sequence[Sequence[np.ndarray]], labels: Sequence[str
     """One row per concept: crops of the images around the concept's strongest position."""
     n_rows = len(patches)
     cols = max((len(p) for p in patches), default=1)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(0.9 * cols + 0.8, 0.95 * n_rows + 0.3), squeeze=False)
+    fig, axes = subplots(n_rows, cols, figsize=(0.9 * cols + 0.8, 0.95 * n_rows + 0.3), squeeze=False)
     for r, (row, label) in enumerate(zip(patches, labels, strict=True)):
         for c in range(cols):
             ax = axes[r, c]
@@ -119,8 +116,8 @@ def bars_figure(values: Tensor | np.ndarray, class_names: Sequence[str], *, ylab
     k, n_cls = v.shape
     cols = min(5, n_cls)
     rows = (n_cls + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.1 * rows + 0.5), squeeze=False, sharey=True)
-    colors = plt.get_cmap("tab10" if k <= 10 else "tab20")(np.arange(k) % (10 if k <= 10 else 20))
+    fig, axes = subplots(rows, cols, figsize=(2.6 * cols, 2.1 * rows + 0.5), squeeze=False, sharey=True)
+    colors = matplotlib.colormaps.get_cmap("tab10" if k <= 10 else "tab20")(np.arange(k) % (10 if k <= 10 else 20))
     for j in range(rows * cols):
         ax = axes[j // cols, j % cols]
         if j >= n_cls:
@@ -140,7 +137,7 @@ def bars_figure(values: Tensor | np.ndarray, class_names: Sequence[str], *, ylab
 
 def fidelity_figure(curve: pd.DataFrame, chosen: int | None = None) -> Figure:
     """Top-1 agreement and mean absolute logit error against the number of concepts."""
-    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(10.5, 3.0))
+    fig, (a1, a2, a3) = subplots(1, 3, figsize=(10.5, 3.0))
     k = curve["n_concepts"].to_numpy()
     a1.plot(k, curve["top1_agreement"], "o-")
     a1.set_ylim(0, 1.02)
@@ -171,7 +168,7 @@ def explanation_figure(
 ) -> Figure:
     """The image, then the maps of ``concepts`` over it (``maps [k, H, W]`` upsampled)."""
     cols = len(concepts) + 1
-    fig, axes = plt.subplots(1, cols, figsize=(1.9 * cols, 2.4), squeeze=False)
+    fig, axes = subplots(1, cols, figsize=(1.9 * cols, 2.4), squeeze=False)
     img = to_hwc(image)
     _show(axes[0, 0], img, None, 1.0, "image")
     vmax = float(max(maps.max() if maps.numel() else 0, 1e-12))
@@ -188,7 +185,7 @@ def tcav_figure(table: pd.DataFrame) -> Figure:
     scores; ``*`` marks a significant difference."""
     classes = list(dict.fromkeys(table["class_name"]))
     concepts = list(dict.fromkeys(table["concept"]))
-    fig, axes = plt.subplots(1, len(classes), figsize=(max(3.0, 1.1 * len(concepts) + 1.2) * len(classes), 3.2), squeeze=False)
+    fig, axes = subplots(1, len(classes), figsize=(max(3.0, 1.1 * len(concepts) + 1.2) * len(classes), 3.2), squeeze=False)
     for a, cls in enumerate(classes):
         ax = axes[0, a]
         sub = table[table["class_name"] == cls].set_index("concept").loc[concepts]

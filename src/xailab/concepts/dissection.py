@@ -55,6 +55,9 @@ __all__ = [
 
 DEFAULT_QUANTILE = 0.005
 DEFAULT_IOU_THRESHOLD = 0.04
+#: class selectivity from which a unit is named after its class: 0.3 means the unit's mean response
+#: to its class is almost twice its mean response to the other classes ((mu - mu') / (mu + mu'))
+DEFAULT_SELECTIVITY_THRESHOLD = 0.3
 
 
 # -- result ---------------------------------------------------------------------------------------
@@ -253,7 +256,7 @@ def dissect_classes(
     *,
     labels: Tensor | None = None,
     class_names: Sequence[str] | None = None,
-    threshold: float = 0.0,
+    threshold: float = DEFAULT_SELECTIVITY_THRESHOLD,
     quantile: float = DEFAULT_QUANTILE,
     batch_size: int = 64,
     top_images: int = 8,
@@ -266,8 +269,8 @@ def dissect_classes(
 
     Per unit ``k`` and class ``c``: ``mu_kc`` = mean over the images of class ``c`` of the
     unit's spatial max activation; label = ``argmax_c mu_kc``; score = the class-selectivity
-    index (:func:`class_selectivity`); ``labelled`` = score >= ``threshold`` (default 0: every
-    unit gets its class). One streaming pass; ``T_k`` (``quantile``) is computed too, for the
+    index (:func:`class_selectivity`); ``labelled`` = score >= ``threshold`` (default
+    :data:`DEFAULT_SELECTIVITY_THRESHOLD`; 0 gives every unit its class, however unselective). One streaming pass; ``T_k`` (``quantile``) is computed too, for the
     galleries. ``exact_range`` and ``passes`` as for :func:`dissect`.
 
         res = dissect_classes(model, x, "layer1,layer2,layer3", labels=y, class_names=names)

@@ -11,10 +11,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -23,7 +19,7 @@ from torch import Tensor, nn
 
 from xailab.concepts.activations import ImageSource, take
 from xailab.concepts.dissection import Dissection, resolve_layers, stream_layers
-from xailab.plotting import plain, save_png
+from xailab.plotting import plain, save_png, subplots
 from xailab.runs.store import Run, atomic_write_text
 
 TABLE = "dissection"
@@ -37,7 +33,7 @@ def table_csv(table: pd.DataFrame) -> str:
 def label_histogram(table: pd.DataFrame, path: str | Path, *, top: int = 20, title: str = "") -> Path:
     """PNG of labelled units per label, one panel per layer (the ``top`` most frequent labels)."""
     layers = list(dict.fromkeys(table["layer"]))
-    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
         g = table[(table["layer"] == layer) & table["labelled"]]
         counts = g["label"].value_counts().head(top)
@@ -89,7 +85,7 @@ def unit_gallery(
     top = result.top_images[layer]
     k = min(per_unit, top.shape[1])
     rows = pd.DataFrame(result.table[result.table["layer"] == layer]).set_index("unit")
-    fig, axes = plt.subplots(len(units), k, figsize=(1.6 * k, 1.75 * len(units)), squeeze=False)
+    fig, axes = subplots(len(units), k, figsize=(1.6 * k, 1.75 * len(units)), squeeze=False)
     for r, u in enumerate(units):
         idx = top[u, :k]
         x, m = unit_masks(model, layer, images, idx, torch.full((k,), u), result.thresholds[layer][u].repeat(k))
@@ -108,7 +104,8 @@ def unit_gallery(
             if names is not None:
                 ax.set_xlabel(plain(Path(str(names[int(idx[c])])).name)[-22:], fontsize=6)
         row = rows.loc[u]
-        axes[r, 0].set_ylabel(plain(f"unit {u}\n{row['label']}\n{row['score']:.3f}"), fontsize=7)
+        label = row["label"] if bool(row.get("labelled", True)) else f"(no clear concept;\nbest: {row['label']})"
+        axes[r, 0].set_ylabel(plain(f"unit {u}\n{label}\n{row['score']:.3f}"), fontsize=7)
     score = "IoU" if result.kind == "concepts" else "selectivity"
     fig.suptitle(plain(f"{layer}: top units and images (label, {score}); mask = activation > T_k"), fontsize=9)
     fig.tight_layout()

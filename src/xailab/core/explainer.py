@@ -158,6 +158,21 @@ class Explainer:
         """One-pass methods: called once per ``explain`` call before the chunks (no logits yet)."""
 
     # -- the public contract ------------------------------------------------------------------
+    def check_model(self, example: Tensor) -> None:
+        """Refuse, before any work, a model this method cannot explain (its own preparation, with the
+        structure checks of DeepLIFT, LRP, ..., run on one image): raises what ``explain`` would raise
+        first (:class:`~xailab.core.errors.UnsupportedModelError` for a model the method does not support)."""
+        x = self._check_inputs(example[:1])
+        before = self.evaluations if hasattr(self, "evaluations") else 0
+        try:
+            with model_session(self.model, eval_mode=self.eval_mode):
+                if self.one_pass:
+                    self._prepare_one_pass(x)
+                else:
+                    self._prepare(x, self.forward(x, grad=False))
+        finally:
+            self.evaluations = before
+
     def explain(
         self,
         inputs: Tensor,

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from xailab.core.errors import InputError
-from xailab.jobs.common import check_out, job_lock, provenance, write_provenance
+from xailab.jobs.classes import check_model_classes
+from xailab.jobs.common import check_out, dataset_sha256, job_lock, provenance, write_provenance
 from xailab.jobs.model import LoadedModel, ModelSpec, load
 from xailab.runs.store import Run
 
@@ -120,6 +121,7 @@ def adversarial_to_run(spec: AdversarialSpec, out: str | Path, *, log: Callable[
         set_preprocessing(model, prep)
     pixels = (prep.denormalize(x) if prep is not None else x).clamp(0, 1)
     classes = list(dataset.classes) if dataset is not None else None
+    check_model_classes(model, x, classes, spec.model.weights if spec.model else _best(spec.run))
     params = _attack_params(spec, model, x.to(loaded.device), classes)
     methods = [METHODS.canonical(m) for m in spec.methods]
     log(f"{spec.kind} attack on {len(pixels)} images" + (f", explained with {', '.join(methods)}" if methods else ""))
@@ -140,6 +142,11 @@ def adversarial_to_run(spec: AdversarialSpec, out: str | Path, *, log: Callable[
     if shift is not None:
         log(shift.summary().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return run
+
+
+def _best(run: str | None) -> str | None:
+    """The best checkpoint of a training run (where its class names are recorded)."""
+    return str(Path(run) / "checkpoints" / "best.safetensors") if run else None
 
 
 def _attack_params(spec: AdversarialSpec, model: Any, x: Any, classes: list[str] | None) -> dict[str, Any]:
@@ -186,6 +193,9 @@ class PoisonSpec:
     seed: int = 0
     device: str = "auto"
     quiet: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    input_range: tuple[float, float] | None = None
 
 
 def poison_to_run(spec: PoisonSpec, out: str | Path, *, log: Callable[[str], None] = print) -> Run:
@@ -203,13 +213,19 @@ def poison_to_run(spec: PoisonSpec, out: str | Path, *, log: Callable[[str], Non
                       device=spec.device, quiet=spec.quiet)
     settings = {"command": "audit poison", **{k: getattr(spec, k) for k in (
         "data", "data_root", "source", "target", "fraction", "trigger", "model", "epochs", "batch_size", "lr",
-        "limit_train", "limit_test", "val_fraction", "seed")}}
+        "limit_train", "limit_test", "val_fraction", "seed", "mean", "std", "input_range")}}
     train, classes = p["train"], p["train"].classes
+    made_from = provenance(
+        {"name": spec.model, "weights": None, "preprocessing": {"mean": list(train.mean), "std": list(train.std)}},
+        data={"name": spec.data, "root": spec.data_root, "train_sha256": dataset_sha256(train),
+              "test_sha256": dataset_sha256(p["test"])},
+        params={k: v for k, v in settings.items() if k not in ("model", "data", "data_root")})
     log(f"poisoning {p['fraction']:.0%} of class(es) {', '.join(classes[s] for s in p['sources'])} with "
         f"{p['trigger'].spec}, relabelled as {classes[p['target']]}; training {spec.model} for {spec.epochs} epochs")
     try:
         with job_lock(path, log):
             run = Run.create(path, kind="train", config=settings)
+            write_provenance(run, made_from)
             merge_section(run, "model", {"name": spec.model, "weights": None, "num_outputs": len(classes),
                                          "in_channels": train.channels})
             run.update_manifest("dataset", {"name": spec.data, "root": spec.data_root,
@@ -247,6 +263,11 @@ def _poison_inputs(spec: PoisonSpec) -> dict[str, Any]:
     sources = resolve_sources(spec.source.split(",") if spec.source else None, target, train_all.classes)
     train = stratified_sample(train_all, spec.limit_train, spec.seed)
     test = stratified_sample(load_dataset(spec.data, "test", spec.data_root), spec.limit_test, spec.seed)
+    user = ModelSpec(spec.model, mean=spec.mean, std=spec.std, input_range=spec.input_range)
+    user.check(needs_weights=False)
+    norm = user.user_preprocessing(train.channels)
+    if norm is not None:  # the statistics the user trains with (recorded in every checkpoint)
+        train, test = train.with_options(mean=norm[0], std=norm[1]), test.with_options(mean=norm[0], std=norm[1])
     seed_everything(spec.seed)  # the initial weights follow the seed, as in the train job
     model = build_model(spec.model, num_classes=len(train.classes), in_channels=train.channels)
     check_model_fits(model, train, len(train.classes))
@@ -268,6 +289,8 @@ class BackdoorSpec:
     data_root: str | None = None
     split: str = "train"
     classes: tuple[str, ...] | None = None
+    detectors: tuple[str, ...] = ("spectral", "scan", "ac", "spray")
+    rule: str = "majority"
     method: str = "lrp"
     max_per_class: int = 500
     neighbors: int = 10
@@ -282,7 +305,7 @@ class BackdoorSpec:
 
 
 def backdoor_to_run(spec: BackdoorSpec, out: str | Path, *, log: Callable[[str], None] = print) -> tuple[Run, Any]:
-    """Run SpRAy and activation clustering per class; returns the run and the detection report."""
+    """Run the backdoor detectors per class and combine them by the rule; returns the run and the report."""
     from xailab.audit.backdoor import resolve_class
     from xailab.jobs.audit_writers import backdoor_dataset
 
@@ -290,20 +313,29 @@ def backdoor_to_run(spec: BackdoorSpec, out: str | Path, *, log: Callable[[str],
     data, truth = _backdoor_data(spec)
     loaded = load_audited(spec.model, spec.run, device=spec.device, num_classes=len(data.classes),
                           in_channels=data.channels, log=log)
+    check_model_classes(loaded.model, data[0][0][None], list(data.classes),
+                        spec.model.weights if spec.model else _best(spec.run))
     for c in spec.classes or ():  # names checked before any work
         resolve_class(c, data.classes)
     classes = list(spec.classes) if spec.classes else None
+    from xailab.audit.ensemble import parse_rule
+
+    detectors = tuple(spec.detectors)
+    rule = parse_rule(spec.rule, detectors)  # checked before any work
     log(f"examining {len(data)} items of {len(classes) if classes else len(data.classes)} classes "
-        f"(at most {spec.max_per_class} a class) with SpRAy ({spec.method}) and activation clustering")
+        f"(at most {spec.max_per_class} a class) with {', '.join(detectors)}; {rule.describe(len(detectors))}")
     config = {"command": "audit backdoor", "model": spec.model.name if spec.model else None,
               "weights": spec.model.weights if spec.model else None, "run": spec.run, "data": spec.data,
-              "split": spec.split, "classes": classes, "method": spec.method, "max_per_class": spec.max_per_class}
+              "split": spec.split, "classes": classes, "detectors": list(detectors), "rule": rule.spec,
+              "method": spec.method, "max_per_class": spec.max_per_class}
+    params = {"spray": {"n_neighbors": spec.neighbors, "downsample": spec.downsample},
+              "ac": {"dims": spec.ac_dims, "reduce": spec.ac_reduce}}
     with job_lock(out, log):
         run, report = backdoor_dataset(
             loaded.model, data, out=out, config=config, png=spec.png, truth=truth, classes=classes,
-            method=spec.method, max_per_class=spec.max_per_class, n_neighbors=spec.neighbors,
-            downsample=spec.downsample, ac_dims=spec.ac_dims, ac_reduce=spec.ac_reduce,
-            layer=None if spec.layer == "none" else spec.layer, batch_size=spec.batch_size, seed=spec.seed)
+            detectors=detectors, rule=rule.spec, params=params, method=spec.method,
+            max_per_class=spec.max_per_class, layer=None if spec.layer == "none" else spec.layer,
+            batch_size=spec.batch_size, seed=spec.seed)
         write_provenance(run, provenance(loaded.provenance() if spec.model else {"run": spec.run},
                                          data={"data": spec.data, "split": spec.split, "n": len(data)},
                                          params=config))

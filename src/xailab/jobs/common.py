@@ -4,13 +4,15 @@
   or a folder of the user's own files is refused with one line, before anything is written.
 * :func:`job_lock`: one job at a time on one run (a second process waits, then resumes).
 * :func:`provenance`: what a run was made from (model spec, weights sha256, preprocessing, data
-  identity, parameters, targets, xailab version), written by the jobs into section ``provenance``.
+  identity, parameters, targets, xailab version), written by the jobs into section ``provenance``;
+  :func:`check_inputs` refuses a rerun into the run with other inputs, naming what differs.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from xailab.runs.store import Run, RunError
 
@@ -86,6 +89,28 @@ def tensor_sha256(x: Tensor | np.ndarray) -> str:
     return h.hexdigest()
 
 
+def model_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's parameters and buffers (names, shapes and values): its weights' identity."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_made_by(run: Run, model: nn.Module, job: str) -> str:
+    """Refuse to score or check the maps of explain run ``run`` with another model than the one that
+    made them (the run records its weights' identity); returns the model's sha256."""
+    made = ((run.manifest.get("explain") or {}).get("identity") or {}).get("model")
+    sha = model_sha256(model)
+    if made is not None and made != sha:
+        raise RunError(f"the maps of run {run.path} were made by another model (other weights) than the one {job} "
+                       f"loaded; {job} needs the model that made them: drop --model/--weights, or give those the "
+                       "run was explained with")
+    return sha
+
+
 def provenance(model: dict[str, Any] | None, *, data: dict[str, Any] | None = None,
                params: dict[str, Any] | None = None, targets: Any = None) -> dict[str, Any]:
     """The ``provenance`` section of a run: model, data, parameters, targets, xailab version."""
@@ -106,3 +131,48 @@ def recorded(run_path: str | Path) -> dict[str, Any]:
         return dict(Run.open(run_path).manifest.get("provenance") or {})
     except RunError:
         return {}
+
+
+# what may differ between a run and its rerun (where it runs, not what it computes)
+NOT_INPUTS = frozenset({"device", "epochs", "quiet", "workers", "eval_batch_size", "progress"})
+
+
+def dataset_sha256(ds: Any) -> str:
+    """SHA-256 of a dataset's identity: its raw images, labels and class names (an ``ImageDataset``)."""
+    h = hashlib.sha256(tensor_sha256(ds.images).encode())
+    h.update(tensor_sha256(ds.targets).encode())
+    h.update(json.dumps([str(c) for c in ds.classes]).encode())
+    return h.hexdigest()
+
+
+def differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs (keys of :data:`NOT_INPUTS` ignored)."""
+    old, new = json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str))
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            if k not in NOT_INPUTS:
+                out += differences(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    return [] if old == new else [f"{where or 'value'}: {_short(old)} -> {_short(new)}"]
+
+
+def _short(v: Any) -> str:
+    text = str(v)
+    return text[:12] + "..." if len(text) > 40 and " " not in text else (text[:60] + "..." if len(text) > 60 else text)
+
+
+def check_inputs(out: str | Path, section: dict[str, Any], *, key: str = "provenance") -> None:
+    """Refuse to resume run ``out`` when it was made from other inputs than ``section`` (a
+    :func:`provenance`), naming what differs; a new run, or one that recorded none, passes."""
+    path = Path(out)
+    if not (path / "manifest.json").is_file():
+        return
+    old = Run.open(path).manifest.get(key)
+    if not old:
+        return
+    diffs = differences(old, section)
+    if diffs:
+        more = f"; and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+        raise RunError(f"run {out} was made from other inputs ({'; '.join(diffs[:4])}{more}); writing into it "
+                       "would mix results of different inputs: choose another --out (or remove the run to recompute)")

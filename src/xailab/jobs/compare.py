@@ -26,11 +26,12 @@ from xailab.core.errors import InputError
 from xailab.core.explanation import Explanation
 from xailab.core.hooks import model_device
 from xailab.core.registry import METHODS, RegistryError
-from xailab.jobs.common import job_lock
+from xailab.jobs.common import check_made_by, job_lock, provenance
 from xailab.jobs.model import load, spec_from_config
 from xailab.metrics import agreement
 from xailab.metrics import metric_figures as figures
 from xailab.metrics.columns import COLUMNS
+from xailab.metrics.compare_extra import EXTRA_METRICS, check_extra, checks_part, extra_part
 from xailab.metrics.compare_parts import explanation_key, mark_done, parts_done, sanity_part
 from xailab.metrics.distribution import histogram, scatter_data
 from xailab.metrics.faithfulness import faithfulness_all
@@ -66,15 +67,20 @@ def compare_to_run(spec: CompareSpec, out: str | os.PathLike[str], *, log: Calla
     """Score the methods of explain run ``out`` with the model it records (or ``spec.model``)."""
     if not 0 < spec.settings.top <= 1:
         raise InputError(f"--top is a percentage of pixels in (0, 100], got {100 * spec.settings.top:g}")
+    check_extra(spec.settings.extra_metrics)
     run = Run.open(out)
     config = run.manifest.get("config", {})
     mspec = spec_from_config(config, **spec.model)
     if not mspec.name:
         raise RunError(f"run {run.path} does not record its model; pass --model (and --weights)")
     loaded = load(mspec, log=log)
+    sha = check_made_by(run, loaded.model, "compare")
     methods = [canonical(m) for m in spec.methods] if spec.methods else None
     reference = canonical(spec.reference) if spec.reference else None
     with job_lock(run.path, log):
+        _forget_other_model(run, sha, log)
+        run.update_manifest("compare_provenance", provenance(
+            {**loaded.provenance(), "sha256": sha}, params=asdict(spec.settings)))
         if spec.backend is not None:
             from xailab.distributed.faithfulness import faithfulness_on_ray
 
@@ -82,6 +88,14 @@ def compare_to_run(spec: CompareSpec, out: str | os.PathLike[str], *, log: Calla
         compare_run(run, loaded.model, reference=reference, methods=methods, settings=spec.settings,
                     figures_on=spec.figures, log=log)
     return run
+
+
+def _forget_other_model(run: Run, sha: str, log: Callable[[str], None]) -> None:
+    """Scores an earlier compare made with another model are recomputed, never reused."""
+    before = ((run.manifest.get("compare_provenance") or {}).get("model") or {}).get("sha256")
+    if before is not None and before != sha and run.manifest.get("compare_parts"):
+        log("compare: the model differs from the one of the last compare; its scores are recomputed")
+        run.update_manifest("compare_parts", {})
 
 
 def canonical(name: str) -> str:
@@ -121,6 +135,11 @@ def compare_run(
     files: list[str] = []
     table = _agreement(run, maps, names, ref, cfg, figures_on, files, log)
     faith = _faithfulness(run, model, x, expl, maps, cols, names, cfg, log)
+    extra = extra_part(run, model, x, expl, maps, cols, names, cfg, log)
+    if extra is not None:
+        keep = ["image", "method"] + [c for c in EXTRA_METRICS.values() if c in extra]
+        faith = faith.merge(extra[keep], on=["image", "method"], how="left")
+    checks_part(run, model, x, expl, maps, cols, ref, cfg, log)
     if figures_on:
         _faithfulness_figures(run, list(expl), len(x), files)
     sanity_rows = sanity_part(run, model, x, expl, cols, cfg, log) if cfg.sanity else {}
@@ -148,7 +167,8 @@ def _write_verdict(run: Run, board: pd.DataFrame, faith: pd.DataFrame, table: pd
     run.update_manifest("compare", {
         "reference": ref, "methods": methods, "settings": asdict(cfg), "files": files,
         "tables": ["agreement", "agreement_images", "faithfulness", "faithfulness_curves", "sanity", "scoreboard",
-                   "verdict"],
+                   "verdict"] + (["faithfulness_extra"] if cfg.extra_metrics else [])
+                  + (["metric_checks"] if cfg.metric_checks else []),
         "verdict": {"recommendation": ranked.attrs["recommendation"], "rule": ranked.attrs["rule"]},
     })
 
@@ -235,10 +255,11 @@ def _faithfulness(run: Run, model: nn.Module, x: Tensor, expl: dict[str, Explana
 def _faithfulness_figures(run: Run, methods: list[str], n: int, files: list[str]) -> None:
     curves = run.read_table("faithfulness_curves")
     for kind, ylabel in (("deletion", "score (lower AUC is better)"), ("insertion", "score (higher AUC is better)")):
+        better = COLUMNS[f"{kind}_auc"].direction
         sel = curves[(curves["kind"] == kind) & curves["method"].isin(methods)]
         data = {m: (g["fraction"].to_numpy(), g["score"].to_numpy()) for m, g in sel.groupby("method", sort=False)}
         files.append(_write_png(run, f"{kind}.png", figures.curves_png(data, title=f"{kind} (mean over {n} images)",
-                                                                       ylabel=ylabel)))
+                                                                       ylabel=ylabel, better=better)))
 
 
 def _reference(reference: str | None, methods: list[str], log: Callable[[str], None]) -> str:
@@ -270,6 +291,7 @@ def _board(
             "deletion_auc": float(f["deletion_auc"].mean()),
             "insertion_auc": float(f["insertion_auc"].mean()),
             "faithfulness_corr": float(nanmean(f["faithfulness_corr"])),
+            **{c: float(nanmean(f[c])) for c in EXTRA_METRICS.values() if c in f},
             "sanity_spearman": sanity.get(m, {}).get("sanity_spearman", float("nan")),
             "sanity": sanity.get(m, {}).get("sanity", "n/a"),
             "agreement_iou": float(pairs["iou"].mean()) if len(pairs) else float("nan"),

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from xailab.core.errors import InputError, TargetError
+from xailab.jobs.classes import check_model_classes
 from xailab.jobs.common import check_out, job_lock, provenance, write_provenance
 from xailab.jobs.model import LoadedModel, ModelSpec, load, settle_preprocessing, spec_from_config
 from xailab.runs.store import Run
@@ -62,6 +63,7 @@ def ice_to_run(spec: IceSpec, out: str | Path, *, log: Callable[[str], None] = p
     check_out(out, ("concepts", "ice"))
     loaded = load(spec.model, log=log)
     x, y, names, classes, display = load_images_for(loaded, spec.images, spec.data_root, log)
+    check_model_classes(loaded.model, x, classes, spec.model.weights)
     log(f"ICE over {len(x)} images, {spec.concepts} concepts")
     config = {**spec.model.record(), "images": spec.images, "data_root": spec.data_root,
               "device": str(loaded.device)}
@@ -154,6 +156,7 @@ def tcav_to_run(spec: TcavSpec, out: str | Path, *, log: Callable[[str], None] =
     size = spec.random_size or min(100, max(len(c) for c in concepts.values()))
     sets = [pool[i].to(device) for i in random_subsets(len(pool), spec.runs + 1, size, seed=spec.seed)]
     x, y, _, classes, _ = load_images_for(loaded, spec.images, spec.data_root, log)
+    check_model_classes(model, x, classes, spec.model.weights)
     if y is None:
         with torch.no_grad():
             y = torch.cat([model(x[i : i + spec.batch_size].to(device)).argmax(1).cpu()

@@ -272,7 +272,7 @@ class CrosscheckSpec:
 def crosscheck_to_run(spec: CrosscheckSpec, out: str | os.PathLike[str], *,
                       log: Callable[[str], None] = print) -> Run:
     """Check run ``out``'s maps of ``spec.method`` against the reference, with the model it records."""
-    from xailab.jobs.common import job_lock
+    from xailab.jobs.common import check_made_by, job_lock, provenance
     from xailab.jobs.model import load, spec_from_config
 
     run = Run.open(out)
@@ -280,7 +280,11 @@ def crosscheck_to_run(spec: CrosscheckSpec, out: str | os.PathLike[str], *,
     if not mspec.name:
         raise RunError(f"run {run.path} does not record its model; pass --model (and --weights)")
     loaded = load(mspec, log=log)
+    sha = check_made_by(run, loaded.model, "crosscheck")
     with job_lock(run.path, log):
+        run.update_manifest("crosscheck_provenance", provenance(
+            {**loaded.provenance(), "sha256": sha},
+            params={"method": spec.method, "against": spec.against, "batch_size": spec.batch_size}))
         crosscheck_run(run, loaded.model, method=spec.method, against=spec.against, batch_size=spec.batch_size,
                        log=log)
     return run

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from xailab.core.errors import InputError
-from xailab.jobs.common import check_out, job_lock, provenance, write_provenance
+from xailab.jobs.classes import check_model_classes
+from xailab.jobs.common import (
+    check_inputs,
+    check_out,
+    job_lock,
+    model_sha256,
+    provenance,
+    write_provenance,
+)
 from xailab.jobs.model import LoadedModel, ModelSpec, load
 from xailab.runs.store import Run
 
@@ -61,16 +69,20 @@ def dissect_to_run(spec: DissectSpec, out: str | Path, *, log: Callable[[str], N
     loaded = load(spec.model, log=log)
     config = {**spec.model.record(), "images": spec.images, "data_root": spec.data_root,
               "concepts": spec.concepts.strip(), "device": str(loaded.device)}
+    made_from = provenance(
+        {**loaded.provenance(), "sha256": model_sha256(loaded.model)},
+        data={"images": spec.images, "data_root": spec.data_root, "max_images": spec.max_images},
+        params={"layers": spec.layers, "concepts": spec.concepts, "quantile": spec.quantile,
+                "threshold": spec.threshold, "exact_range": spec.exact_range})
     with job_lock(out, log):
+        check_inputs(out, made_from)  # a rerun with another model, images or settings is refused
         target: Any = out
         if spec.backend is not None:  # the passes on Ray, their shards in the run (rerun = resume)
             target = Run.create(out, kind="dissection", config=config)
         res, images, display, names = _dissect(spec, loaded, target, log)
         run = dissection_to_run(res, target, model=loaded.model, images=images, display=display, names=names,
                                 gallery_units=spec.gallery_units, png=spec.png, config=config)
-        write_provenance(run, provenance(loaded.provenance(), data={"images": spec.images, "n": len(images)},
-                                         params={"layers": spec.layers, "concepts": spec.concepts,
-                                                 "quantile": spec.quantile, "threshold": spec.threshold}))
+        write_provenance(run, made_from)
     log(f"done in {res.seconds:.1f} s")
     for _, r in res.summary().iterrows():
         log(f"  {r['layer']:>12s}: {r['labelled']:4d}/{r['units']:<4d} units labelled, "
@@ -80,7 +92,12 @@ def dissect_to_run(spec: DissectSpec, out: str | Path, *, log: Callable[[str], N
 
 def _dissect(spec: DissectSpec, loaded: LoadedModel, target: Any, log: Callable[[str], None]) -> tuple[Any, ...]:
     """(the dissection result, the probe images, their display function, their names)."""
-    from xailab.concepts.dissection import DEFAULT_IOU_THRESHOLD, dissect, dissect_classes
+    from xailab.concepts.dissection import (
+        DEFAULT_IOU_THRESHOLD,
+        DEFAULT_SELECTIVITY_THRESHOLD,
+        dissect,
+        dissect_classes,
+    )
     from xailab.concepts.dissection_concepts import BrodenDataset, ColourConcepts
     from xailab.data import load_images
 
@@ -116,7 +133,9 @@ def _dissect(spec: DissectSpec, loaded: LoadedModel, target: Any, log: Callable[
     else:
         if y is None:
             raise InputError("--concepts classes needs labelled images (a dataset spec or a folder of class folders)")
+        check_model_classes(model, x, list(ds.classes) if ds is not None else None, spec.model.weights)
         log(f"class-level dissection of {len(x)} labelled images")
         res = run_classes(model, x, spec.layers, labels=y, class_names=list(ds.classes) if ds is not None else None,
-                          threshold=0.0 if spec.threshold is None else spec.threshold, **common)
+                          threshold=DEFAULT_SELECTIVITY_THRESHOLD if spec.threshold is None else spec.threshold,
+                          **common)
     return res, x, display, names

@@ -12,8 +12,6 @@ images loaded with the model's preprocessing, the class names of model and data 
 
 from __future__ import annotations
 
-import json
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,12 @@ from typing import Any
 from torch import Tensor
 
 from xailab.core.errors import InputError
+from xailab.jobs.classes import (
+    check_classes,
+    imagenet_class_names,
+    read_class_names,
+    trained_class_names,
+)
 from xailab.jobs.common import (
     check_out,
     job_lock,
@@ -31,6 +35,7 @@ from xailab.jobs.common import (
     write_provenance,
 )
 from xailab.jobs.explain_images import Backend, explain_images, method_names
+from xailab.jobs.mistakes import add_mistakes
 from xailab.jobs.model import LoadedModel, ModelSpec, load, num_outputs, settle_preprocessing
 from xailab.runs.store import Run
 
@@ -50,6 +55,8 @@ class ExplainSpec:
             loaded like the images.
         skip_bad_images: leave out image files that cannot be decoded (listed in the run's
             ``config.image_notes``, as is every other change made to the images while loading).
+        mistakes: also explain the first this many images of the same split that the model
+            misclassifies (:mod:`xailab.jobs.mistakes`; a dataset spec only).
     """
 
     model: ModelSpec
@@ -66,6 +73,7 @@ class ExplainSpec:
     png: bool | str = "grid"
     backend: Backend | None = None
     skip_bad_images: bool = False
+    mistakes: int = 0
 
     def check(self) -> None:
         """What can be checked before anything loads."""
@@ -87,6 +95,8 @@ def explain_to_run(spec: ExplainSpec, out: str | Path, *, log: Callable[[str], N
     notes: list[str] = []
     images, labels, names, dataset = load_images(spec.images, loaded.preprocessing, root=spec.data_root,
                                                  notes=notes, skip_bad=spec.skip_bad_images)
+    images, labels, names = add_mistakes(loaded, spec.images, spec.mistakes, images, labels, names,
+                                         data_root=spec.data_root, batch_size=spec.batch_size, log=log)
     norm = settle_preprocessing(loaded, dataset, log)  # a dataset normalises its images itself
     display = norm.denormalize(images) if norm is not None else images
     x = images.to(loaded.device)
@@ -95,7 +105,8 @@ def explain_to_run(spec: ExplainSpec, out: str | Path, *, log: Callable[[str], N
     targets = list(spec.targets)
     log(f"explaining {len(images)} images with {', '.join(method_names(spec.methods))} "
         f"for targets {', '.join(map(str, targets))}")
-    config = {**spec.model.record(), "images": spec.images, "data_root": _abs(spec.data_root),
+    config = {**spec.model.record(), "images": spec.images, "mistakes": spec.mistakes,
+              "data_root": _abs(spec.data_root),
               "device": str(loaded.device), "preprocessing": norm.to_dict() if norm is not None else None,
               "image_notes": notes}
     with job_lock(out, log):
@@ -112,7 +123,7 @@ def explain_to_run(spec: ExplainSpec, out: str | Path, *, log: Callable[[str], N
             raise
         write_provenance(run, provenance(
             loaded.provenance(),
-            data={"images": spec.images, "data_root": _abs(spec.data_root), "n": len(images),
+            data={"images": spec.images, "mistakes": spec.mistakes, "data_root": _abs(spec.data_root), "n": len(images),
                   "sha256": tensor_sha256(images), "class_names": class_names},
             params={k: dict(v) for k, v in spec.method_params.items()}, targets=[str(t) for t in targets]))
     return run
@@ -127,51 +138,13 @@ def _abs(path: str | None) -> str | None:
 
 
 def _class_names(spec: ExplainSpec, loaded: LoadedModel, x: Tensor, dataset: Any) -> list[str] | None:
-    """The names of the model's outputs; a model whose class count differs from the data's is refused
-    unless ``class_names`` maps it."""
+    """The names of the model's outputs; a model whose classes differ from the data's is refused
+    unless ``class_names`` maps it (:func:`xailab.jobs.classes.check_classes`)."""
     k = num_outputs(loaded.model, x)
     data_names = list(dataset.classes) if dataset is not None else None
-    if spec.class_names:
-        names = read_class_names(spec.class_names)
-        if len(names) != k:
-            raise InputError(f"--class-names {spec.class_names} names {len(names)} classes but the model has {k} outputs")
-        return names
-    if data_names is not None and len(data_names) != k:
-        raise InputError(
-            f"the model has {k} outputs but the images' dataset has {len(data_names)} classes "
-            f"({', '.join(data_names[:5])}{', ...' if len(data_names) > 5 else ''}); give the model's class "
-            "names with --class-names FILE to map them explicitly"
-        )
-    model_names = trained_class_names(spec.model.weights)
-    if data_names is not None and model_names is not None and model_names != data_names:
-        raise InputError(
-            f"the model was trained on classes {', '.join(model_names[:4])}, ... but the images are of "
-            f"{', '.join(data_names[:4])}, ...; give --class-names FILE to map them explicitly"
-        )
-    if data_names is None and spec.model.pretrained and k == 1000:
+    if data_names is None and not spec.class_names and spec.model.pretrained and k == 1000:
         return imagenet_class_names()
-    if data_names is not None and model_names is None:
-        warnings.warn(
-            f"the weights record no class names: the model's {k} outputs are named after the classes of "
-            f"the images' dataset ({', '.join(data_names[:4])}, ...); if the model was trained on other "
-            "classes, give --class-names FILE", stacklevel=2)
-    return data_names if data_names is not None else model_names
-
-
-def trained_class_names(weights: str | None) -> list[str] | None:
-    """The class names of a checkpoint written by ``xailab train`` (its run's manifest), if known."""
-    if not weights:
-        return None
-    folder = Path(weights).expanduser().resolve().parent
-    for run_dir in (folder.parent, folder.parent.parent.parent):  # RUN/checkpoints, RUN/folds/fold-k/checkpoints
-        manifest = run_dir / "manifest.json"
-        if folder.name == "checkpoints" and manifest.is_file():
-            try:
-                classes = json.loads(manifest.read_text(encoding="utf-8")).get("classes")
-            except (OSError, ValueError):
-                return None
-            return [str(c) for c in classes] if isinstance(classes, list) else None
-    return None
+    return check_classes(k, data_names, spec.model.weights, class_names=spec.class_names)
 
 
 def _params(spec: ExplainSpec, loaded: LoadedModel) -> dict[str, dict[str, Any]]:
@@ -185,30 +158,6 @@ def _params(spec: ExplainSpec, loaded: LoadedModel) -> dict[str, dict[str, Any]]
         if isinstance(bg, str) and (":" in bg or Path(bg).exists()):
             out[method]["background"] = load_images(bg, loaded.preprocessing, root=spec.data_root)[0].to(loaded.device)
     return out
-
-
-def read_class_names(path: str) -> list[str]:
-    """Class names from a file: a JSON list, an ImageNet-style ``{"0": [id, name]}`` map, or one a line."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"class-names file not found: {path}")
-    text = p.read_text(encoding="utf-8")
-    if text.lstrip().startswith(("[", "{")):
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise InputError(f"class-names file {path} is not valid JSON: {e}") from None
-        if isinstance(data, dict):  # {"0": ["n01440764", "tench"], ...} or {"0": "tench"}
-            return [v[-1] if isinstance(v, list) else str(v) for _, v in sorted(data.items(), key=lambda kv: int(kv[0]))]
-        return [str(v) for v in data]
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def imagenet_class_names() -> list[str]:
-    """The 1,000 ImageNet class names, as torchvision ships them (no download)."""
-    from torchvision.models import ResNet18_Weights
-
-    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def method_list(text: str) -> tuple[str, ...]:

@@ -103,6 +103,8 @@ def explain_images(
     names = list(names) if names is not None else [f"{i:05d}" for i in range(len(images))]
     plan = plan_methods(model, images, methods, targets, labels=labels, method_params=method_params, layer=layer,
                         mean=mean, std=std, batch_size=batch_size, seed=seed, quick=quick)
+    for m, why in plan.refused.items():
+        log(f"{m}: refused before the run: {why}")
     run = _open_run(out, plan, model, images, targets, config)
     _record(run, plan, targets, layer, class_names, len(images))
     # the report reads the cards from here; those of methods an earlier call put in the run stay
@@ -174,8 +176,8 @@ def _compute(run: Run, model: nn.Module, images: Tensor, plan: MethodPlan, targe
     canon, kinds, specs = plan.names, plan.kinds, plan.specs
     done = {m for m in canon if _is_saved(run, m, specs[m])}
     computed: dict[str, Explanation] = {}
-    if backend is not None and len(done) < len(canon):
-        todo = {m: plan.kwargs[m] for m in canon if m not in done}
+    if backend is not None and len(done | set(plan.refused)) < len(canon):
+        todo = {m: plan.kwargs[m] for m in canon if m not in done and m not in plan.refused}
         renamed = {m: kinds[m] for m in todo if kinds[m] != m}
         computed = backend(model, images, run=run, methods=todo, specs={m: specs[m] for m in todo},
                            targets=targets, labels=labels, batch_size=plan.batch_size, seed=plan.seed,
@@ -184,6 +186,9 @@ def _compute(run: Run, model: nn.Module, images: Tensor, plan: MethodPlan, targe
     refused: dict[str, str] = {}
     for m in canon:
         dest = run.path / "explanations" / m
+        if m in plan.refused:  # refused by the check before the run started
+            refused[m] = plan.refused[m]
+            continue
         if m in done:
             log(f"{m}: already in the run, skipped")
             results[m] = Explanation.load(dest)
@@ -294,4 +299,5 @@ def write_overlays(
             for m, maps_i in grid.items():
                 png = overlay_png(shown[i], maps_i, titles, suptitle=f"{names[i]} — {m}")
                 atomic_write_bytes(run.file(f"overlays/{i:05d}_{m}.png"), png)
-        atomic_write_bytes(run.file(f"overlays/{i:05d}_grid.png"), grid_png(shown[i], grid, titles, suptitle=str(names[i])))
+        atomic_write_bytes(run.file(f"overlays/{i:05d}_grid.png"), grid_png(shown[i], grid, titles, suptitle=str(names[i]),
+                                                                               classes=first.targets[i].tolist()))

@@ -12,16 +12,16 @@ import inspect
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from xailab.core.errors import InputError
+from xailab.core.errors import InputError, UnsupportedModelError
 from xailab.core.registry import METHODS, RegistryError
 from xailab.core.targets import TargetPlan, TargetSpec
-from xailab.jobs.common import tensor_sha256
+from xailab.jobs.common import model_sha256, tensor_sha256
 
 
 def method_kwargs(
@@ -74,6 +74,7 @@ class MethodPlan:
     batch_size: int
     seed: int
     identity: dict[str, str]
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -109,25 +110,22 @@ def plan_methods(
     space = {"mean": tuple(mean) if mean is not None else None, "std": tuple(std) if std is not None else None}
     kwargs = {m: method_kwargs(kinds[m], {**params.get(kinds[m], {}), **(params.get(m, {}) if m != kinds[m] else {})},
                                layer, quick, space) for m in kinds}
-    for m in kinds:  # parameters and layers are checked by building each method once
-        METHODS.create(kinds[m], model, batch_size=batch_size, seed=seed, **kwargs[m])
+    refused: dict[str, str] = {}
+    for m in kinds:  # parameters and layers are checked by building each method once, the model by its checks
+        explainer = METHODS.create(kinds[m], model, batch_size=batch_size, seed=seed, **kwargs[m])
+        try:
+            explainer.check_model(images[:1])
+        except UnsupportedModelError as e:  # the others run; this one is listed with its reason
+            refused[m] = str(e)
+    if len(refused) == len(kinds):
+        raise UnsupportedModelError("; ".join(f"{m}: {why}" for m, why in refused.items()))
     with torch.no_grad():
         k = int(model(images[:1]).shape[1])
     TargetPlan(targets, len(images), labels).check(k)
     specs = {m: method_spec(kwargs[m], batch_size, seed) + ("" if kinds[m] == m else f":{kinds[m]}") for m in kinds}
     identity = {"model": model_sha256(model), "images": tensor_sha256(images),
                 "labels": tensor_sha256(labels) if labels is not None else "none", "targets": _spec_value(targets)}
-    return MethodPlan(kinds, kwargs, specs, batch_size, seed, identity)
-
-
-def model_sha256(model: nn.Module) -> str:
-    """SHA-256 of a model's parameters and buffers (names, shapes and values): its weights' identity."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-                 if t.numel() else b"")
-    return h.hexdigest()
+    return MethodPlan(kinds, kwargs, specs, batch_size, seed, identity, refused)
 
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -47,6 +47,7 @@ from xailab.concepts.ice import (
 )
 from xailab.core.errors import InputError
 from xailab.core.hooks import resolve_layer
+from xailab.jobs.common import model_sha256, tensor_sha256
 from xailab.runs.store import Run
 
 Display = Callable[[Tensor], Tensor]
@@ -121,7 +122,8 @@ def ice_images(
     layer_name, channels = _channels(model, layer, images)
     ks = sorted({int(k) for k in curve if 1 <= int(k) <= channels and int(k) <= n} | {int(n_concepts)})
     spec = {"layer": layer_name, "n_concepts": n_concepts, "ks": ks, "n_images": n, "epochs": epochs,
-            "seed": seed, "clamp": clamp, "batch_size": batch_size}
+            "seed": seed, "clamp": clamp, "batch_size": batch_size,  # and what the basis is fitted on:
+            "model": model_sha256(model), "images": _images_identity(images)}
     run = Run.create(out, kind="concepts", config=config or {})
     bases = _bases(run, model, images, spec, channels, log, progress)
     result = analyse_ice(model, bases[n_concepts], images, labels, batch_size=batch_size,
@@ -136,6 +138,13 @@ def ice_images(
     if png:
         write_ice_figures(model, run, result, images, names, cnames, display, gallery, curve_df, batch_size)
     return run
+
+
+def _images_identity(images: ImageSource) -> str:
+    """The sha256 of an image tensor; a dataset by its type, size and source."""
+    if isinstance(images, Tensor):
+        return tensor_sha256(images)
+    return f"{type(images).__name__}:{num_images(images)}:{getattr(images, 'source', getattr(images, 'root', ''))}"
 
 
 def _bases(run: Run, model: nn.Module, images: ImageSource, spec: dict[str, Any], channels: int,

@@ -26,7 +26,8 @@ import numpy as np
 from xailab.core.errors import InputError
 from xailab.runs.store import Run, RunError
 
-TABLES = ("learning_steps", "learning_instances", "learning_flips", "learning_classes", "learning_times")
+TABLES = ("learning_steps", "learning_instances", "learning_flips", "learning_classes", "learning_times",
+          "learning_spray")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def _epochs(run: Run, spec: LearningSpec) -> list[int]:
     return [int(e) for e in have if lo <= e <= hi]
 
 
-def _tracked(run: Run, limit: int | None) -> tuple[np.ndarray, Any]:
+def _tracked(run: Run, limit: int | None, dataset: Any) -> tuple[np.ndarray, Any]:
     """The tracked instance ids (the flow's, in its order; ``limit``: a stratified sample) and their dataset."""
     from xailab.dynamics.history import recorded_epochs
     from xailab.dynamics.thumbnails import tracked_dataset
@@ -87,7 +88,7 @@ def _tracked(run: Run, limit: int | None) -> tuple[np.ndarray, Any]:
     rows = read_predictions(run, epochs=[first])
     ids = rows["instance"].to_numpy().astype(np.int64)
     keep = stratified_indices(rows["label"].to_numpy(), limit, 0)  # a stratified sample, as --track-limit
-    return (ids if keep is None else ids[np.sort(keep)]), tracked_dataset(run)
+    return (ids if keep is None else ids[np.sort(keep)]), (tracked_dataset(run) if dataset is None else dataset)
 
 
 def _claim(run: Run, spec: LearningSpec, ids: np.ndarray) -> None:
@@ -125,7 +126,8 @@ def _explain_epoch(run: Run, spec: LearningSpec, model: Any, epoch: int, todo: l
         cpu, wall = time.process_time(), time.perf_counter()
         expl = create(name, model, **kw).explain(x, spec.target, labels=labels)
         native = expl.extras.get("cam")  # a CAM at its layer's resolution, before upsampling
-        maps = (native[:, 0] if native is not None and native.dim() == 4 else expl.pixel_maps()[:, 0]).numpy()
+        chosen = native[:, 0] if native is not None and native.dim() == 4 else expl.pixel_maps()[:, 0]
+        maps = chosen.detach().cpu().float().numpy()
         m16, scale = encode(maps)
         run.write_array(scale_name(name), scale, chunk=epoch)
         path = run.write_array(maps_name(name), m16, chunk=epoch)  # last: marks (epoch, method) done
@@ -136,8 +138,12 @@ def _explain_epoch(run: Run, spec: LearningSpec, model: Any, epoch: int, todo: l
         log(f"epoch {epoch:3d}  {name:<12s} {row['cpu_s']:7.1f} s CPU  {row['bytes'] / 1024:7.1f} KiB")
 
 
-def learning_to_run(spec: LearningSpec, *, log: Callable[[str], None] = print) -> Run:
-    """Explain ``spec.run``'s tracked instances at each of its saved epochs, then analyse (resumable)."""
+def learning_to_run(spec: LearningSpec, *, dataset: Any = None, log: Callable[[str], None] = print) -> Run:
+    """Explain ``spec.run``'s tracked instances at each of its saved epochs, then analyse (resumable).
+
+    ``dataset``: the tracked dataset (its ``instance`` ids index it) for runs not made by
+    ``xailab train`` (e.g. a poisoned run whose predictions were back-filled on triggered images);
+    by default it is rebuilt from the run's settings."""
     import torch
 
     from xailab.dynamics.learning import explained_epochs
@@ -148,7 +154,7 @@ def learning_to_run(spec: LearningSpec, *, log: Callable[[str], None] = print) -
     _check_spec(spec)
     run = Run.open(spec.run)
     epochs = _epochs(run, spec)
-    ids, dataset = _tracked(run, spec.limit)
+    ids, dataset = _tracked(run, spec.limit, dataset)
     with job_lock(run.path, log):
         _claim(run, spec, ids)
         items = [dataset[int(i)] for i in ids]  # decoded once, for every epoch and method

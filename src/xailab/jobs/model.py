@@ -3,7 +3,8 @@
 One place decides, for every command that loads a model, that
 
 * a zoo model without ``weights`` or ``pretrained`` is refused unless ``random_weights`` says the
-  random initialisation is wanted (a sanity study);
+  random initialisation is wanted (a sanity study); that initialisation is seeded (seed 0), so every
+  job that rebuilds the model gets the same one;
 * the input normalisation is the user's (``mean``/``std`` or ``input_range``), else what the
   weights or the zoo record, else the data's own statistics with a loud warning;
 * the device is resolved once (:func:`xailab.core.hooks.resolve_device`).
@@ -172,8 +173,12 @@ def load(spec: ModelSpec, *, in_channels: int | None = None, num_classes: int | 
         kw["in_channels"] = in_channels
     if spec.pretrained and not spec.weights:
         model = create_model(spec.name, pretrained=True, **kw)
-    else:
+    elif spec.weights:
         model = load_model(spec.name, spec.weights, **kw)
+    else:  # the random initialisation is seeded: a later job (compare, crosscheck) rebuilds the same model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = load_model(spec.name, None, **kw)
     prep = get_preprocessing(model)
     source = "model" if prep is not None else "none"
     channels = prep.channels if prep is not None else first_channels(model)

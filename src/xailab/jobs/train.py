@@ -22,7 +22,7 @@ from xailab.runs.store import Run, RunError
 RESUMABLE = {"epochs", "device", "quiet", "workers", "eval_batch_size"}
 _KEYS = ["model", "weights", "data", "data_root", "epochs", "batch_size", "lr", "optimizer", "momentum",
          "weight_decay", "augment", "limit_train", "limit_test", "val_fraction", "track", "track_limit", "folds",
-         "seed", "device", "workers"]
+         "seed", "device", "workers", "mean", "std", "input_range"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,17 @@ class TrainSpec:
     device: str = "auto"
     workers: int = 0
     quiet: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    input_range: tuple[float, float] | None = None
+
+    def normalization(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """The user's ``(mean, std)`` (``--mean/--std`` or ``--input-range``), per channel, or None."""
+        from xailab.jobs.model import ModelSpec
+
+        user = ModelSpec(self.model, mean=self.mean, std=self.std, input_range=self.input_range)
+        user.check(needs_weights=False)
+        return user.user_preprocessing(channels)
 
     @property
     def tracked(self) -> str:
@@ -60,11 +71,35 @@ class TrainSpec:
         """The run's config: every setting that defines the run."""
         out = {"command": "train", **{k: getattr(self, k) for k in _KEYS}}
         out["track"] = self.tracked
+        for k in ("mean", "std", "input_range"):
+            if out[k] is None:  # a run made before these options reads the same
+                del out[k]
+            else:
+                out[k] = list(out[k])
         return out
+
+    def provenance(self, data: Any) -> dict[str, Any]:
+        """What the run is made from: the model (and its starting weights' sha256), the data's
+        identity (sha256 of the images, labels and classes of each split), the settings, the version."""
+        from xailab.jobs.common import dataset_sha256, provenance
+        from xailab.jobs.model import file_sha256
+
+        norm = data.full
+        model = {"name": self.model, "weights": str(Path(self.weights).expanduser().resolve()) if self.weights else None,
+                 "weights_sha256": file_sha256(self.weights) if self.weights else None,
+                 "preprocessing": {"mean": list(getattr(norm, "mean", ())), "std": list(getattr(norm, "std", ()))}}
+        root = Path(self.data_root).expanduser() if self.data_root else None
+        ident = {"name": self.data, "root": str(root.resolve()) if root is not None and root.exists() else self.data_root,
+                 "train_sha256": dataset_sha256(data.full)}
+        if data.test is not None:
+            ident["test_sha256"] = dataset_sha256(data.test)
+        params = {k: v for k, v in self.settings().items() if k not in ("model", "weights", "data", "data_root")}
+        return provenance(model, data=ident, params=params)
 
 
 def check_resume(out: Path, settings: dict[str, Any]) -> bool:
-    """True if ``out`` is a new run; a RunError if it exists but is another run or not a run."""
+    """True if ``out`` is a new run; a RunError if it exists but is another run or not a run
+    (its inputs, weights and data by their sha256, are checked by :func:`xailab.jobs.common.check_inputs`)."""
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; give a folder for the run")
     if not out.exists():
@@ -92,7 +127,7 @@ def cleanup(out: Path, new: bool) -> None:
 
 def train_to_run(spec: TrainSpec, out: str | Path, *, log: Callable[[str], None] = print) -> Run:
     """Train ``spec.model`` on ``spec.data`` into run ``out`` (resumed when it is the same spec)."""
-    from xailab.jobs.common import job_lock
+    from xailab.jobs.common import check_inputs, job_lock
     from xailab.train import TrainConfig
     from xailab.train.recipe import prepare_data
 
@@ -110,11 +145,13 @@ def train_to_run(spec: TrainSpec, out: str | Path, *, log: Callable[[str], None]
     for note in data.notes:
         log(f"note: {note}")
     model, data = _model(spec, data)
+    made_from = spec.provenance(data)
     with job_lock(path, log):
+        check_inputs(path, made_from)
         try:
             if spec.folds:
-                return _kfold(spec, path, type(model).__name__, data, cfg, log)
-            run, model, result = _fit(spec, path, model, data, cfg, log)
+                return _kfold(spec, path, type(model).__name__, data, cfg, log, made_from)
+            run, model, result = _fit(spec, path, model, data, cfg, log, made_from)
         except BaseException:
             cleanup(path, new)
             raise
@@ -129,9 +166,10 @@ def _model(spec: TrainSpec, data: Any) -> tuple[Any, Any]:
     from xailab.train.trainer import seed_everything
 
     seed_everything(spec.seed)  # the initial weights, too, follow the seed
+    user = spec.normalization(data.channels)
     model = build_model(spec.model, num_classes=len(data.classes), in_channels=data.channels, weights=spec.weights)
-    norm = model_normalization(model, data.channels) if spec.weights else None
-    if norm is not None:  # pretrained weights: feed the inputs they were trained on
+    norm = user or (model_normalization(model, data.channels) if spec.weights else None)
+    if norm is not None:  # the user's statistics, or pretrained weights': feed the inputs they expect
         data = data.normalized(*norm)
     check_model_fits(model, data.plain, len(data.classes))
     return model, data
@@ -142,7 +180,8 @@ def _model_info(spec: TrainSpec, data: Any) -> dict[str, Any]:
             "in_channels": data.channels}
 
 
-def _kfold(spec: TrainSpec, out: Path, model_class: str, data: Any, cfg: Any, log: Callable[[str], None]) -> Run:
+def _kfold(spec: TrainSpec, out: Path, model_class: str, data: Any, cfg: Any, log: Callable[[str], None],
+           made_from: dict[str, Any]) -> Run:
     from xailab.train import train_kfold
     from xailab.train.recipe import build_model
     from xailab.train.trainer import merge_section
@@ -150,6 +189,7 @@ def _kfold(spec: TrainSpec, out: Path, model_class: str, data: Any, cfg: Any, lo
     assert spec.folds is not None
     k = len(data.classes)
     parent = Run.create(out, kind="kfold", config=spec.settings())
+    parent.update_manifest("provenance", made_from)
     parent.update_manifest("dataset", data.describe(spec.data, spec.data_root))
     info = _model_info(spec, data)
     parent.update_manifest("model", {**info, "class": model_class})
@@ -168,7 +208,7 @@ def _kfold(spec: TrainSpec, out: Path, model_class: str, data: Any, cfg: Any, lo
 
 
 def _fit(spec: TrainSpec, out: Path, model: Any, data: Any, cfg: Any,
-         log: Callable[[str], None]) -> tuple[Run, Any, Any]:
+         log: Callable[[str], None], made_from: dict[str, Any]) -> tuple[Run, Any, Any]:
     from xailab.train import Trainer
     from xailab.train.recipe import stratified_indices
     from xailab.train.trainer import merge_section
@@ -179,6 +219,7 @@ def _fit(spec: TrainSpec, out: Path, model: Any, data: Any, cfg: Any,
         log(f"note: no {track} set to track; per-epoch predictions are not recorded")
     idx = stratified_indices(tracked.targets, spec.track_limit, spec.seed) if tracked is not None else None
     run = Run.create(out, kind="train", config=spec.settings())
+    run.update_manifest("provenance", made_from)
     run.update_manifest("dataset", data.describe(spec.data, spec.data_root))
     merge_section(run, "model", _model_info(spec, data))
     log(f"run: {out}  ({len(data.train)} training items, {len(data.classes)} classes)")

@@ -9,6 +9,7 @@ Every metric takes maps as an :class:`~xailab.core.explanation.Explanation` or a
     metrics.deletion(model, images, saliency).auc            # [N], lower is better
     metrics.road(model, images, saliency).auc                # [N], lower is better (imputed, not filled)
     metrics.infidelity(model, images, saliency)              # [N], lower is better
+    metrics.irof(model, images, saliency)                    # [N], higher is better (superpixels)
     metrics.randomisation_test(model, images, "saliency").flagged
     metrics.pointing_game(saliency, masks).mean()
 """
@@ -27,10 +28,12 @@ from xailab.metrics.calibration_maps import edge_explain, edge_maps, random_expl
 from xailab.metrics.distribution import Histogram, histogram, scatter_data
 from xailab.metrics.faithfulness import Curves, deletion, faithfulness_correlation, insertion
 from xailab.metrics.infidelity import infidelity
+from xailab.metrics.irof import irof
 from xailab.metrics.localisation import pointing_game, relevance_mass, relevance_rank
 from xailab.metrics.road import road
 from xailab.metrics.sanity import SanityResult, randomisation_test
 from xailab.metrics.sensitivity import max_sensitivity
+from xailab.metrics.sensitivity_n import sensitivity_n
 from xailab.metrics.ssim import ssim
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "infidelity",
     "insertion",
     "iou",
+    "irof",
     "kendall",
     "max_sensitivity",
     "pairwise",
@@ -59,6 +63,7 @@ __all__ = [
     "relevance_rank",
     "road",
     "scatter_data",
+    "sensitivity_n",
     "spearman",
     "ssim",
     "top_region",

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from xailab.metrics.agreement import iou, spearman
 from xailab.metrics.faithfulness import deletion, faithfulness_correlation, insertion
+from xailab.metrics.infidelity import infidelity
 from xailab.metrics.info import MetricInfo, info_of
+from xailab.metrics.irof import irof
+from xailab.metrics.road import road
 from xailab.metrics.sanity import randomisation_test
 
 #: the metric behind each numeric scoreboard column: its direction and category as data
@@ -22,6 +25,9 @@ COLUMNS: dict[str, MetricInfo] = {
     "deletion_auc": info_of(deletion),
     "insertion_auc": info_of(insertion),
     "faithfulness_corr": info_of(faithfulness_correlation),
+    "road_auc": info_of(road),
+    "infidelity": info_of(infidelity),
+    "irof": info_of(irof),
     "sanity_spearman": info_of(randomisation_test),
     "agreement_iou": info_of(iou),
     "agreement_spearman": info_of(spearman),

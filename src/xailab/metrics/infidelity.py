@@ -10,6 +10,12 @@ is cut into ``patch x patch`` squares in row-major order and the ``k``-th pertur
 first ``k`` squares with ``fill``; the squared error is averaged over the ``H W / patch^2``
 perturbations. Deterministic; lower is better; in the squared units of the score.
 
+The raw score grows with the map's scale, so methods whose maps live on other scales (a CAM
+and a gradient) cannot be compared by it. ``normalise=True`` first rescales each image's map by
+the factor that fits the score changes best, ``beta = sum_k p_k d_k / sum_k p_k^2`` (``p``
+predicted, ``d`` actual change), as Yeh et al.'s own code does (``normalize=True``): what is left
+is the part of the score changes the map's *shape* cannot explain. ``xailab compare`` uses it.
+
     s = infidelity(model, images, saliency, patch=4)      # [N]
 """
 
@@ -49,6 +55,7 @@ def infidelity(
     output: Output = "probability",
     batch_size: int = 64,
     column: int = 0,
+    normalise: bool = False,
 ) -> Tensor:
     """Infidelity per image, ``[N]`` (module docstring).
 
@@ -56,6 +63,8 @@ def infidelity(
         patch: side of the squares filled one after another.
         fill: what a perturbed pixel becomes (see :data:`~xailab.metrics.perturb.Fill`).
         output: score the softmax ``"probability"`` or the ``"logit"``.
+        normalise: rescale each map by its best-fitting factor first (module docstring); ``False``
+            equals Quantus.
     """
     from xailab.core.hooks import model_device
 
@@ -82,4 +91,8 @@ def infidelity(
     contrib = (a * diff).cpu()  # [N, H, W]
     per_block = torch.zeros(n, k, dtype=torch.float64).index_add_(1, blocks.flatten().cpu(), contrib.flatten(1))
     predicted = per_block.cumsum(1)  # I_k . Phi for the first k squares filled
+    if normalise:
+        den = (predicted * predicted).sum(1, keepdim=True)
+        beta = torch.where(den > 0, (predicted * drops).sum(1, keepdim=True) / den.clamp_min(1e-300), 0.0)
+        predicted = beta * predicted
     return ((predicted - drops) ** 2).mean(1)

@@ -9,6 +9,9 @@ job reads what ``xailab explain`` wrote (the images in
   Spearman, Pearson, SSIM), and ``agreement_images``: images ranked from least to most agreement;
 * table ``faithfulness``: one row per image and method (deletion AUC, insertion AUC,
   faithfulness correlation), and ``faithfulness_curves``: the mean curves;
+* table ``faithfulness_extra``: ROAD AUC and infidelity per image and method (the metrics of
+  ``extra_metrics``), and ``metric_checks``: each per-image metric's resilience to noise and
+  reactivity to shuffled maps and a randomised model (:mod:`xailab.metrics.compare_extra`);
 * table ``sanity``: the cascading randomisation test, one row per method and step;
 * table ``scoreboard``: one row per method (columns below);
 * table ``verdict``: the methods ranked by faithfulness with intervals, paired tests, the
@@ -16,7 +19,8 @@ job reads what ``xailab explain`` wrote (the images in
 * figures under ``files/metrics/`` and a ``compare`` section in the manifest.
 
 Scoreboard columns: ``method, images, seconds, avg_time`` (seconds per image),
-``evaluations_per_image, deletion_auc, insertion_auc, faithfulness_corr, sanity_spearman``
+``evaluations_per_image, deletion_auc, insertion_auc, faithfulness_corr``, ``road_auc`` and
+``infidelity`` (when computed), ``sanity_spearman``
 (Spearman after full randomisation), ``sanity`` (passed / flagged / n/a), ``agreement_iou`` and
 ``agreement_spearman`` (mean over the other methods), ``avg_iou`` (mean IoU with the reference
 method). Which way is better is data: :data:`~xailab.metrics.columns.COLUMNS` names the
@@ -68,6 +72,16 @@ class CompareSettings:
     sanity_sampling_above: int = 100
     sanity_sampling_images: int = 2
     sanity_sampling_steps: int = 3
+    #: per-image metrics beyond deletion / insertion (:data:`~xailab.metrics.compare_extra.EXTRA_METRICS`)
+    extra_metrics: tuple[str, ...] = ("road", "infidelity")
+    #: ROAD's removal levels (10: 5, 15, ..., 95 %) and the noise added to imputed pixels
+    road_steps: int = 10
+    road_noise: float = 0.01
+    #: side of infidelity's squares; 0: an eighth of the image side (64 perturbations)
+    infidelity_patch: int = 0
+    #: checks of the metrics themselves (:mod:`xailab.metrics.meta`) on the reference's first images
+    metric_checks: bool = True
+    check_images: int = 16
     batch_size: int = 64
     target: str | int = 0
     seed: int = 0

@@ -100,7 +100,7 @@ def board_intervals(board: pd.DataFrame, faith: pd.DataFrame, agreement: pd.Data
     def ci(values: object) -> CI:
         return bootstrap_ci(values, level=level, resamples=resamples, seed=seed)
 
-    for col in ("deletion_auc", "insertion_auc", "faithfulness_corr"):
+    for col in ("deletion_auc", "insertion_auc", "faithfulness_corr", "road_auc", "infidelity", "irof"):
         if col in out and col in faith:
             _set(out, col, [ci(faith.loc[faith["method"] == m, col]) for m in methods])
     if agreement is not None and len(agreement):

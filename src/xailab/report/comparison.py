@@ -11,7 +11,7 @@ import pandas as pd
 
 from xailab.report.data import ReportRun
 from xailab.report.html import esc, figure, heat_table, kv, table
-from xailab.report.verdict_section import scoreboard_table, verdict_section
+from xailab.report.verdict_section import metric_checks_section, scoreboard_table, verdict_section
 from xailab.report.writer import Site
 
 FIGURES = [
@@ -103,6 +103,7 @@ def comparison_section(site: Site, r: ReportRun) -> str:
                      "[low, high]: bootstrap interval over images (time is measured once per run: no interval); "
                      f"highlighted: the best value of a column.{esc(directions(r, list(board.columns)))}</p>"
                      + scoreboard_table(r, board))
+    parts.append(metric_checks_section(r))
     agreement = r.table("agreement")
     if agreement is not None and {"method_a", "method_b"} <= set(agreement.columns):
         for col, what in (("iou", "IoU of the top regions"), ("spearman", "Spearman rank correlation")):

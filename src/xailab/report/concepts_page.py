@@ -75,7 +75,13 @@ def ice_section(site: Site, r: ReportRun) -> str:
     parts.append("<p class=note>ICE (Zhang et al. 2021, \"Invertible Concept-based Explanations\") factorises the "
                  "layer's activations V ≈ S P by non-negative matrix factorisation: each row of P is a concept "
                  "direction, S its score at every position. Fidelity: the model run with the layer replaced by "
-                 "S P.</p>")
+                 "S P.</p>"
+                 "<p class=note>Reading the fidelity: <b>top-1 agreement</b> is the share of images on which the "
+                 "model still predicts the same class with the layer replaced by its concepts (1 = the concepts "
+                 "carry everything the model uses; below about 0.9 the concepts miss part of it). <b>Reconstruction "
+                 "error</b> is ‖V − S P‖ / ‖V‖: 0 = exact, 1 = no better than all zeros; 0.3 or less keeps most "
+                 "of the activations. A few concepts rarely reach both: prefer the number where agreement "
+                 "stops rising in the curve below.</p>")
     imp = r.table("ice_importance")
     if imp is not None:
         for value, title, spec in (("contribution", "Contribution per class", "{:.3g}"),
@@ -93,7 +99,10 @@ def ice_section(site: Site, r: ReportRun) -> str:
         parts.append("<h4>Figures</h4>" + "".join(figs))
     curve = r.table("ice_fidelity")
     if curve is not None:
-        parts.append("<h4>Fidelity against the number of concepts</h4>"
+        parts.append("<h4>Fidelity against the number of concepts</h4><p class=note>More concepts always "
+                     "reconstruct better; look for the knee: the smallest number after which top-1 agreement "
+                     "hardly rises (good: close to 1) and the errors hardly fall. With only two points on the "
+                     "curve there is no knee to see: ask for more (<code>--curve 2,4,6,8,12</code>).</p>"
                      + _copy(site, r, "ice/fidelity.png", "top-1 agreement, logit error and reconstruction "
                                                           "error; dashed: the number chosen")
                      + table(curve, {c: "{:.3f}" for c in curve.columns if curve[c].dtype.kind == "f" and not c.startswith("n_")}))

@@ -35,6 +35,34 @@ def layer_summary(d: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def shown_labels(units: pd.DataFrame) -> pd.DataFrame:
+    """``units`` with the label of a unit below the threshold shown as ``no clear concept (best
+    guess: LABEL)``: a name is given only where the score earns it."""
+    out = units.copy()
+    if "labelled" in out and "label" in out:
+        out["label"] = [str(lab) if bool(ok) else f"no clear concept (best guess: {lab})"
+                        for lab, ok in zip(out["label"], out["labelled"], strict=True)]
+    return out
+
+
+def threshold_note(kind: str, threshold: object) -> str:
+    """What the labelling threshold means, and a warning when it labels every unit."""
+    what = "class selectivity" if kind == "classes" else "IoU"
+    if not isinstance(threshold, int | float):
+        return ""
+    text = (f"A unit is named only when its {what} reaches {threshold:g}; below that it shows "
+            "<i>no clear concept</i> with its best guess, whose images need not look like the label.")
+    if kind == "classes":
+        text += (" Class selectivity (Morcos et al. 2018) is (μ<sub>class</sub> − μ<sub>others</sub>) / "
+                 "(μ<sub>class</sub> + μ<sub>others</sub>): 0 = the unit responds to every class alike, 1 = only "
+                 "to its class; 0.3 ≈ its class draws twice the response of the others.")
+        if float(threshold) <= 0:
+            text += " <b>This run used threshold 0: every unit got a class, however unselective.</b>"
+    else:
+        text += " Bau et al. 2017 call a unit a detector from IoU 0.04."
+    return f"<p class=note>{text}</p>"
+
+
 def _files(r: ReportRun) -> dict[str, str]:
     files = (r.manifest.get("dissection") or {}).get("files") or {}
     return {str(k): str(v) for k, v in files.items() if isinstance(v, str)}
@@ -69,6 +97,7 @@ def dissection_section(site: Site, r: ReportRun) -> str:
         ("images", params.get("n_images") or params.get("images")),
         ("seconds", f"{info['seconds']:.1f}" if isinstance(info.get("seconds"), int | float) else None),
     ])]
+    parts.append(threshold_note(kind, params.get("threshold")))
     parts.append("<h3>Per layer</h3>" + table(layer_summary(d), {"share": "{:.0%}"}))
     files = _files(r)
     csv = r.run.path / files.get("csv", "files/dissection/dissection.csv")
@@ -84,8 +113,8 @@ def dissection_section(site: Site, r: ReportRun) -> str:
         if f"gallery_{layer}" in files:
             parts.append(_copy_rel(site, r, files[f"gallery_{layer}"],
                                    "top units: their strongest images, the area where the unit fires outlined"))
-        top = g.sort_values(["labelled", "score"], ascending=[False, False]).head(TOP_UNITS)
-        cols = [c for c in ("unit", "label", "category", "score", "labelled", "runner_up") if c in top]
+        top = shown_labels(g.sort_values(["labelled", "score"], ascending=[False, False]).head(TOP_UNITS))
+        cols = [c for c in ("unit", "label", "category", "score", "runner_up") if c in top]
         parts.append(table(top[cols], {"score": "{:.3f}"}, caption=f"the {len(top)} units of highest score"))
     return "".join(parts)
 

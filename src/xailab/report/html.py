@@ -43,7 +43,8 @@ th, td { border: 1px solid var(--line); padding: .2rem .5rem; text-align: left; 
 th { background: var(--band); font-weight: 600; }
 .tw { max-width: 100%; overflow-x: auto; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.best { background: #dff0d8; font-weight: 600; } td.ci { white-space: nowrap; }
+td.best { background: #dff0d8; font-weight: 600; } td span.ci { display: block; white-space: nowrap; font-size: .78em; color: var(--muted); }
+ul.notes { font-size: .88rem; margin: .2rem 0 1rem; padding-left: 1.2rem; } span.flagged { color: #a11; font-weight: 600; }
 p.recommend { background: #eef5fb; border-left: 4px solid var(--accent); padding: .4rem .8rem; }
 dl.kv { display: grid; grid-template-columns: max-content auto; gap: .15rem 1rem; margin: .4rem 0 1rem; }
 dl.kv dt { color: var(--muted); } dl.kv dd { margin: 0; }

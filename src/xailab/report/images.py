@@ -1,7 +1,9 @@
 """Per-image pages of an explain run and the index of all images with thumbnails.
 
 Each image page shows the image, the model's top classes, the explained targets and one grid:
-methods as rows, targets as columns, each row on one colour scale (``drawing.grid_png``).
+methods as rows, targets as columns, each map on its own colour scale with its colour bar, targets
+of the same class (true and top-1 of a correct prediction) merged into one column
+(``drawing.grid_png``).
 The grid ``xailab explain`` already wrote (``files/overlays/<i>_grid.png``) is copied when
 present, otherwise drawn from the saved maps; per-method overlays with colour bars are copied
 when present.
@@ -116,8 +118,9 @@ def _image_body(
     grid = _grid(site, r, i, image, probs)
     if grid:
         parts.append("<h3>Every method, every target</h3><p class=note>Rows are methods, columns the "
-                     "explained targets; each row has one colour scale (red = evidence for the class, "
-                     "blue = against, for signed maps; dark to bright for non-negative ones). Opacity "
+                     "explained targets (targets of the same class share a column, e.g. true = top1 when the model is "
+                     "right); each map has its own colour scale, read off the bar beside it (red = evidence for "
+                     "the class, blue = against, for signed maps; dark to bright for non-negative ones). Opacity "
                      "grows with the magnitude, so the image shows through where a method attributes "
                      "nothing.</p>" + grid)
     per = []
@@ -156,5 +159,5 @@ def _grid(site: Site, r: ReportRun, i: int, image: np.ndarray, probs: np.ndarray
                            float(probs[i, int(targets[i, j])]) if probs is not None else float("nan"))
               for j, t in enumerate(names)]
     dest, src = site.img(f"{r.slug}/grids/{i:05d}.png")
-    atomic_write_bytes(dest, grid_png(image, maps, titles))
+    atomic_write_bytes(dest, grid_png(image, maps, titles, classes=[int(c) for c in targets[i]]))
     return figure(src, caption)

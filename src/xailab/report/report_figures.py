@@ -12,16 +12,13 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from xailab.plotting import plain, save_png
+from xailab.plotting import plain, save_png, subplots
 from xailab.runs.store import atomic_write_bytes
 
 
@@ -33,7 +30,7 @@ def confusion_png(conf: pd.DataFrame, classes: Sequence[str], path: Path) -> Pat
     labels = [plain(str(classes[i])) if i < len(classes) else str(i) for i in range(k)]
     share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     size = min(12.0, 2.5 + 0.55 * k)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    fig, ax = subplots(figsize=(size, size * 0.85))
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     if k <= 20:
         for i in range(k):
@@ -58,7 +55,7 @@ def curves_png(metrics: pd.DataFrame, path: Path) -> Path | None:
     panels = [p for p in (loss, acc) if p]
     if "epoch" not in df or not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.4), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(5.2 * len(panels), 3.4), squeeze=False)
     for ax, cols in zip(axes[0], panels, strict=True):
         for col, what in cols:
             ax.plot(df["epoch"], df[col], marker="o", label=col.replace("_", " "))
@@ -87,7 +84,7 @@ def object_share_png(summary: pd.DataFrame, examples: np.ndarray, regions: np.nd
     """Left: per method, the share of positive attribution inside the object region beside the
     region's area; right: up to six images with their region outlined (what "object" meant)."""
     n_ex = min(6, len(examples))
-    fig = plt.figure(figsize=(4.2 + 1.1 * n_ex, 3.0))
+    fig = Figure(figsize=(4.2 + 1.1 * n_ex, 3.0))
     grid = fig.add_gridspec(2, 1 + max(1, (n_ex + 1) // 2), width_ratios=[3.2] + [1.0] * max(1, (n_ex + 1) // 2))
     ax = fig.add_subplot(grid[:, 0])
     y = np.arange(len(summary))

@@ -74,6 +74,13 @@ class AttentionExplainer(Explainer):
         self._parts = []
         self.grid = find_token_grid(self.model, x[:1])  # one dry run (the refusal waits for the logits)
 
+    def check_model(self, example: Tensor) -> None:
+        """Refuse a model without a patch embedding followed by tokens before any work."""
+        super().check_model(example)
+        if self.grid is None:
+            raise UnsupportedModelError(f"{self.name} needs a vision transformer: this model has no patch "
+                                        "embedding followed by tokens; use a CAM or a gradient method instead")
+
     def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
         return self._explain_rows(x, RowTargets.known(targets))
 
