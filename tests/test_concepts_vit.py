@@ -52,7 +52,7 @@ def by_hand(tokens: Tensor) -> Tensor:  # drop the class and register token, row
 def test_tokens_are_read_as_the_patch_grid(vit: nn.Module, images: Tensor) -> None:
     acts = collect_activations(vit, LAYER, images)
     torch.testing.assert_close(acts, by_hand(tokens_of(vit, LAYER, images)))
-    tap, logits = layer_pass(vit, vit.get_submodule(BLOCK), images, replace=constant(by_hand(tokens_of(vit, BLOCK, images))))
+    _, logits = layer_pass(vit, vit.get_submodule(BLOCK), images, replace=constant(by_hand(tokens_of(vit, BLOCK, images))))
     with torch.no_grad():
         torch.testing.assert_close(logits, vit(images))  # written back: the prefix tokens are kept
 

@@ -33,9 +33,9 @@ from xailab.core.errors import InputError, UnsupportedModelError
 from xailab.core.explainer import Explainer
 from xailab.core.registry import register
 from xailab.core.rows import RowTargets
+from xailab.core.tokens import TokenGrid, find_token_grid
 from xailab.methods.attention.record import AttentionRecorder
 from xailab.methods.cam.base import upsample
-from xailab.core.tokens import TokenGrid, find_token_grid
 
 WHAT = ("The attention between tokens inside a vision transformer, propagated from the patch "
         "tokens to the class token through every block.")
