@@ -45,13 +45,16 @@ def concepts_over_epochs(run: Run, model: Any, ckpts: dict[int, Path], epochs: S
             (run.table_dir(TABLE) / f"{part}.parquet").unlink(missing_ok=True)
         run.update_manifest("learning", {**(run.manifest.get("learning") or {}),
                                          "concepts": {"k": k, "epoch": last, "layer": basis.layer}})
+    from xailab.dynamics.history import class_names
+
+    names = list(class_names(run)) or None
     done = {int(p) for p in run.table_parts(TABLE)}
     for e in epochs:
         if int(e) in done:
             continue
         load_weights(ckpts[int(e)], model)
         a = analyse_ice(model.eval(), basis, x, labels)
-        t = a.importance_table()
+        t = a.importance_table(names)
         t.insert(0, "epoch", int(e))
         run.write_table(TABLE, t, part=int(e))
         log(f"epoch {e:3d}  concepts     presence of {k} concepts ({a.seconds:.1f} s)")
