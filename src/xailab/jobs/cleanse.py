@@ -48,8 +48,8 @@ class CleanseSpec:
 
     images: str
     data_root: str | None = None
-    steps: int = 300
-    images_per_step: int = 32
+    steps: int = 400
+    images_per_step: int = 16
     threshold: float = 2.0
     method: str = "lrp"
     batch_size: int = 256
