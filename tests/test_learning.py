@@ -106,7 +106,8 @@ def _copy(src: Path, dest: Path) -> Path:
 
 def test_learning_stores_maps_and_tables(trained: Path, tmp_path: Path) -> None:
     path = _copy(trained, tmp_path / "r")
-    assert main(["learning", str(path), "--methods", "gradcam,saliency", "--region", "border:2", "--strips", "3"]) == 0
+    assert main(["learning", str(path), "--methods", "gradcam,saliency", "--region", "border:2", "--strips", "3",
+                 "--concepts", "3"]) == 0
     run = Run.open(path)
     for m in ("gradcam", "saliency"):
         assert explained_epochs(run, m) == [1, 2, 3]
@@ -131,6 +132,9 @@ def test_learning_stores_maps_and_tables(trained: Path, tmp_path: Path) -> None:
     assert f"{summary['gradcam']['median_settle_epoch']:.0f}" in page
     assert all(f'id="i{s["instance"]}"' in page for s in strips)
     assert (tmp_path / "site" / "img" / "r" / "learning" / "curves-saliency.png").is_file()
+    concepts = run.read_table("learning_concepts")
+    assert sorted(set(concepts["epoch"])) == [1, 2, 3] and set(concepts["concept"]) == {0, 1, 2}
+    assert concepts["presence"].between(0, 1).all() and "ICE concepts over the epochs" in page
     spray = run.read_table("learning_spray")  # 3 tracked images a class: too few to cluster
     assert list(spray.columns[:4]) == ["method", "label", "epoch", "gap_score"] and len(spray) == 0
 

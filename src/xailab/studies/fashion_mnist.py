@@ -169,6 +169,7 @@ def _backdoor_steps(args: argparse.Namespace, out: Path, trained: list[str], dat
     """Train a backdoored model, audit it, and audit the clean model as the control."""
     poison, bd_audit, clean_audit = str(out / "backdoor-train"), str(out / "backdoor-audit"), str(out / "clean-audit")
     per_class = ["--max-per-class", str(_size(args, "per_class"))]
+    spray = ["--detectors", "spray,ac", "--rule", "spray"]  # the study's detectors: SpRAy decides, AC second opinion
     return [
         (f"train a backdoored model: a white 4x4 square on 10 % of the {args.source} images, relabelled {args.target}",
          ["audit", "poison", *data, "--source", args.source, "--target", args.target, "--fraction", "0.1",
@@ -177,9 +178,9 @@ def _backdoor_steps(args: argparse.Namespace, out: Path, trained: list[str], dat
           *(["--limit-test", str(QUICK["limit_test"])] if args.quick else []), *device, "--quiet",
           "--out", poison]),
         ("audit the backdoored model per class: SpRAy on LRP maps and activation clustering",
-         ["audit", "backdoor", "--run", poison, *per_class, *device, "--out", bd_audit]),
+         ["audit", "backdoor", "--run", poison, *per_class, *spray, *device, "--out", bd_audit]),
         ("the same audit of the clean model on its training data (the control)",
-         ["audit", "backdoor", *trained, *data, *per_class, *device, "--out", clean_audit]),
+         ["audit", "backdoor", *trained, *data, *per_class, *spray, *device, "--out", clean_audit]),
     ]
 
 
