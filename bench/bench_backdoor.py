@@ -3,24 +3,26 @@
 Models: small_cnn on a stratified sample of Fashion-MNIST's training split (``--n-train``, 3
 epochs, the best epoch on a clean 10 % held out), all-to-one backdoors with the target class
 drawn per seed. Settings: triggers ``patch:3`` (bottom-right corner), ``patch:5@3,3`` (top
-left), ``blend:0.1`` and ``blend:0.15`` (a fixed random pattern over the whole image);
+left) and ``blend:0.15`` (a fixed random pattern over the whole image);
 poisoning rates 1 %, 5 % and 10 % *of the training set*; seeds 0, 1, 2; plus clean models
-(seeds 0..11) as negatives. Each model is audited on its own training data (at most
-``--per-class`` items a class) by every detector: spectral signatures, SCAn, activation
-clustering, SpRAy (LRP maps).
+(seeds 0..5) as negatives. Each model is audited on its own training data (at most
+``--per-class`` items a class) by spectral signatures, SCAn and activation clustering
+(``--detectors spectral,scan,ac,spray`` adds SpRAy: LRP maps of every item, about 20x the CPU time).
 
-Thresholds are not tuned on what is reported: the settings are split by seed. On the
-*calibration* split (seed 0 of every poisoned setting, clean seeds 0..5) each detector's
-threshold on the model score (its most suspicious class's ``score / default threshold``) is
-set to the smallest value that flags no calibration clean model; on the *test* split (seeds 1
-and 2, clean seeds 6..11) we report, per detector and trigger family:
+Thresholds are not tuned on what is reported: the settings are split by seed. The
+*calibration* split is seed 0 of every poisoned setting and the first half of the clean seeds;
+there each detector's class threshold (on ``score / default threshold``) is set to the 95th
+percentile of the negative classes (every class of a clean model, every non-target class of a
+poisoned one). On the *test* split (the other seeds) we report, per detector and trigger family,
+counting as positives the target classes of poisoned models whose backdoor was learned
+(ASR >= 0.5):
 
-* ROC-AUC of the model score, poisoned models against clean ones;
-* TPR at 5 % FPR (the threshold from the test split's own clean models, for reference) and
-  TPR / FPR at the calibrated threshold;
-* the target class found (the most suspicious class is the target), item precision / recall of
-  the suspected items in the target class when it is flagged by the detector's default threshold;
-* seconds of detection per model (CPU time, one thread).
+* class-level ROC-AUC and TPR at 5 % FPR (the cut from the test negatives themselves);
+* model-level ROC-AUC: the most suspicious class's score, poisoned models against clean ones;
+* TPR / FPR at the calibrated threshold, and the share of target classes the detector flags at
+  its default threshold;
+* item precision / recall of the suspected items of the target class when it is flagged;
+* CPU seconds of detection per model (one thread; the shared activations counted in each).
 
     nice -n 10 python -m bench.bench_backdoor --cache /tmp/bd-models --json /tmp/bench-backdoor.json
     python -m bench.bench_backdoor --quick        # 1 trigger, 1 rate, 1 seed: checks it runs
@@ -39,7 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-TRIGGERS = ("patch:3", "patch:5@3,3", "blend:0.1", "blend:0.15")
+TRIGGERS = ("patch:3", "patch:5@3,3", "blend:0.15")
 RATES = (0.01, 0.05, 0.10)
 TARGETS = (7, 2, 9)  # target class of seed 0, 1, 2 (Sneaker, Pullover, Ankle boot)
 DETECTORS = ("spectral", "scan", "ac", "spray")
@@ -169,33 +171,39 @@ def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float = 0.05) -> float:
 
 def class_scores(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(positives: the target class of each effective poisoned model, negatives: every other class
-    and every class of the clean models), normalised scores, one row each."""
+    and every class of the clean models), normalised scores, one row each, with the model's split."""
     pos, neg = [], []
     for _, r in df.iterrows():
         scores = {int(k): v for k, v in json.loads(r["scores"]).items()}
         for c, v in scores.items():
-            row = {"detector": r["detector"], "family": r["family"], "rate": r["rate"], "seed": r["seed"], "score": v}
+            row = {"detector": r["detector"], "family": r["family"], "split": r["split"], "score": v}
             (pos if c == r["target"] and r["effective"] else neg).append(row)
     return pd.DataFrame(pos), pd.DataFrame(neg)
 
 
-def summarise(df: pd.DataFrame, calib_seeds: set[int]) -> pd.DataFrame:
-    """Per detector and trigger family, on the test seeds: class-level AUC and TPR at 5 % FPR,
-    TPR / FPR at the threshold fixed on the calibration seeds, item precision / recall, seconds."""
-    df = df.assign(family=df["trigger"].str.split(":").str[0], effective=df["asr"].fillna(0) >= 0.5)
+def summarise(df: pd.DataFrame, calib_seeds: set[int], calib_clean: set[int]) -> pd.DataFrame:
+    """Per detector and trigger family, on the test split: class-level AUC and TPR at 5 % FPR
+    (target classes of effective poisoned models against all other classes), model-level AUC
+    (effective poisoned models against clean models, by the most suspicious class), TPR / FPR at
+    the class threshold fixed on the calibration split (its negatives' 95th percentile), the
+    detector's default verdict on the target class, item precision / recall, CPU seconds."""
+    clean = df["trigger"] == "clean"
+    calib = (clean & df["seed"].isin(calib_clean)) | (~clean & df["seed"].isin(calib_seeds))
+    df = df.assign(family=df["trigger"].str.split(":").str[0], effective=df["asr"].fillna(0) >= 0.5,
+                   split=np.where(calib, "calibration", "test"))
     pos, neg = class_scores(df)
     out = []
     for d in sorted(df["detector"].unique()):
-        cal_neg = neg[(neg.detector == d) & neg.seed.isin(calib_seeds)]["score"]
-        thr = float(cal_neg.quantile(0.95)) if len(cal_neg) else float("nan")  # 5 % class FPR on calibration
-        test_neg = neg[(neg.detector == d) & ~neg.seed.isin(calib_seeds)]["score"].to_numpy()
+        thr = float(neg[(neg.detector == d) & (neg.split == "calibration")]["score"].quantile(0.95))
+        test_neg = neg[(neg.detector == d) & (neg.split == "test")]["score"].to_numpy()
+        clean_models = df[(df.detector == d) & (df.split == "test") & (df.trigger == "clean")]["model_score"]
         for fam in ["patch", "blend", "all"]:
-            p = pos[(pos.detector == d) & ~pos.seed.isin(calib_seeds) & ((pos.family == fam) | (fam == "all"))]
-            sub = df[(df.detector == d) & ~df.seed.isin(calib_seeds) & df.effective
-                     & ((df.family == fam) | (fam == "all"))]
+            p = pos[(pos.detector == d) & (pos.split == "test") & ((pos.family == fam) | (fam == "all"))]
+            sub = df[(df.detector == d) & (df.split == "test") & df.effective & ((df.family == fam) | (fam == "all"))]
             ps = p["score"].to_numpy()
             out.append({"detector": d, "trigger": fam, "n_pos": len(ps), "n_neg": len(test_neg),
                         "auc": roc_auc(ps, test_neg), "tpr@5%fpr": tpr_at_fpr(ps, test_neg),
+                        "model_auc": roc_auc(sub["model_score"].to_numpy(), clean_models.to_numpy()),
                         "thr_cal": thr, "tpr_cal": float((ps >= thr).mean()) if len(ps) else np.nan,
                         "fpr_cal": float((test_neg >= thr).mean()) if len(test_neg) else np.nan,
                         "tpr_default": float(sub["target_flagged"].astype(bool).mean()) if len(sub) else np.nan,
@@ -214,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--clean-seeds", default="0,1,2,3,4,5")
     ap.add_argument("--detectors", default="spectral,scan,ac")
+    ap.add_argument("--cached-only", action="store_true", help="use only the models already in --cache")
     ap.add_argument("--json", help="write the per-model rows and the summary here")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -221,12 +230,15 @@ def main(argv: list[str] | None = None) -> None:
 
     seeds = [int(s) for s in args.seeds.split(",")]
     clean = [int(s) for s in args.clean_seeds.split(",")]
-    triggers, rates = ("patch:3", "patch:5@3,3", "blend:0.15"), RATES
+    triggers, rates = TRIGGERS, RATES
     if args.quick:
         seeds, clean, triggers, rates = [0], [0], ("patch:3",), (0.05,)
     sts = settings(seeds, clean, triggers, rates)
     cache = Path(args.cache)
-    train_all(sts, args.n_train, args.epochs, cache)
+    if args.cached_only:
+        sts = [st for st in sts if (cache / f"{key(st)}.pt").is_file()]
+    else:
+        train_all(sts, args.n_train, args.epochs, cache)
     train_full = load_dataset("fashion_mnist", "train")
     rows = []
     dets = tuple(args.detectors.split(","))
@@ -242,7 +254,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{key(st)}: ASR {rows[-1]['asr']:.2f} " + " ".join(
             f"{r['detector']}={r['model_score']:.2f}" for r in rows[-len(dets):]), flush=True)
     df = pd.DataFrame(rows)
-    summary = summarise(df, {seeds[0]})
+    summary = summarise(df, {seeds[0]}, set(clean[: max(1, len(clean) // 2)]))
+    print(f"{int((df[df.trigger != 'clean'].asr >= 0.5).sum() / len(dets))} of "
+          f"{int((df.trigger != 'clean').sum() / len(dets))} poisoned models learned the backdoor (ASR >= 0.5)")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": df.drop(columns=["scores"]).to_dict(orient="records"),
@@ -251,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__" and __import__("sys").argv[1:2] == ["train-only"]:
     torch.set_num_threads(1)
-    sts = settings([0, 1, 2], list(range(6)), ("patch:3", "patch:5@3,3", "blend:0.15"), RATES)
+    sts = settings([0, 1, 2], list(range(6)), TRIGGERS, RATES)
     sts.sort(key=lambda st: (st["trigger"] != "clean", st["seed"]))
     train_all(sts, 2000, 3, Path("/tmp/h15a_bd"))
 

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--n-train", type=int, default=5000)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--quick", action="store_true", help="one seed, 1,000 images, 1 epoch, 60 steps")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--out", help="where the runs go (default: a temporary folder)")

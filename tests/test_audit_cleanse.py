@@ -65,6 +65,8 @@ def test_anomaly_index_by_hand() -> None:
     assert flag_small(np.array([10.0, 11, 12, 13, 40]), 2.0) == []  # a large mask is no backdoor
     assert flag_small(norms, 7.0) == []
     np.testing.assert_array_equal(anomaly_index(np.array([3.0, 3, 3, 1])), [0, 0, 0, np.inf])
+    assert flag_small(np.array([10.0, 11, 12, 1])) == []  # four classes: no verdict
+    assert flag_small(norms, 2.0, reached=np.array([True] * 4 + [False])) == []  # an unfinished mask
 
 
 def test_finds_the_planted_trigger(cleansed: tuple) -> None:

@@ -12,7 +12,8 @@ A backdoor is a shortcut to its target: the target class needs a much smaller ma
 others. The outlier test is the median absolute deviation: with the masks' L1 norms ``l_k``,
 ``anomaly_k = |l_k - median(l)| / (1.4826 * median(|l - median(l)|))``, and a class is flagged
 when its norm is *below* the median and ``anomaly_k > threshold`` (2 in the paper: a normal
-distribution passes it with probability < 5 %).
+distribution passes it with probability < 5 %), its optimisation reached the target success,
+and the model has at least 5 classes (the MAD of fewer norms flags noise).
 
 ``lambda_k`` follows the paper's schedule, per class, checked every ``check_every`` steps (an
 "epoch"): it starts at ``init_cost``; after ``patience`` checks in a row with attack success
@@ -47,6 +48,8 @@ from xailab.data.transforms import Preprocessing
 
 #: the consistency constant that makes the MAD estimate a normal distribution's standard deviation
 MAD_SCALE = 1.4826
+#: the fewest classes the outlier test flags among
+MIN_CLASSES = 5
 
 
 @dataclass(frozen=True)
@@ -120,11 +123,17 @@ def anomaly_index(norms: np.ndarray) -> np.ndarray:
     return dev / mad
 
 
-def flag_small(norms: np.ndarray, threshold: float = 2.0) -> list[int]:
-    """Classes whose norm is below the median with an anomaly index above ``threshold``."""
+def flag_small(norms: np.ndarray, threshold: float = 2.0, reached: np.ndarray | None = None) -> list[int]:
+    """Classes whose norm is below the median with an anomaly index above ``threshold`` (and,
+    given ``reached``, whose optimisation reached the target success: an unfinished mask is no
+    trigger). None with fewer than :data:`MIN_CLASSES` classes: the median and MAD of three or
+    four norms flag differences of a fraction of a percent."""
+    if len(norms) < MIN_CLASSES:
+        return []
     a = anomaly_index(norms)
     med = float(np.median(norms))
-    return [int(k) for k in np.flatnonzero((np.asarray(norms) < med) & (a > threshold))]
+    ok = np.ones(len(a), dtype=bool) if reached is None else np.asarray(reached, dtype=bool)
+    return [int(k) for k in np.flatnonzero((np.asarray(norms) < med) & (a > threshold) & ok)]
 
 
 def stamp(x: Tensor, mask: Tensor, pattern: Tensor) -> Tensor:
@@ -156,9 +165,9 @@ def neural_cleanse(model: nn.Module, images: Tensor, *, settings: CleanseSetting
         mask_t, pattern_t = torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts])
         l1, reached = [q[2] for q in parts], [q[3] for q in parts]
         success = _success(px, pixels, pred, mask_t, pattern_t, s.batch_size, dev)
-    norms = np.concatenate(l1)
-    return CleanseResult(mask_t, pattern_t, norms, anomaly_index(norms), success, np.concatenate(reached),
-                         flag_small(norms, s.threshold), names, s, len(pixels), time.perf_counter() - t0)
+    norms, done = np.concatenate(l1), np.concatenate(reached)
+    return CleanseResult(mask_t, pattern_t, norms, anomaly_index(norms), success, done,
+                         flag_small(norms, s.threshold, done), names, s, len(pixels), time.perf_counter() - t0)
 
 
 def unit(logit: Tensor) -> Tensor:

@@ -48,8 +48,8 @@ class CleanseSpec:
 
     images: str
     data_root: str | None = None
-    steps: int = 300
-    images_per_step: int = 32
+    steps: int = 400
+    images_per_step: int = 16
     threshold: float = 2.0
     method: str = "lrp"
     batch_size: int = 256
@@ -170,13 +170,16 @@ def cleanse_into(run: Run, model: Any, pixels: Any, classes: list[str] | None, s
 
 def scope_notes(res: Any, training: bool) -> list[str]:
     """Sentences that qualify this result: classes that never reached the target success, few classes."""
+    from xailab.audit.cleanse import MIN_CLASSES
+
     notes = []
     lost = [res.class_names[c] for c in range(len(res.l1)) if not res.reached[c]]
     if lost:
         notes.append(f"{len(lost)} class(es) never reached {res.settings.target_success:.0%} success ({', '.join(lost)}): "
                      "their mask is the last one, not a minimal trigger; more --nc-steps may help")
-    if len(res.l1) < 5:
-        notes.append(f"only {len(res.l1)} classes: the median absolute deviation of so few norms is a weak outlier test")
+    if len(res.l1) < MIN_CLASSES:
+        notes.append(f"only {len(res.l1)} classes: the outlier test needs at least {MIN_CLASSES}, so no class is "
+                     "flagged; compare the masks' norms and figures yourself")
     if not training:
         notes.append("no training data was examined: the training-data detectors did not run")
     return notes

@@ -27,7 +27,7 @@ from xailab.core.errors import InputError
 from xailab.runs.store import Run, RunError
 
 TABLES = ("learning_steps", "learning_instances", "learning_flips", "learning_classes", "learning_times",
-          "learning_spray")
+          "learning_spray", "learning_concepts")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class LearningSpec:
     settle: float = 0.8
     window: int = 2
     strips: int = 24
+    concepts: int = 0
     device: str = "cpu"
 
     def identity(self) -> dict[str, Any]:
@@ -62,8 +63,8 @@ def _check_spec(spec: LearningSpec) -> None:
         raise InputError(f"--target must be true or top1, got {spec.target!r}")
     if spec.limit is not None and spec.limit < 1:
         raise InputError("--limit must be >= 1")
-    if not 0 < spec.top <= 1 or not -1 <= spec.settle <= 1 or spec.window < 0 or spec.strips < 0:
-        raise InputError("--top must lie in (0, 1], --settle in [-1, 1], --window and --strips >= 0")
+    if not 0 < spec.top <= 1 or not -1 <= spec.settle <= 1 or min(spec.window, spec.strips, spec.concepts) < 0:
+        raise InputError("--top must lie in (0, 1], --settle in [-1, 1], --window, --strips and --concepts >= 0")
 
 
 def _epochs(run: Run, spec: LearningSpec) -> list[int]:
@@ -173,6 +174,13 @@ def learning_to_run(spec: LearningSpec, *, dataset: Any = None, log: Callable[[s
                 load_weights(ckpts[e], model)
             model.eval()
             _explain_epoch(run, spec, model, e, todo, x.to(spec.device), labels, log)
+        if spec.concepts:
+            from xailab.jobs.learning_concepts import concepts_over_epochs
+
+            if model is None:
+                model, _ = model_from_run(run, str(epochs[-1]))
+                model.to(torch.device(spec.device))
+            concepts_over_epochs(run, model, ckpts, epochs, spec.concepts, x.to(spec.device), labels, spec.layer, log)
         from xailab.jobs.learning_report import write_analysis
 
         write_analysis(run, spec, epochs, (int(x.shape[-2]), int(x.shape[-1])), dataset, log)

@@ -193,7 +193,7 @@ def _spread(df: pd.DataFrame) -> pd.DataFrame:
 
 def _strips(run: Run, spec: Any, per: pd.DataFrame, dataset: Any, classes: list[str]) -> list[dict[str, Any]]:
     """A strip per picked instance: the image, then per epoch its map(s) and the prediction."""
-    from xailab.dynamics.learning import instances, load_maps, predictions_at
+    from xailab.dynamics.learning import explained_epochs, instances, load_maps, predictions_at
     from xailab.dynamics.thumbnails import explanation_path, render_thumbnails
 
     picked = pick_instances(per, spec.strips)
@@ -205,8 +205,11 @@ def _strips(run: Run, spec: Any, per: pd.DataFrame, dataset: Any, classes: list[
         return []
     ids = instances(run)
     row = {int(i): k for k, i in enumerate(ids)}
-    loaded = {m: load_maps(run, m) for m in spec.methods if run.array_chunks(f"learning-{m}")}
-    epochs = next(iter(loaded.values()))[1]
+    have = [m for m in spec.methods if explained_epochs(run, m)]
+    epochs = sorted(set.intersection(*(set(explained_epochs(run, m)) for m in have)))  # columns all rows share
+    if not epochs:
+        return []
+    loaded = {m: load_maps(run, m, epochs) for m in have}
     pred, conf, labels = predictions_at(run, ids, epochs)
     render_thumbnails(run, dataset, [i for i, _ in picked])
     out = []

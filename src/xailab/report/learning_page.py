@@ -97,6 +97,22 @@ def _spray(r: ReportRun) -> str:
     return "".join(out)
 
 
+def _concepts(r: ReportRun) -> str:
+    t = r.table("learning_concepts")
+    if t is None:
+        return ""
+    last = t[t["epoch"] == t["epoch"].max()]
+    top = last.loc[last.groupby("concept")["presence"].idxmax(), ["concept", "class", "class_name"]]
+    rows = {}
+    for c, j, name in zip(top["concept"], top["class"], top["class_name"], strict=True):
+        rows[f"concept {c} ({name})"] = t[(t["concept"] == c) & (t["class"] == j)].set_index("epoch")["presence"]
+    mat = pd.DataFrame(rows).T.sort_index(axis=1)
+    mat.columns = [f"e{e}" for e in mat.columns]
+    return ("<h3>ICE concepts over the epochs</h3><p class=note>A basis fitted on the last epoch's model; each "
+            "concept with the class it is most present in at the end, and its presence in that class's images "
+            "at every epoch.</p>" + heat_table(mat.astype(float), lo=0.0, hi=1.0))
+
+
 def _figures(site: Site, r: ReportRun, methods: list[str]) -> str:
     out = []
     for m in methods:
@@ -136,6 +152,7 @@ def learning_section(site: Site, r: ReportRun) -> str:
         f"<p class=note>Explained class: {esc(info.get('target', 'true'))}. Drift: Spearman rank correlation of "
         "|map| and IoU of the top-10 % regions, against the epoch before and the last epoch.</p>",
         _figures(site, r, list(methods)), _settling(r), _mass(r, list(info.get("regions") or [])), _spray(r),
+        _concepts(r),
         _strips(site, r, list(info.get("strips") or []))]
     return "".join(body)
 
