@@ -174,6 +174,8 @@ def shrink_argv(cmd: str) -> list[str]:
         argv = [re.sub(r":2$", ":8", a) if a.startswith(("cifar10:", "fashion_mnist:")) else a for a in argv]
     if name == "counterfactual":  # prototypes of other classes to choose from
         argv = [re.sub(r":2$", ":40", a) if argv[k - 1] == "--reference" else a for k, a in enumerate(argv)]
+    if name == "audit strip":  # STRIP needs a pool and a calibration half of clean images
+        argv = [re.sub(r":2$", ":8", a) if argv[k - 1] in ("--clean", "--images") else a for k, a in enumerate(argv)]
     if name == "concepts tcav":  # the classes the example names need images of each
         big = {"--images": "cifar10:test:40", "--random": "cifar10:train:8"}
         argv = [big.get(argv[k - 1], a) if a.startswith("cifar10:") else a for k, a in enumerate(argv)]
