@@ -124,7 +124,8 @@ def backdoor_dataset(
         run.write_array(f"clusters_{e.label}", np.stack([e.indices, e.suspicious.astype(np.int64), e.votes], axis=1))
     if png:
         to_pixels = display or getattr(dataset, "denormalize", None) or (lambda x: x)
-        save_png(scores_figure(report), run.file("backdoor/scores.png"))
+        if report.classes:  # no class had items enough to examine: no scores to draw
+            save_png(scores_figure(report), run.file("backdoor/scores.png"))
         for e in report.classes:
             imgs = to_pixels(dataset_items(dataset, e.indices)).clamp(0, 1)
             save_png(cluster_figure(e, imgs, e.name), run.file(f"backdoor/class_{e.label}.png"))
