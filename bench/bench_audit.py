@@ -105,7 +105,8 @@ def bench_backdoor(seeds: list[int], n_train: int, epochs: int, max_per_class: i
                              fraction=0.1, config=cfg, run=out / f"seed{seed}-poisoned", seed=seed)
         t1 = time.perf_counter()
         _, report = backdoor_dataset(res.model, res.train, out=out / f"seed{seed}-poisoned-audit",
-                                    truth=res.train.poisoned, method=method, max_per_class=max_per_class, seed=seed)
+                                    truth=res.train.poisoned, method=method, max_per_class=max_per_class, seed=seed,
+                                    detectors=("spray", "ac"), rule="spray")
         t2 = time.perf_counter()
         assert res.evaluation is not None
         rows.append(_detect_row(seed, "poisoned", res.evaluation, report, res.train.poisoned,
@@ -125,6 +126,7 @@ def bench_backdoor(seeds: list[int], n_train: int, epochs: int, max_per_class: i
         t1 = time.perf_counter()
         ev = evaluate_backdoor(clean, test, "patch:4", target=7, source=5)
         _, report = backdoor_dataset(clean, sub.subset(tr), out=out / f"seed{seed}-clean-audit", method=method,
+                                    detectors=("spray", "ac"), rule="spray",
                                     max_per_class=max_per_class, seed=seed)
         t2 = time.perf_counter()
         rows.append(_detect_row(seed, "clean", ev, report, None, {"train": t1 - t0, "detect": t2 - t1}))

@@ -107,3 +107,36 @@ def test_cli_runs_attention_methods_on_a_timm_vit(tmp_path) -> None:  # type: ig
     assert main(["explain", "--model", spec, "--weights", str(w), "--num-classes", "10", "--images", str(tmp_path / "x"),
                  "--methods", "attention_rollout,attention_gradient,gradcam", "--no-png", "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "explanations" / "attention_gradient").is_dir()
+
+
+def test_recorder_reads_torchvisions_multihead_attention() -> None:
+    """torchvision's ViT calls nn.MultiheadAttention (need_weights=False): the recorder recomputes
+    it explicitly, same logits, and probabilities equal to what the module returns when asked."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                              num_classes=3).double().eval()
+    nn.init.normal_(model.heads.head.weight)
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    inputs: list[Tensor] = []
+    hooks = [blk.ln_1.register_forward_hook(lambda m, i, o: inputs.append(o)) for blk in model.encoder.layers]
+    try:
+        with torch.no_grad():
+            plain = model(x)
+            with AttentionRecorder() as rec:
+                ours = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    torch.testing.assert_close(ours, plain)
+    assert len(rec.maps) == 2
+    for blk, t, a in zip(model.encoder.layers, inputs[-2:], rec.maps, strict=True):  # the recorded pass
+        with torch.no_grad():
+            _, want = blk.self_attention(t, t, t, need_weights=True, average_attn_weights=False)
+        torch.testing.assert_close(a, want)
+    res = xailab.create("attention_rollout", model).explain(x, target="top1")
+    assert res.maps.shape == (2, 1, 16, 16) and bool((res.maps > 0).all())
+    masked = nn.MultiheadAttention(16, 2, batch_first=True).double()
+    with AttentionRecorder(), pytest.raises(UnsupportedModelError, match="without masks"):
+        masked(x[:, 0, :4], x[:, 0, :4], x[:, 0, :4], attn_mask=torch.zeros(4, 4, dtype=torch.bool))

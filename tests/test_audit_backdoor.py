@@ -199,12 +199,19 @@ def test_toy_backdoor_is_flagged_with_its_region(toy_models) -> None:
     report = detect_backdoor(bad.model, bad.train, method="saliency", max_per_class=None)
     assert report.flagged == [1]
     ev = report.evidence(1)
-    assert ev.spray_flag and ev.spray.gap_score > 0.9
+    assert ev.findings["spray"].flagged and ev.findings["spray"].extra["gap_score"] > 0.9
     poisoned = bad.train.poisoned[torch.as_tensor(ev.indices)].numpy()
-    assert np.array_equal(ev.suspicious, poisoned)          # the suspicious cluster is the poison
-    assert np.array_equal(ev.ac.labels.astype(bool), poisoned)  # and activation clustering agrees
+    assert np.array_equal(ev.suspicious, poisoned)          # the suspected items are the poison
+    for d in ("spray", "ac", "spectral"):                    # and each detector that fired agrees
+        if ev.findings[d].flagged:
+            assert np.array_equal(ev.findings[d].suspected, poisoned), d
     assert ev.region == (8, 8, 10, 10)                      # the 3 x 3 trigger in the corner
-    assert set(report.table.columns) >= {"spray_gap", "ac_silhouette", "flagged", "region"}
+    assert "spectral" in ev.describe() and ev.verdict in ("backdoor", "flagged")
+    assert set(report.table.columns) >= {"spray_gap", "ac_silhouette", "spectral_score", "scan_score", "flagged",
+                                         "region", "votes", "evidence"}
+    for other in (0, 2):                                    # clean classes: nothing suspected, no region
+        e = report.evidence(other)
+        assert not e.flagged and not e.suspicious.any() and e.region is None and e.mean_small is None
 
 
 def test_toy_clean_model_is_not_flagged(toy_models) -> None:
@@ -212,6 +219,7 @@ def test_toy_clean_model_is_not_flagged(toy_models) -> None:
     report = detect_backdoor(clean, train, method="saliency", max_per_class=None)
     assert report.flagged == []
     assert report.table["spray_gap"].max() < 0.9
+    assert all(not e.suspicious.any() and e.region is None for e in report.classes)
 
 
 def test_detection_on_chosen_classes_by_name(toy_models) -> None:
@@ -238,12 +246,28 @@ def test_poisoned_training_run_round_trip(tmp_path) -> None:
 
 
 def test_flag_rules_and_verdicts() -> None:
-    from xailab.audit import Thresholds
-    from xailab.audit.detection import verdict
+    from xailab.audit.ensemble import parse_rule
 
-    assert Thresholds().flag(True, False) and not Thresholds().flag(False, True)
-    assert Thresholds(rule="either").flag(False, True) and not Thresholds(rule="both").flag(True, False)
-    assert [verdict(True, True, True), verdict(True, True, False), verdict(False, False, True),
-            verdict(False, False, False)] == ["backdoor", "flagged", "check", "clean"]
-    with pytest.raises(InputError, match="flag rule"):
-        Thresholds(rule="any")
+    four = ("spectral", "scan", "ac", "spray")
+    assert parse_rule("any").flags(1, 4) and not parse_rule("any").flags(0, 4)
+    assert parse_rule("majority").flags(3, 4) and not parse_rule("majority").flags(2, 4)
+    assert parse_rule("all").flags(4, 4) and not parse_rule("all").flags(3, 4)
+    assert parse_rule("atleast:2", four).flags(2, 4) and not parse_rule("atleast:2", four).flags(1, 4)
+    spray = parse_rule("spray", four)
+    assert spray.flags(1, 4, ("spray",)) and not spray.flags(3, 4, ("spectral", "scan", "ac"))
+    assert not parse_rule("any").flags(0, 0)
+    with pytest.raises(InputError, match="unknown rule"):
+        parse_rule("either", four)
+    with pytest.raises(InputError, match=r"K must lie in 1\.\.4"):
+        parse_rule("atleast:5", four)
+
+
+def test_detector_choice_and_rule_change_the_verdict(toy_models) -> None:
+    bad, _, _ = toy_models
+    one = detect_backdoor(bad.model, bad.train, detectors=("ac",), rule="any", method="saliency", max_per_class=None)
+    assert list(one.results) == ["ac"] and one.flagged == [1]
+    ev = one.evidence(1)                    # without SpRAy, the flagged class alone is explained for its region
+    assert ev.region == (8, 8, 10, 10) and ev.maps is not None
+    assert one.evidence(0).maps is None
+    with pytest.raises(InputError, match="unknown detector"):
+        detect_backdoor(bad.model, bad.train, detectors=("magic",))

@@ -62,7 +62,7 @@ def test_backdoor_detection_on_the_run(poisoned_run: Path, tmp_path: Path, capsy
     rc = main(["audit", "backdoor", "--run", str(poisoned_run), "--method", "saliency", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "spray_gap" in text and "run:" in text
+    assert "spray_score" in text and "spectral_score" in text and "rule: flagged when" in text and "run:" in text
     table = Run.open(out).read_table("detection")
     assert list(table["class"]) == [0, 1, 2]
     assert table["poisoned_n"].sum() == table.loc[table["class"] == 2, "poisoned_n"].iloc[0] > 0

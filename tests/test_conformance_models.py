@@ -1,5 +1,6 @@
 """Every registered method over the models people train in 2026 (issue 13): a tiny timm ViT, a tiny
-Hugging Face ViTForImageClassification, a timm ConvNeXt and a CNN written with F.relu. Each method
+Hugging Face ViTForImageClassification, a torchvision VisionTransformer (nn.MultiheadAttention), a timm ConvNeXt, a timm EfficientNet (SiLU, squeeze-excitation)
+and a CNN written with F.relu. Each method
 either keeps the contract (shapes, finite maps, model left as found) or refuses with the reason
 listed in REFUSED; a refusal not listed, or a listed one that does not happen, fails."""
 
@@ -37,27 +38,47 @@ def hf_vit() -> nn.Module:
     return HFLogits(transformers.ViTForImageClassification(cfg))
 
 
+def torchvision_vit() -> nn.Module:  # the vit_b_16 family: nn.MultiheadAttention, class token
+    from torchvision.models import VisionTransformer
+
+    model = VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                              num_classes=5)
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts the head at zero: every gradient would be 0
+    return model
+
+
 def convnext() -> nn.Module:
     return timm.create_model("convnext_atto", num_classes=5, dims=(8, 16, 24, 32), depths=(1, 1, 1, 1))
+
+
+def efficientnet() -> nn.Module:  # timm's test model: SiLU, squeeze-excitation gates, BatchNorm
+    return timm.create_model("test_efficientnet", num_classes=5)
 
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]] = {
     "timm_vit": (timm_vit, (3, 16, 16)),
     "hf_vit": (hf_vit, (3, 16, 16)),
+    "tv_vit": (torchvision_vit, (3, 16, 16)),
     "convnext": (convnext, (3, 64, 64)),
+    "efficientnet": (efficientnet, (3, 32, 32)),
     "frelu_cnn": (FunctionalCNN, (1, 16, 16)),
 }
 NO_DEEPLIFT = "deeplift has no rule for the nonlinear modules .*LayerNorm"
 NOT_CONSERVED = "would not conserve relevance"
 NOT_A_VIT = "needs a vision transformer"
+SE_GATE = "element-wise product of two activations"
 #: (model, method family or name) -> the reason it is refused
 REFUSED = {
     ("timm_vit", "deeplift"): NO_DEEPLIFT, ("timm_vit", "deeplift_shap"): NO_DEEPLIFT,
     ("timm_vit", "propagation"): "layer normalisation.*fused softmax attention",
     ("hf_vit", "deeplift"): NO_DEEPLIFT, ("hf_vit", "deeplift_shap"): NO_DEEPLIFT,
     ("hf_vit", "propagation"): NOT_CONSERVED,
+    ("tv_vit", "deeplift"): NO_DEEPLIFT, ("tv_vit", "deeplift_shap"): NO_DEEPLIFT,
+    ("tv_vit", "propagation"): "layer normalisation.*fused softmax attention",
     ("convnext", "deeplift"): NO_DEEPLIFT, ("convnext", "deeplift_shap"): NO_DEEPLIFT,
     ("convnext", "propagation"): NOT_CONSERVED, ("convnext", "attention"): NOT_A_VIT,
+    ("efficientnet", "deeplift"): SE_GATE, ("efficientnet", "deeplift_shap"): SE_GATE,
+    ("efficientnet", "propagation"): SE_GATE, ("efficientnet", "attention"): NOT_A_VIT,
     ("frelu_cnn", "attention"): NOT_A_VIT,
 }
 
@@ -93,3 +114,19 @@ def test_method_on_modern_model(model_name: str, method: str) -> None:
     assert count_hooks(model) == hooks
     assert {n: m.training for n, m in model.named_modules()} == flags
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_deeplift_is_exact_on_an_efficientnet_without_its_gates() -> None:
+    """SiLU and BatchNorm have rules: with the squeeze-excitation gates removed, DeepLIFT on the
+    EfficientNet sums to f(x) - f(b) (float64); with them it is refused (REFUSED above)."""
+    torch.manual_seed(0)
+    model = efficientnet().double().eval()
+    for m in list(model.modules()):
+        if hasattr(m, "se"):
+            m.se = nn.Identity()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    res = xailab.create("deeplift", model, baseline="black").explain(x, target="top1")
+    with torch.no_grad():
+        t = res.targets[:, 0]
+        delta = model(x)[torch.arange(2), t] - model(torch.zeros_like(x))[torch.arange(2), t]
+    torch.testing.assert_close(res.maps.sum(dim=(1, 2, 3, 4)).flatten(), delta, rtol=1e-9, atol=1e-9)

@@ -94,7 +94,7 @@ def test_each_map_has_its_own_scale_and_equal_targets_share_a_column() -> None:
     small[:, 4:], big[:, 4:] = 1e-3, 1e3  # a least-likely map a million times larger
     both = np.asarray(Image.open(io.BytesIO(grid_png(image, {"a": [small, big]}, ["t", "u"]))).convert("RGB"))
     y = both.shape[0] // 2 + 20
-    peak = both[y, 380:450].astype(int)  # the right half of the small map's panel (x 259-464 of 810)
+    peak = both[y, 390:470].astype(int)  # the right half of the small map's panel (x 269-484 of 840)
     top = np.round(heat_rgba(np.ones(1), 0.0, 1.0, "inferno", 1.0)[0, :3] * 255)
     assert np.abs(peak - (0.85 * top + 0.15 * 128)).max() <= 2  # its own maximum: full colour, not washed out
     merged = Image.open(io.BytesIO(grid_png(image, {"a": [small, small]}, ["true: c", "top1: c"], classes=[1, 1])))

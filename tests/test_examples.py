@@ -7,10 +7,9 @@ How examples are tested (docs/README-like rule, stated in docs/architecture.md):
   uses are checked: zoo models, methods, dataset specs and the classes it names must exist;
 * a command holding ``...`` (or ``[OPTIONS]``-style brackets) is a synopsis, not an example: it
   is counted, not run;
-* the examples marked below (:data:`RUN`) are executed, shrunk: ``dataset:split:N`` becomes
-  ``:2``, ``--epochs N`` becomes 1, ``n_steps=N`` 4, ``num_samples=N`` 16, ``--runs N`` 2, and
-  ``--out runs/...`` lands in a temporary folder; the README's Python snippet is executed the
-  same way.
+* every example command is executed, shrunk, by :mod:`tests.test_examples_run` (which lists
+  the few that cannot run here, with the reason); the README's Python snippet is executed here
+  the same way (``dataset:split:N`` becomes ``:2``, ``n_steps=N`` 4, ``num_samples=N`` 16).
 """
 
 from __future__ import annotations
@@ -152,26 +151,6 @@ def shrink(text: str, out: Path) -> str:
         text = re.sub(pattern, repl, text)
     text = re.sub(r"(?<![\w./])runs/", f"{out}/", text)
     return text.replace("W.safetensors", "../shared/data/cifar10-resnet/resnet20.safetensors")
-
-
-RUN = [
-    ("README.md", "xailab methods"),
-    ("README.md", "xailab models"),
-    ("README.md", "xailab study list"),
-    ("README.md", "xailab explain --model resnet20"),
-    ("xailab explain --help", "xailab explain --model resnet20"),
-]
-
-
-@pytest.mark.parametrize(("where", "start"), RUN)
-def test_marked_examples_run_shrunk(where: str, start: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from xailab.cli import main
-
-    shared_path("cifar10-resnet", "resnet20.safetensors")
-    cmd = next(c for w, c in EXAMPLES if w == where and c.startswith(start))
-    cmd = shrink(cmd, tmp_path).replace(" resnet20.safetensors", " ../shared/data/cifar10-resnet/resnet20.safetensors")
-    monkeypatch.chdir(ROOT)
-    assert main(shlex.split(cmd)[1:]) == 0, cmd
 
 
 def test_readme_python_snippet_runs_shrunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

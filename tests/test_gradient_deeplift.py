@@ -172,7 +172,7 @@ def test_uncovered_modules_and_outputs_are_refused(x64: torch.Tensor) -> None:
         xailab.create("deeplift", TinyCNN().double().eval(), output="probability").explain(x64)
 
 
-def test_unseen_nonlinearity_warns_through_the_delta(x64: torch.Tensor) -> None:
+def test_a_product_of_activations_is_refused(x64: torch.Tensor) -> None:
     class Gated(TinyCNN):  # squeeze-excitation style: a product of two activations
         def __init__(self) -> None:
             super().__init__()
@@ -184,9 +184,10 @@ def test_unseen_nonlinearity_warns_through_the_delta(x64: torch.Tensor) -> None:
             return self.fc(self.pool(h).flatten(1))
 
     torch.manual_seed(0)
-    with pytest.warns(UserWarning, match="summation-to-delta fails"):
-        res = xailab.create("deeplift", Gated().double().eval()).explain(x64, target="top1")
-    assert res.extras["delta"].abs().max() > 1e-6
+    with pytest.raises(UnsupportedModelError, match="element-wise product of two activations"):
+        xailab.create("deeplift", Gated().double().eval()).explain(x64, target="top1")
+    with pytest.raises(UnsupportedModelError, match="element-wise product"):
+        xailab.create("deeplift_shap", Gated().double().eval(), background=x64).explain(x64, target="top1")
 
 
 def test_deeplift_is_ig_on_a_linear_model(x64: torch.Tensor) -> None:

@@ -26,7 +26,7 @@ FLOOR = {
     "models": 3, "metrics": 3, "concepts": 3, "report": 3,
     "train": 4, "distributed": 4,
     "dynamics": 5, "audit": 5,
-    "counterfactual": 5,
+    "counterfactual": 5, "distill": 5,
     "jobs": 6,
     "steps": 7, "demo": 8, "studies": 8,  # lists of command steps; whoever runs them passes the runner
     "cli": 9,

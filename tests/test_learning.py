@@ -106,7 +106,8 @@ def _copy(src: Path, dest: Path) -> Path:
 
 def test_learning_stores_maps_and_tables(trained: Path, tmp_path: Path) -> None:
     path = _copy(trained, tmp_path / "r")
-    assert main(["learning", str(path), "--methods", "gradcam,saliency", "--region", "border:2", "--strips", "3"]) == 0
+    assert main(["learning", str(path), "--methods", "gradcam,saliency", "--region", "border:2", "--strips", "3",
+                 "--concepts", "3"]) == 0
     run = Run.open(path)
     for m in ("gradcam", "saliency"):
         assert explained_epochs(run, m) == [1, 2, 3]
@@ -131,6 +132,11 @@ def test_learning_stores_maps_and_tables(trained: Path, tmp_path: Path) -> None:
     assert f"{summary['gradcam']['median_settle_epoch']:.0f}" in page
     assert all(f'id="i{s["instance"]}"' in page for s in strips)
     assert (tmp_path / "site" / "img" / "r" / "learning" / "curves-saliency.png").is_file()
+    concepts = run.read_table("learning_concepts")
+    assert sorted(set(concepts["epoch"])) == [1, 2, 3] and set(concepts["concept"]) == {0, 1, 2}
+    assert concepts["presence"].between(0, 1).all() and "ICE concepts over the epochs" in page
+    spray = run.read_table("learning_spray")  # 3 tracked images a class: too few to cluster
+    assert list(spray.columns[:4]) == ["method", "label", "epoch", "gap_score"] and len(spray) == 0
 
 
 def test_resume_after_a_kill_loses_and_repeats_nothing(trained: Path, tmp_path: Path) -> None:
@@ -153,9 +159,14 @@ def test_resume_after_a_kill_loses_and_repeats_nothing(trained: Path, tmp_path: 
     again: list[str] = []
     learning_to_run(LearningSpec(run=str(cut), strips=0), log=again.append)
     assert sum(line.startswith("epoch") for line in again) == 3  # only the missing (epoch, method) pairs
-    a, b = Run.open(whole), Run.open(cut)
+    cli = _copy(trained, tmp_path / "cli")
+    assert main(["learning", str(cli), "--strips", "0"]) == 0  # the CLI and Python give the same run
+    a, b, c = Run.open(whole), Run.open(cut), Run.open(cli)
     for m in ("gradcam", "saliency"):
         np.testing.assert_array_equal(load_maps(a, m)[0], load_maps(b, m)[0])
+        np.testing.assert_array_equal(load_maps(a, m)[0], load_maps(c, m)[0])
+    assert a.manifest["learning"]["methods"]["saliency"]["lead"] == c.manifest["learning"]["methods"]["saliency"]["lead"] \
+        or a.manifest["learning"]["methods"]["saliency"]["flips"] == 0
     assert len(b.read_table("learning_times")) == 6
     cols = ["method", "epoch", "instance", "rank_prev", "iou_last"]
     assert a.read_table("learning_steps")[cols].equals(b.read_table("learning_steps")[cols])
@@ -167,3 +178,33 @@ def test_a_resume_with_other_settings_is_refused(trained: Path, tmp_path: Path, 
     assert main(["learning", str(path), "--methods", "gradcam", "--target", "top1"]) == 2
     assert "other settings (target)" in capsys.readouterr().err
     assert main(["learning", str(path), "--methods", "gradcam", "--epochs", "7-9"]) == 2
+    # methods explained over different epochs: the strips show the epochs all of them have
+    assert main(["learning", str(path), "--methods", "gradcam,saliency", "--epochs", "2-3", "--strips", "2"]) == 0
+    run = Run.open(path)
+    assert explained_epochs(run, "gradcam") == [1, 2, 3] and explained_epochs(run, "saliency") == [2, 3]
+    assert all((path / s["file"]).is_file() for s in run.manifest["learning"]["strips"])
+
+
+def test_spray_eigengap_sees_two_groups_of_maps(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from xailab.dynamics.learning import INSTANCES, encode, maps_name, scale_name
+    from xailab.jobs.learning_report import spray_per_epoch
+
+    run = Run.create(tmp_path / "r", kind="train")
+    rng = np.random.default_rng(0)
+    n = 24
+    blob = np.zeros((n, 8, 8), np.float32)
+    blob[:, 2:5, 2:5] = 1.0
+    split = blob.copy()
+    split[n // 2:] = 0.0
+    split[n // 2:, 6:8, 6:8] = 1.0  # epoch 2: half of the class looks at a corner instead
+    for e, m in ((1, blob), (2, split)):
+        m16, scale = encode(m + 0.05 * rng.random(m.shape).astype(np.float32))
+        run.write_array(scale_name("x"), scale, chunk=e)
+        run.write_array(maps_name("x"), m16, chunk=e)
+    run.write_array(INSTANCES, np.arange(n), chunk=0)
+    per = pd.DataFrame({"instance": np.arange(n), "label": np.zeros(n, int)})
+    sp = spray_per_epoch(run, "x", per, (8, 8)).set_index("epoch")
+    assert sp.loc[2, "gap_score"] > 0.9 > sp.loc[1, "gap_score"]
+    assert sp.loc[2, "small_share"] == pytest.approx(0.5)

@@ -145,6 +145,9 @@ def test_fashion_study_explains_four_targets_attacks_and_audits() -> None:
     audits = steps["audit backdoor"]
     assert [a.run for a in audits] == ["/o/backdoor-train", None]  # the backdoored model, then the control
     assert audits[1].weights == attack.weights and audits[1].data == "fashion_mnist"
+    cf = steps["counterfactual"][0]
+    assert (cf.weights, cf.target, cf.kinds) == (attack.weights, "top2", "pixel,region,prototype")
+    assert cf.reference.startswith("fashion_mnist:train:") and "/o/counterfactual" in steps["report"][0].runs
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -70,7 +70,7 @@ def run_demo(out: str | Path = "runs/demo", *, command: Command, quick: bool = F
         ("explain test images: gradient, CAM and perturbation methods, four targets each",
          ["explain", "--model", "small_cnn", "--weights", weights,
           "--images", f"fashion_mnist:test:{n_images}", "--methods", _available(GRADIENT_AND_CAM + "," + PERTURBATION),
-          "--targets", "true,top1,top2,least", "--out", str(out / "explain")] + (["--quick"] if quick else [])),
+          "--targets", "true,top1,top2,least", "--mistakes", "2", "--out", str(out / "explain")] + (["--quick"] if quick else [])),
         ("draw how predictions moved between classes over the epochs",
          ["flow", str(out / "train"), "--out", str(out / "train" / "files" / "flow.html")]),
         ("compare the methods: agreement, deletion/insertion, sanity check, time",

@@ -173,7 +173,7 @@ def tick_label(v: float) -> str:
 
 
 #: inches per column of :func:`grid_png` (a panel and its colour bar)
-GRID_COLUMN = 2.7
+GRID_COLUMN = 2.8
 
 
 def merge_columns(titles: Sequence[str], classes: Sequence[int] | None) -> tuple[list[int], list[str]]:

@@ -112,7 +112,7 @@ def grid_figure(
     img = to_hwc(image)
     methods = list(maps)
     cols = len(target_titles) + 1
-    fig = Figure(figsize=(2.7 * cols, 2.2 * len(methods) + 0.4))
+    fig = Figure(figsize=(2.8 * cols, 2.2 * len(methods) + 0.4))
     axes = fig.subplots(len(methods), cols, squeeze=False)
     for r, name in enumerate(methods):
         axes[r, 0].imshow(img, interpolation="nearest")

@@ -5,7 +5,8 @@
   :func:`explanation_shift` (how the maps change, and whether they point at the patch).
 * Backdoors: triggers (:func:`parse_trigger`), :func:`poison_dataset` / :class:`PoisonedDataset`,
   :func:`train_poisoned`, :func:`evaluate_backdoor`, and detection without knowing the trigger,
-  :func:`detect_backdoor` (SpRAy and activation clustering).
+  :func:`detect_backdoor`: detectors under one contract (:class:`DetectorResult`; spectral
+  signatures, SCAn, activation clustering, SpRAy) combined by a rule into a verdict per class.
 
     from xailab.audit import pgd, explanation_shift
     res = pgd(model, pixels, labels, eps=8 / 255)
@@ -24,24 +25,34 @@ from xailab.audit.backdoor import (
     resolve_class,
     train_poisoned,
 )
-from xailab.audit.detection import ClassEvidence, DetectionReport, Thresholds, detect_backdoor
+from xailab.audit.detectors import (
+    AuditData,
+    ClassFinding,
+    DetectorResult,
+    available_detectors,
+    run_detector,
+)
 from xailab.audit.patch import patch_attack
 from xailab.audit.pixel import PixelModel, perturbation_norms
 from xailab.audit.result import AttackResult
 from xailab.audit.shift import ShiftResult, explanation_shift
 from xailab.audit.triggers import Trigger, parse_trigger
+from xailab.audit.verdict import ClassEvidence, DetectionReport, detect_backdoor
 
 __all__ = [
     "ATTACKS",
     "AttackResult",
+    "AuditData",
     "BackdoorEvaluation",
     "ClassEvidence",
+    "ClassFinding",
     "DetectionReport",
+    "DetectorResult",
     "PixelModel",
     "PoisonedDataset",
     "ShiftResult",
-    "Thresholds",
     "Trigger",
+    "available_detectors",
     "detect_backdoor",
     "evaluate_backdoor",
     "explanation_shift",
@@ -54,5 +65,6 @@ __all__ = [
     "poisoned_from_run",
     "resolve_class",
     "run_attack",
+    "run_detector",
     "train_poisoned",
 ]

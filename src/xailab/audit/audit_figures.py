@@ -16,9 +16,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from xailab.audit.detection import ClassEvidence, DetectionReport
 from xailab.audit.result import AttackResult
 from xailab.audit.shift import ShiftResult
+from xailab.audit.verdict import ClassEvidence, DetectionReport
 from xailab.plotting import color_limits, plain, subplots, to_hwc
 
 
@@ -91,37 +91,57 @@ def shift_figure(result: AttackResult, shift: ShiftResult, index: int,
     return fig
 
 
-def cluster_figure(ev: ClassEvidence, images: Tensor, class_name: str = "", per_row: int = 8) -> Figure:
-    """A class's evidence: the Laplacian spectrum, the mean maps of the suspicious cluster and of
-    the rest and their difference (the relied-on region boxed), and example images of both.
-    ``images [n, C, H, W]`` in [0, 1], the items of ``ev.indices`` in order."""
-    small = np.nonzero(ev.suspicious)[0][:per_row]
-    rest = np.nonzero(~ev.suspicious)[0][:per_row]
-    fig = Figure(figsize=(1.4 * per_row, 6.6))
-    gs = fig.add_gridspec(3, per_row, height_ratios=[1.6, 1, 1])
-    ax = fig.add_subplot(gs[0, 0:2])
-    lam = ev.spray.eigenvalues
-    ax.plot(np.arange(1, len(lam) + 1), lam, "o-", ms=3)
-    ax.axvline(ev.spray.k + 0.5, color="red", lw=0.8, ls="--")
-    ax.set_title(f"Laplacian spectrum (k={ev.spray.k}, gap {ev.spray.gap_score:.2f})", fontsize=8)
+def _score_bars(ax: Axes, ev: ClassEvidence) -> None:
+    """Each detector's score over its threshold (1 = the threshold); red where it fired."""
+    names = list(ev.findings)
+    vals = [f.score / f.threshold if f.threshold > 0 else f.score for f in ev.findings.values()]
+    ax.bar(np.arange(len(names)), vals, color=["tab:red" if f.flagged else "tab:gray" for f in ev.findings.values()])
+    ax.axhline(1.0, color="black", lw=0.8, ls="--")
+    ax.set_xticks(np.arange(len(names)))
+    ax.set_xticklabels([plain(n) for n in names], fontsize=7)
+    ax.set_title("score / threshold per detector", fontsize=8)
     ax.tick_params(labelsize=7)
-    ms, mr = ev.mean_small.numpy(), ev.mean_rest.numpy()
-    diff = ms - mr
-    vmax = max(float(ms.max()), float(mr.max()), 1e-12)
-    for col, (m, title) in zip(
-        (2, 4, 6),
-        ((ms, f"suspicious cluster (n={int(ev.suspicious.sum())})"), (mr, f"rest (n={int((~ev.suspicious).sum())})"),
-         (diff, "difference")), strict=True):
-        a = fig.add_subplot(gs[0, col : col + 2])
-        if title == "difference":
-            lim = max(float(np.abs(diff).max()), 1e-12)
-            a.imshow(diff, cmap="bwr", vmin=-lim, vmax=lim, interpolation="nearest")
-            _box(a, ev.region, "black")
-        else:
-            a.imshow(m, cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
-        a.set_title(title, fontsize=8)
+
+
+def cluster_figure(ev: ClassEvidence, images: Tensor, class_name: str = "", per_row: int = 8) -> Figure:
+    """A class's evidence: each detector's score against its threshold; for a flagged class the
+    mean maps of the suspected items and of the rest and their difference (the relied-on region
+    boxed), then the most suspected images and other images of the class. A class that is not
+    flagged shows its mean map (when maps were computed) and images of the class, no cluster and
+    no box. ``images [n, C, H, W]`` in [0, 1], the items of ``ev.indices`` in order."""
+    rows: tuple[tuple[np.ndarray, str], ...]
+    if ev.flagged:
+        order = ev.order()
+        small = order[ev.suspicious[order]][:per_row]
+        rest = np.nonzero(~ev.suspicious)[0][:per_row]
+        rows = ((small, "suspected"), (rest, "the rest"))
+    else:
+        rows = ((np.arange(min(per_row, len(ev.indices))), "examples"),)
+    fig = Figure(figsize=(1.4 * per_row, 2.2 + 1.45 * (1 + len(rows))))
+    gs = fig.add_gridspec(1 + len(rows), per_row, height_ratios=[1.6] + [1] * len(rows))
+    _score_bars(fig.add_subplot(gs[0, 0:2]), ev)
+    if ev.flagged and ev.mean_small is not None and ev.mean_rest is not None:
+        ms, mr = ev.mean_small.numpy(), ev.mean_rest.numpy()
+        diff = ms - mr
+        vmax = max(float(ms.max()), float(mr.max()), 1e-12)
+        panels = ((ms, f"suspected (n={int(ev.suspicious.sum())})"), (mr, f"rest (n={int((~ev.suspicious).sum())})"),
+                  (diff, "difference"))
+        for col, (m, title) in zip((2, 4, 6), panels, strict=True):
+            a = fig.add_subplot(gs[0, col : col + 2])
+            if title == "difference":
+                lim = max(float(np.abs(diff).max()), 1e-12)
+                a.imshow(diff, cmap="bwr", vmin=-lim, vmax=lim, interpolation="nearest")
+                _box(a, ev.region, "black")
+            else:
+                a.imshow(m, cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
+            a.set_title(title, fontsize=8)
+            _off(a)
+    elif ev.maps is not None and len(ev.maps):
+        a = fig.add_subplot(gs[0, 2:4])
+        a.imshow(ev.maps.mean(dim=0).numpy(), cmap="inferno", interpolation="nearest")
+        a.set_title("mean map of the class", fontsize=8)
         _off(a)
-    for r, (idx, label) in enumerate(((small, "suspicious"), (rest, "rest")), start=1):
+    for r, (idx, label) in enumerate(rows, start=1):
         for c in range(per_row):
             a = fig.add_subplot(gs[r, c])
             _off(a)
@@ -129,37 +149,36 @@ def cluster_figure(ev: ClassEvidence, images: Tensor, class_name: str = "", per_
                 a.imshow(to_hwc(images[idx[c]].numpy()), interpolation="nearest")
             if c == 0:
                 a.set_ylabel(label, fontsize=8)
-    who = ", ".join(n for n, f in (("SpRAy", ev.spray_flag), ("activation clustering", ev.ac_flag)) if f)
-    fig.suptitle(plain(f"class {ev.label} {class_name}: {ev.verdict.upper()}" + (f" ({who} fired)" if who else "")
-                       + f"; AC small share {ev.ac.small_share:.2f}, silhouette {ev.ac.silhouette:.2f}"),
-                 fontsize=9)
+    fired = ", ".join(ev.fired)
+    fig.suptitle(plain(f"class {ev.label} {class_name}: {ev.verdict.upper()}"
+                       + (f" ({fired} fired)" if fired else " (no detector fired)")), fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def scores_figure(report: DetectionReport) -> Figure:
-    """Per class: SpRAy's gap score and activation clustering's silhouette (bars), the smaller
-    clusters' shares (markers); flagged classes red, "check" orange; thresholds as lines."""
-    t = report.table.dropna(subset=["spray_gap"]) if "spray_gap" in report.table else report.table
-    fig, ax = subplots(figsize=(max(6.0, 0.7 * len(t) + 2), 3.4))
-    x = np.arange(len(t))
-    palette = {"backdoor": "tab:red", "flagged": "tab:red", "check": "tab:orange"}
-    colors = [palette.get(v, "tab:gray") for v in t["verdict"]]
-    ax.bar(x - 0.2, t["spray_gap"], 0.4, color=colors, alpha=0.9, label="SpRAy gap score")
-    ax.bar(x + 0.2, t["ac_silhouette"], 0.4, color=colors, alpha=0.5, hatch="//", label="AC silhouette")
-    ax.plot(x - 0.2, t["spray_small_share"], "v", color="black", ms=4, label="SpRAy small share")
-    ax.plot(x + 0.2, t["ac_small_share"], "^", color="navy", ms=4, label="AC small share")
-    th = report.params.get("thresholds", {})
-    for key, style, label in (("spray_gap", "-", "gap threshold"), ("ac_silhouette", ":", "silhouette threshold"),
-                              ("max_share", "--", "largest small share")):
-        if key in th:
-            ax.axhline(th[key], color="black", lw=0.6, ls=style)
-            ax.text(len(t) - 0.5, th[key], label, fontsize=6, ha="right", va="bottom")
+    """Per class, each detector's score over its threshold (bars; 1 = flagged); the classes the
+    rule flags are named in red, those only some detector fired on ("check") in orange."""
+    detectors = list(report.results)
+    n = len(report.classes)
+    fig, ax = subplots(figsize=(max(6.0, 0.8 * n + 2), 3.4))
+    x = np.arange(n)
+    width = 0.8 / max(1, len(detectors))
+    for j, d in enumerate(detectors):
+        vals = []
+        for ev in report.classes:
+            f = ev.findings.get(d)
+            vals.append(np.nan if f is None else (f.score / f.threshold if f.threshold > 0 else f.score))
+        ax.bar(x - 0.4 + width * (j + 0.5), vals, width, label=plain(d))
+    ax.axhline(1.0, color="black", lw=0.8, ls="--")
+    ax.text(n - 0.5, 1.0, "threshold", fontsize=6, ha="right", va="bottom")
     ax.set_xticks(x)
-    ax.set_xticklabels([plain(f"{c} {n}") for c, n in zip(t["class"], t["name"], strict=True)],
-                       rotation=30, ha="right", fontsize=7)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("backdoor detection per class (red: flagged, orange: check)", fontsize=9)
+    ax.set_xticklabels([plain(f"{e.label} {e.name}") for e in report.classes], rotation=30, ha="right", fontsize=7)
+    palette = {"backdoor": "tab:red", "flagged": "tab:red", "check": "tab:orange"}
+    for tick, ev in zip(ax.get_xticklabels(), report.classes, strict=True):
+        tick.set_color(palette.get(ev.verdict, "black"))
+    ax.legend(fontsize=7, ncol=len(detectors))
+    rule = report.params.get("rule_text", "")
+    ax.set_title(plain(f"backdoor detectors per class ({rule}; red: flagged, orange: check)"), fontsize=9)
     fig.tight_layout()
     return fig

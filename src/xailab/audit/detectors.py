@@ -214,4 +214,5 @@ def _load_builtin() -> None:
         importlib.import_module(mod)
 
 
-BUILTIN_MODULES: list[str] = ["xailab.audit.spectral", "xailab.audit.scan"]
+BUILTIN_MODULES: list[str] = ["xailab.audit.spectral", "xailab.audit.scan", "xailab.audit.classic",
+                              "xailab.audit.cleanse_detector"]

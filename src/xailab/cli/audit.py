@@ -1,12 +1,14 @@
 """Audit a model: adversarial attacks and what the explanations say about them, backdoor
-poisoning, and backdoor detection from explanations (SpRAy) and activations.
+poisoning, and backdoor detection (spectral signatures, SCAn, activation clustering, SpRAy).
 
 Actions:
   adversarial  attack images (fgsm, pgd, pgd_l2, fgm_l2, or a small patch) and compare the
                explanations of the clean and the attacked images
   poison       train a model on data with a backdoor (a trigger on some images of a source
                class, relabelled as the target) and measure clean accuracy and attack success
-  backdoor     look for a backdoor in a trained model and its training data, per class
+  backdoor     look for a backdoor in a trained model, per class: from its training data (--data)
+               and/or from clean images alone (--images: Neural Cleanse)
+  strip        screen inputs for a trigger at inference time (STRIP)
 
 Examples:
   xailab audit adversarial --model small_cnn --weights w.safetensors --images fashion_mnist:test:64 \\
@@ -16,14 +18,18 @@ Examples:
   xailab audit poison --data fashion_mnist --source Sandal --target Sneaker --fraction 0.1 \\
       --trigger patch:4 --model small_cnn --epochs 3 --limit-train 10000 --out runs/bd
   xailab audit backdoor --run runs/bd --out runs/bd-audit
+  xailab audit backdoor --run runs/bd --detectors spectral,scan --rule any --out runs/bd-any
   xailab audit backdoor --model small_cnn --weights w.safetensors --data fashion_mnist --out runs/check
+  xailab audit backdoor --run runs/bd --images fashion_mnist:test:200 --out runs/bd-nc
+  xailab audit strip --run runs/bd --images fashion_mnist:test:100 --clean fashion_mnist:train:200 --out runs/bd-strip
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-HELP = "adversarial attacks, backdoor poisoning and backdoor detection (actions: adversarial, poison, backdoor)"
+HELP = "adversarial attacks, backdoor poisoning, detection and input screening (actions: adversarial, poison, backdoor, strip)"
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -41,8 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _adversarial_args(sub.add_parser("adversarial", help="attack images and compare their explanations",
                                      formatter_class=fmt))
     _poison_args(sub.add_parser("poison", help="train a model on data with a backdoor", formatter_class=fmt))
-    _backdoor_args(sub.add_parser("backdoor", help="detect a backdoor per class (SpRAy, activation clustering)",
+    _backdoor_args(sub.add_parser("backdoor", help="detect a backdoor per class (spectral signatures, SCAn, "
+                                  "activation clustering, SpRAy, --rule combines them; Neural Cleanse on clean images)",
                                   formatter_class=fmt))
+    _strip_args(sub.add_parser("strip", help="screen inputs for a trigger (STRIP)", formatter_class=fmt))
 
 
 def _adversarial_args(a: argparse.ArgumentParser) -> None:
@@ -102,6 +110,12 @@ def _backdoor_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--data-root", help="where the dataset's files are")
     b.add_argument("--split", default="train")
     b.add_argument("--classes", help="classes to analyse, indices or names, comma-separated (default all)")
+    b.add_argument("--detectors", default="spectral,scan,ac,spray",
+                   help="comma-separated: spectral (spectral signatures), scan (SCAn), ac (activation clustering), "
+                        "spray (SpRAy on explanations); default all four")
+    b.add_argument("--rule", default="majority",
+                   help="how the detectors' flags combine per class: any, majority (default), all, atleast:K, "
+                        "or a detector's name (it decides, the others are second opinions)")
     b.add_argument("--method", default="lrp", help="explanation method of SpRAy (default lrp)")
     b.add_argument("--max-per-class", type=int, default=500, help="items analysed per class (seeded sample)")
     b.add_argument("--neighbors", type=int, default=10, help="k of SpRAy's nearest-neighbour graph")
@@ -114,6 +128,29 @@ def _backdoor_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--batch-size", type=int, default=128)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True, help="run directory")
+    b.add_argument("--images", help="clean images (dataset:split:N, files or a folder): run Neural Cleanse on them; "
+                   "the way to audit without the training data")
+    b.add_argument("--nc-steps", type=int, default=400,
+                   help="Neural Cleanse: optimisation steps per class (16 clean images a step; 200 was too few on Fashion-MNIST)")
+    b.add_argument("--nc-threshold", type=float, default=2.0,
+                   help="Neural Cleanse: flag a class whose mask is smaller than the median with anomaly index above this")
+    b.add_argument("--nc-method", default="lrp", help="explanation method of the flagged triggers' images")
+
+
+def _strip_args(s: argparse.ArgumentParser) -> None:
+    _model_args(s)
+    s.add_argument("--images", required=True, help="inputs to screen (dataset:split:N, files or a folder)")
+    s.add_argument("--clean", required=True, help="clean images: half superimposed on the inputs, half to set "
+                   "the threshold (keep them apart from --images)")
+    s.add_argument("--data-root", help="where the datasets lie")
+    s.add_argument("--trigger", help="also screen the inputs with this trigger stamped on (patch:S, ...) and measure "
+                   "the false acceptance rate (default with --run of audit poison: its trigger)")
+    s.add_argument("--frr", type=float, default=0.05, help="false rejection rate the threshold allows on clean inputs")
+    s.add_argument("--overlays", type=int, default=20, help="clean images superimposed on each input")
+    s.add_argument("--mode", choices=["add", "blend"], default="add", help="superimposition: clipped sum or mean")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="run directory")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
         return _poison(args)
     if action == "backdoor":
         return _backdoor(args)
+    if action == "strip":
+        return _strip(args)
     from xailab.cli import build_parser
 
     build_parser().parse_args(["audit", "--help"])  # prints the help and exits
@@ -164,24 +203,53 @@ def _poison(args: argparse.Namespace) -> int:
 
 def _backdoor(args: argparse.Namespace) -> int:
     from xailab.cli.common import model_spec, names
-    from xailab.jobs.audit import BackdoorSpec, backdoor_to_run
-    from xailab.jobs.audit_writers import summary_frame
+    from xailab.jobs.audit import BackdoorSpec
+    from xailab.jobs.cleanse import CleanseSpec, backdoor_audit_to_run
 
     spec = BackdoorSpec(
         model=model_spec(args) if args.model else None, run=args.run, data=args.data, data_root=args.data_root,
-        split=args.split, classes=names(args.classes) or None, method=args.method,
+        split=args.split, classes=names(args.classes) or None, detectors=tuple(names(args.detectors) or ()),
+        rule=args.rule, method=args.method,
         max_per_class=args.max_per_class, neighbors=args.neighbors, downsample=args.downsample,
         ac_dims=args.ac_dims, ac_reduce=args.ac_reduce, layer=args.layer, png=not args.no_png,
         batch_size=args.batch_size, seed=args.seed, device=args.device,
     )
-    run_, report = backdoor_to_run(spec, args.out)
+    cleanse = CleanseSpec(args.images, data_root=args.data_root, steps=args.nc_steps, threshold=args.nc_threshold,
+                          method=args.nc_method, seed=args.seed) if args.images else None
+    audit = backdoor_audit_to_run(spec, cleanse, args.out)
+    if audit.detection is not None:
+        _print_detection(audit.detection)
+    if audit.cleanse is not None:
+        from xailab.jobs.cleanse import cleanse_lines
+
+        print("\n".join(cleanse_lines(audit.cleanse)))
+    print(f"run: {audit.run.path}  (figures in {audit.run.path / 'files'})")
+    return 0
+
+
+def _print_detection(report: Any) -> None:
+    from xailab.jobs.audit_writers import summary_frame
+
+    print("training data:")
     print(summary_frame(report).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"rule: {report.params['rule_text']}")
     for e in report.classes:
         if e.flagged or e.verdict == "check":
-            where = "" if e.region is None else f"; it relies on rows {e.region[0]}-{e.region[2]}, columns {e.region[1]}-{e.region[3]}"
-            what = "FLAGGED" if e.flagged else "check (activation clustering only)"
-            print(f"{what}: class {e.label} ({e.name}), a cluster of {int(e.suspicious.sum())} of {len(e.indices)} items{where}")
+            print(("FLAGGED " if e.flagged else "check (the rule does not flag it): ") + e.describe())
     if not report.flagged:
-        print("no class flagged")
-    print(f"run: {run_.path}  (figures in {run_.path / 'files' / 'backdoor'})")
+        print(f"no class flagged from the training data by the rule ({report.params['rule']}) among "
+              f"{len(report.classes)} classes examined")
+
+
+def _strip(args: argparse.Namespace) -> int:
+    from xailab.cli.common import model_spec
+    from xailab.jobs.strip import StripSpec, strip_lines, strip_to_run
+
+    spec = StripSpec(model=model_spec(args) if args.model else None, run=args.run, images=args.images,
+                     clean=args.clean, data_root=args.data_root, trigger=args.trigger, frr=args.frr,
+                     overlays=args.overlays, mode=args.mode, batch_size=args.batch_size, seed=args.seed,
+                     device=args.device)
+    run_, rates = strip_to_run(spec, args.out)
+    print("\n".join(strip_lines(rates)))
+    print(f"run: {run_.path}")
     return 0

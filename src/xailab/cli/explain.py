@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="most samples in one forward pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="cheap settings (few samples/steps) for a first look")
+    p.add_argument("--mistakes", type=int, default=0, metavar="K",
+                   help="also explain K images of the same split the model gets wrong (dataset specs only)")
     p.add_argument("--png", choices=("none", "grid", "all"), default="grid",
                    help="PNG overlays: one grid of methods x targets per image (default), also one figure "
                         "per image and method with its colour bar (all), or none")
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         targets=tuple(parse_target_list(args.targets)), data_root=args.data_root, class_names=args.class_names,
         method_params=parse_sets(args.set), layer=args.layer, batch_size=args.batch_size, seed=args.seed,
         quick=args.quick, png=args.png, backend=backend_from_args(args), skip_bad_images=args.skip_bad_images,
+        mistakes=args.mistakes,
     )
     run_ = explain_to_run(spec, args.out)
     print(f"run: {run_.path}")

@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=2,
                    help="epochs either side of a flip searched for the largest map change (default 2)")
     p.add_argument("--strips", type=int, default=24, help="instances drawn as strips (default 24)")
+    p.add_argument("--concepts", type=int, default=0, metavar="K",
+                   help="also ICE: K concepts fitted on the last epoch, their presence per class at every epoch")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         run=args.run, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), epochs=args.epochs,
         target=args.target, regions=tuple(args.region), method_params=parse_sets(args.set), layer=args.layer,
         limit=args.limit, batch_size=args.batch_size, settle=args.settle, window=args.window,
-        strips=args.strips, device=args.device,
+        strips=args.strips, concepts=args.concepts, device=args.device,
     )
     run_ = learning_to_run(spec)
     print(f"run: {run_.path}")

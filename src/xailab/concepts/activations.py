@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import InputError, LayerError
 from xailab.core.hooks import HookScope, model_device, model_session, resolve_layer
+from xailab.core.tokens import TokenGrid, as_map, token_grid_of
 
 ImageSource: TypeAlias = "Tensor | torch.utils.data.Dataset[Any]"
 Index: TypeAlias = "Tensor | Sequence[int] | np.ndarray | slice"
@@ -120,6 +121,7 @@ def tap_layer(
     replace: Callable[[Tensor], Tensor] | None = None,
     grad: bool = False,
     stop: bool = False,
+    grid: TokenGrid | None = None,
 ) -> Iterator[Tap]:
     """A forward hook on ``module`` for the duration of the block (removed on exit).
 
@@ -127,7 +129,9 @@ def tap_layer(
     ``grad`` makes that tensor a fresh leaf and switches gradient mode on from there (run the
     model under ``torch.no_grad()``: no graph is built before the layer); ``stop`` ends the
     forward pass at the layer (the model call raises an internal exception that
-    :func:`layer_pass` catches).
+    :func:`layer_pass` catches). With the patch ``grid`` of a transformer, a token output
+    ``[N, T, D]`` is seen (and replaced) as the map ``[N, D, h, w]`` of its patch tokens
+    (:mod:`xailab.core.tokens`).
     """
     tap = Tap()
 
@@ -137,7 +141,7 @@ def tap_layer(
                 f"layer {type(mod).__name__} outputs a {type(output).__name__}, not a tensor: "
                 "choose a layer whose output is one feature map"
             )
-        tap.activations = output.detach()
+        tap.activations = as_map(output, grid).detach()
         if stop:
             raise _Stop
         new = replace(tap.activations) if replace is not None else None
@@ -145,6 +149,8 @@ def tap_layer(
             new = (new if new is not None else tap.activations).detach().requires_grad_(True)
             torch.set_grad_enabled(True)  # restored by the caller's no_grad() on exit
             tap.leaf = new
+        if new is not None and grid is not None and output.dim() == 3:
+            new = grid.to_tokens(new, like=output)  # patch tokens from the map, prefix tokens kept
         return new
 
     with HookScope() as hooks:
@@ -177,7 +183,8 @@ def layer_pass(
     With ``grad=True`` the logits carry a graph from ``tap.leaf`` only:
     ``torch.autograd.grad(logits[:, k].sum(), tap.leaf)`` is ``d logit_k / d layer``.
     """
-    with tap_layer(module, replace=replace, grad=grad, stop=stop) as tap, torch.no_grad():
+    grid = token_grid_of(model, x)  # a transformer's tokens are read as a map on the patch grid
+    with tap_layer(module, replace=replace, grad=grad, stop=stop, grid=grid) as tap, torch.no_grad():
         try:
             out = model(x)
         except _Stop:

@@ -26,6 +26,7 @@ from xailab.concepts.activations import ImageSource, batch_indices, model_device
 from xailab.concepts.quantile_sketch import QuantileSketch
 from xailab.core.errors import InputError, LayerError
 from xailab.core.hooks import HookScope, model_session, resolve_layer
+from xailab.core.tokens import as_map, token_grid_of
 
 
 # -- concepts -------------------------------------------------------------------------------------
@@ -66,17 +67,23 @@ def stream_layers(
     """Yield ``(index, images, labels, {layer: activations [B, C, h, w]})`` per batch.
 
     One forward pass per batch with a hook on every layer (removed at the end, also on error).
-    A layer whose output is not a 4-D map raises :class:`LayerError`.
+    A transformer block's tokens ``[B, T, D]`` are read as maps ``[B, D, h, w]`` on the patch
+    grid (prefix tokens dropped, :mod:`xailab.core.tokens`); any other output that is not a 4-D
+    map raises :class:`LayerError`.
     """
     n = num_images(images)
     if n == 0:
         raise InputError("the image set is empty: give at least one image to dissect")
     device = model_device(model)
     seen: dict[str, Tensor] = {}
+    with model_session(model):
+        grid = token_grid_of(model, take(images, torch.arange(1))[0].to(device))
 
     def hook_for(name: str) -> Any:
         def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
             out = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(out, Tensor):
+                out = as_map(out, grid, name)  # a transformer's tokens on the patch grid
             if not isinstance(out, Tensor) or out.dim() != 4:
                 shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 raise LayerError(

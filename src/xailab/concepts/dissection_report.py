@@ -104,7 +104,8 @@ def unit_gallery(
             if names is not None:
                 ax.set_xlabel(plain(Path(str(names[int(idx[c])])).name)[-22:], fontsize=6)
         row = rows.loc[u]
-        axes[r, 0].set_ylabel(plain(f"unit {u}\n{row['label']}\n{row['score']:.3f}"), fontsize=7)
+        label = row["label"] if bool(row.get("labelled", True)) else f"(no clear concept;\nbest: {row['label']})"
+        axes[r, 0].set_ylabel(plain(f"unit {u}\n{label}\n{row['score']:.3f}"), fontsize=7)
     score = "IoU" if result.kind == "concepts" else "selectivity"
     fig.suptitle(plain(f"{layer}: top units and images (label, {score}); mask = activation > T_k"), fontsize=9)
     fig.tight_layout()

@@ -150,3 +150,34 @@ def require_supported(
             "or use a gradient method (integrated_gradients, saliency) that has no such restriction."
         )
     return [i for i in issues if i.kind not in wanted]
+
+
+#: autograd nodes that multiply or divide two input-dependent tensors: a module rule cannot see them
+PRODUCTS = {
+    "MulBackward0": "an element-wise product of two activations (a gate or squeeze-excitation)",
+    "DivBackward0": "a quotient of two activations (e.g. a normalisation by the input)",
+    "MmBackward0": "a matrix product of two activations (attention)",
+    "BmmBackward0": "a batched matrix product of two activations (attention)",
+}
+
+
+def activation_products(model: nn.Module, example: Tensor) -> Counter[str]:
+    """Count the products and quotients of two input-dependent tensors in ``model(example[:1])``
+    (keys of :data:`PRODUCTS`). Parameters are detached, so ``x * weight`` is not counted."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x = example[:1].detach().clone().requires_grad_(True)
+    with model_session(model), torch.enable_grad():
+        out = torch.func.functional_call(model, params, (x,))
+    found: Counter[str] = Counter()
+    seen: set[Any] = set()
+    todo = [out.grad_fn] if isinstance(out, Tensor) else []
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        nexts = [f for f, _ in node.next_functions if f is not None]
+        if node.name() in PRODUCTS and len(nexts) >= 2:
+            found[node.name()] += 1
+        todo.extend(nexts)
+    return found

@@ -11,7 +11,9 @@ margin is ``max_{j != y} z_j - z_y``), where ``d`` is a sum of ``l1`` (``sum |d|
 ``lambda * lr / (sqrt(v) + eps)``, the step size Adam gives each pixel), so a pixel whose
 gradient does not pay for its change stays exactly unchanged. ``lambda`` is searched per image, as in Wachter's and C&W's binary search: a round
 that reaches the target raises ``lambda`` (ask for less change), one that does not lowers it;
-each image keeps its closest valid counterfactual over all rounds and steps. Every image of a
+each image keeps its closest valid counterfactual over all rounds and steps. An image that has
+not reached the target yet starts its next round where the last one stopped (so a hard image gets
+the whole budget as one path), the others restart from the image. Every image of a
 chunk of ``batch_size`` images runs in the same forward passes.
 
     cf = pixel_counterfactuals(model, x, "top2", distance="l1+l2")
@@ -155,9 +157,13 @@ def _search(counted: CountedModel, space: PixelMap, p0: Tensor, original: Tensor
     best = p0.clone()
     best_d = torch.full((n,), float("inf"), dtype=p0.dtype, device=p0.device)
     skip = tgt == original
+    start = p0.clone()
     for _ in range(rounds):
-        hit = _descend(counted, space, p0, original, tgt, idx, parts, lam_now, steps, lr, kappa, best, best_d)
+        hit, last = _descend(counted, space, p0, start, original, tgt, idx, parts, lam_now, steps, lr, kappa, best,
+                             best_d)
         hit &= ~skip
+        # an image that never reached the target goes on from where it stopped (a longer path), the others restart
+        start = torch.where((~hit & (lam_lo == 0))[:, None, None, None], last, p0)
         lam_lo = torch.where(hit, lam_now, lam_lo)
         lam_hi = torch.where(hit, lam_hi, lam_now)
         bracket = torch.isfinite(lam_hi) & (lam_lo > 0)
@@ -165,12 +171,13 @@ def _search(counted: CountedModel, space: PixelMap, p0: Tensor, original: Tensor
     return best, torch.isfinite(best_d) & ~skip
 
 
-def _descend(counted: CountedModel, space: PixelMap, p0: Tensor, original: Tensor, tgt: Tensor, idx: Tensor,
-             parts: tuple[str, ...], lam: Tensor, steps: int, lr: float, kappa: float, best: Tensor,
-             best_d: Tensor) -> Tensor:
-    """One round of ``steps`` projected Adam steps from ``p0``; updates ``best`` / ``best_d`` in
-    place with every valid point closer than the best so far; which images reached the target."""
-    delta = torch.zeros_like(p0, requires_grad=True)
+def _descend(counted: CountedModel, space: PixelMap, p0: Tensor, start: Tensor, original: Tensor, tgt: Tensor,
+             idx: Tensor, parts: tuple[str, ...], lam: Tensor, steps: int, lr: float, kappa: float, best: Tensor,
+             best_d: Tensor) -> tuple[Tensor, Tensor]:
+    """One round of ``steps`` projected Adam steps from ``start``; updates ``best`` / ``best_d`` in
+    place with every valid point closer to ``p0`` than the best so far; which images reached the
+    target, and where each round ended."""
+    delta = (start - p0).clone().requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=lr)
     hit = torch.zeros(len(p0), dtype=torch.bool, device=p0.device)
     l1 = "l1" in parts
@@ -194,7 +201,7 @@ def _descend(counted: CountedModel, space: PixelMap, p0: Tensor, original: Tenso
                 delta.copy_(delta.sign() * (delta.abs() - _adam_steps(opt, delta, lr) * lam.reshape(-1, 1, 1, 1))
                             .clamp_min(0))
             delta.copy_((p0 + delta).clamp(0, 1) - p0)
-    return hit
+    return hit, (p0 + delta).detach().clamp(0, 1)
 
 
 def _adam_steps(opt: torch.optim.Adam, p: Tensor, lr: float) -> Tensor:

@@ -124,11 +124,7 @@ def region_counterfactuals(
               for a, v in zip(already.tolist(), valid.tolist(), strict=True)]
     cf = torch.where(valid[:, None, None, None], cf, p)
     seconds = clock.seconds()
-    regions = torch.tensor([len(r["set"]) if v else -1 for r, v in zip(rows, valid.tolist(), strict=True)])
-    measures = {**pixel_distances(cf - p), "regions": regions.double().masked_fill(regions < 0, float("nan")),
-                "segments": torch.tensor([r["segments"] for r in rows], dtype=torch.float64),
-                "evaluations": counted.evaluations.clone(),
-                "seconds": torch.tensor([r["seconds"] for r in rows], dtype=torch.float64)}
+    measures = _measures(rows, valid, cf - p, counted)
     masks = torch.stack([r["mask"] for r in rows]) & valid[:, None, None].cpu()
     params: dict[str, Any] = {"fill": fill, "beam": beam, "max_regions": max_regions, "candidates": candidates,
                               "attribution": attribution or "removal", "segmentation": segmentation,
@@ -136,6 +132,14 @@ def region_counterfactuals(
     return Counterfactuals("region", p.cpu(), cf.cpu(), original.cpu(), final.argmax(1).cpu(), tgt.cpu(), valid.cpu(),
                            measures, status, params, seconds,
                            extras={"segments": torch.stack([r["seg"] for r in rows]), "region_mask": masks})
+
+
+def _measures(rows: list[dict[str, Any]], valid: Tensor, delta: Tensor, counted: CountedModel) -> dict[str, Tensor]:
+    regions = torch.tensor([len(r["set"]) if v else -1 for r, v in zip(rows, valid.tolist(), strict=True)])
+    return {**pixel_distances(delta), "regions": regions.double().masked_fill(regions < 0, float("nan")),
+            "segments": torch.tensor([r["segments"] for r in rows], dtype=torch.float64),
+            "evaluations": counted.evaluations.clone(),
+            "seconds": torch.tensor([r["seconds"] for r in rows], dtype=torch.float64)}
 
 
 def _attribution_ranks(model: nn.Module, x: Tensor, original: Tensor, attribution: str | None,

@@ -72,6 +72,15 @@ def _dataset_spec(spec: str) -> tuple[str, str, int | None] | None:
     return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else None
 
 
+def with_count(spec: str, n: int) -> str | None:
+    """A dataset spec (``name:split[:N]``) asking for ``n`` images instead, else ``None`` (files,
+    folders and ``folder:`` specs have no pool to draw more from)."""
+    if spec.strip().startswith("folder:"):
+        return None
+    parsed = _dataset_spec(spec.strip())
+    return None if parsed is None else f"{parsed[0]}:{parsed[1]}:{n}"
+
+
 def _prepare(x: Tensor, ds: ImageDataset | None, prep: Preprocessing | None) -> Tensor:
     if prep is not None:
         return prep.prepare_uint8(x)

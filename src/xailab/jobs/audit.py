@@ -289,6 +289,8 @@ class BackdoorSpec:
     data_root: str | None = None
     split: str = "train"
     classes: tuple[str, ...] | None = None
+    detectors: tuple[str, ...] = ("spectral", "scan", "ac", "spray")
+    rule: str = "majority"
     method: str = "lrp"
     max_per_class: int = 500
     neighbors: int = 10
@@ -303,7 +305,7 @@ class BackdoorSpec:
 
 
 def backdoor_to_run(spec: BackdoorSpec, out: str | Path, *, log: Callable[[str], None] = print) -> tuple[Run, Any]:
-    """Run SpRAy and activation clustering per class; returns the run and the detection report."""
+    """Run the backdoor detectors per class and combine them by the rule; returns the run and the report."""
     from xailab.audit.backdoor import resolve_class
     from xailab.jobs.audit_writers import backdoor_dataset
 
@@ -316,17 +318,24 @@ def backdoor_to_run(spec: BackdoorSpec, out: str | Path, *, log: Callable[[str],
     for c in spec.classes or ():  # names checked before any work
         resolve_class(c, data.classes)
     classes = list(spec.classes) if spec.classes else None
+    from xailab.audit.ensemble import parse_rule
+
+    detectors = tuple(spec.detectors)
+    rule = parse_rule(spec.rule, detectors)  # checked before any work
     log(f"examining {len(data)} items of {len(classes) if classes else len(data.classes)} classes "
-        f"(at most {spec.max_per_class} a class) with SpRAy ({spec.method}) and activation clustering")
+        f"(at most {spec.max_per_class} a class) with {', '.join(detectors)}; {rule.describe(len(detectors))}")
     config = {"command": "audit backdoor", "model": spec.model.name if spec.model else None,
               "weights": spec.model.weights if spec.model else None, "run": spec.run, "data": spec.data,
-              "split": spec.split, "classes": classes, "method": spec.method, "max_per_class": spec.max_per_class}
+              "split": spec.split, "classes": classes, "detectors": list(detectors), "rule": rule.spec,
+              "method": spec.method, "max_per_class": spec.max_per_class}
+    params = {"spray": {"n_neighbors": spec.neighbors, "downsample": spec.downsample},
+              "ac": {"dims": spec.ac_dims, "reduce": spec.ac_reduce}}
     with job_lock(out, log):
         run, report = backdoor_dataset(
             loaded.model, data, out=out, config=config, png=spec.png, truth=truth, classes=classes,
-            method=spec.method, max_per_class=spec.max_per_class, n_neighbors=spec.neighbors,
-            downsample=spec.downsample, ac_dims=spec.ac_dims, ac_reduce=spec.ac_reduce,
-            layer=None if spec.layer == "none" else spec.layer, batch_size=spec.batch_size, seed=spec.seed)
+            detectors=detectors, rule=rule.spec, params=params, method=spec.method,
+            max_per_class=spec.max_per_class, layer=None if spec.layer == "none" else spec.layer,
+            batch_size=spec.batch_size, seed=spec.seed)
         write_provenance(run, provenance(loaded.provenance() if spec.model else {"run": spec.run},
                                          data={"data": spec.data, "split": spec.split, "n": len(data)},
                                          params=config))

@@ -5,10 +5,13 @@
   ``clean``, ``adversarial`` (pixels) and ``patch_mask``; explanations
   ``explanations/<method>.clean`` and ``<method>.adversarial``; PNGs ``files/audit/shift_NNNN.png``;
   manifest section ``adversarial`` (settings and summary).
-* :func:`backdoor_dataset`: detection; table ``detection`` (one row per class), arrays
-  ``mean_maps`` (``[classes, 2, H, W]``: suspicious cluster, rest) and ``clusters_<c>`` (item
-  index and cluster of every analysed item); PNGs ``files/backdoor/scores.png`` and
-  ``files/backdoor/class_<c>.png``; manifest section ``backdoor_detection``.
+* :func:`backdoor_dataset`: detection; tables ``detection`` (one row per class: each detector's
+  score and flag, votes, verdict, region, the evidence in words) and ``detectors`` (one row per
+  detector and class: score, threshold, p-value, flag), arrays ``mean_maps`` (``[classes, 2, H,
+  W]``: suspected items, rest; NaN for a class that is not flagged; written when maps were
+  computed) and ``clusters_<c>`` (item index, suspected, how many detectors suspect it); PNGs
+  ``files/backdoor/scores.png`` and ``files/backdoor/class_<c>.png``; manifest section
+  ``backdoor_detection`` (detectors, rule, flagged classes, regions, verdicts, evidence).
 
     run = adversarial_images(model, pixels, labels, attack="patch", attack_params={"size": 5},
                              methods=["saliency"], out="runs/adv")
@@ -25,9 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from xailab.audit.adversarial import run_attack
-from xailab.audit.detection import DetectionReport, detect_backdoor
 from xailab.audit.result import AttackResult
 from xailab.audit.shift import ShiftResult, explanation_shift
+from xailab.audit.verdict import DetectionReport, detect_backdoor
 from xailab.runs.store import Run
 
 
@@ -110,13 +113,19 @@ def backdoor_dataset(
         table["poisoned_in_suspicious"] = [counts.get(int(c), (0, 0))[1] for c in table["class"]]
     run = out if isinstance(out, Run) else Run.create(out, kind="audit", config=dict(config or {}))
     run.write_table("detection", table)
-    if report.classes:
-        run.write_array("mean_maps", torch.stack([torch.stack([e.mean_small, e.mean_rest]) for e in report.classes]))
+    run.write_table("detectors", pd.concat([r.table() for r in report.results.values()], ignore_index=True))
+    shape = next((e.maps.shape[1:] for e in report.classes if e.maps is not None), None)
+    if report.classes and shape is not None:
+        nan = torch.full(tuple(shape), float("nan"))
+        run.write_array("mean_maps", torch.stack([torch.stack([
+            e.mean_small if e.mean_small is not None else nan, e.mean_rest if e.mean_rest is not None else nan])
+            for e in report.classes]))
     for e in report.classes:
-        run.write_array(f"clusters_{e.label}", np.stack([e.indices, e.suspicious.astype(np.int64)], axis=1))
+        run.write_array(f"clusters_{e.label}", np.stack([e.indices, e.suspicious.astype(np.int64), e.votes], axis=1))
     if png:
         to_pixels = display or getattr(dataset, "denormalize", None) or (lambda x: x)
-        save_png(scores_figure(report), run.file("backdoor/scores.png"))
+        if report.classes:  # no class had items enough to examine: no scores to draw
+            save_png(scores_figure(report), run.file("backdoor/scores.png"))
         for e in report.classes:
             imgs = to_pixels(dataset_items(dataset, e.indices)).clamp(0, 1)
             save_png(cluster_figure(e, imgs, e.name), run.file(f"backdoor/class_{e.label}.png"))
@@ -125,6 +134,7 @@ def backdoor_dataset(
         "flagged_names": [e.name for e in report.classes if e.flagged],
         "regions": {str(e.label): e.region for e in report.classes if e.flagged},
         "verdicts": {str(e.label): e.verdict for e in report.classes},
+        "evidence": {str(e.label): e.describe() for e in report.classes},
         "seconds": report.seconds,
     })
     return run, report
@@ -132,6 +142,6 @@ def backdoor_dataset(
 
 def summary_frame(report: DetectionReport) -> pd.DataFrame:
     """The columns of the detection table a person reads first."""
-    cols = ["class", "name", "n", "spray_k", "spray_gap", "spray_small_share", "ac_small_share",
-            "ac_silhouette", "verdict", "region"]
+    scores = [c for c in report.table.columns if c.endswith("_score")]
+    cols = ["class", "name", "n", *scores, "votes", "verdict", "suspicious_n", "region"]
     return report.table[[c for c in cols if c in report.table]]

@@ -35,6 +35,7 @@ from xailab.jobs.common import (
     write_provenance,
 )
 from xailab.jobs.explain_images import Backend, explain_images, method_names
+from xailab.jobs.mistakes import add_mistakes
 from xailab.jobs.model import LoadedModel, ModelSpec, load, num_outputs, settle_preprocessing
 from xailab.runs.store import Run
 
@@ -54,6 +55,8 @@ class ExplainSpec:
             loaded like the images.
         skip_bad_images: leave out image files that cannot be decoded (listed in the run's
             ``config.image_notes``, as is every other change made to the images while loading).
+        mistakes: also explain the first this many images of the same split that the model
+            misclassifies (:mod:`xailab.jobs.mistakes`; a dataset spec only).
     """
 
     model: ModelSpec
@@ -70,6 +73,7 @@ class ExplainSpec:
     png: bool | str = "grid"
     backend: Backend | None = None
     skip_bad_images: bool = False
+    mistakes: int = 0
 
     def check(self) -> None:
         """What can be checked before anything loads."""
@@ -91,6 +95,8 @@ def explain_to_run(spec: ExplainSpec, out: str | Path, *, log: Callable[[str], N
     notes: list[str] = []
     images, labels, names, dataset = load_images(spec.images, loaded.preprocessing, root=spec.data_root,
                                                  notes=notes, skip_bad=spec.skip_bad_images)
+    images, labels, names = add_mistakes(loaded, spec.images, spec.mistakes, images, labels, names,
+                                         data_root=spec.data_root, batch_size=spec.batch_size, log=log)
     norm = settle_preprocessing(loaded, dataset, log)  # a dataset normalises its images itself
     display = norm.denormalize(images) if norm is not None else images
     x = images.to(loaded.device)
@@ -99,7 +105,8 @@ def explain_to_run(spec: ExplainSpec, out: str | Path, *, log: Callable[[str], N
     targets = list(spec.targets)
     log(f"explaining {len(images)} images with {', '.join(method_names(spec.methods))} "
         f"for targets {', '.join(map(str, targets))}")
-    config = {**spec.model.record(), "images": spec.images, "data_root": _abs(spec.data_root),
+    config = {**spec.model.record(), "images": spec.images, "mistakes": spec.mistakes,
+              "data_root": _abs(spec.data_root),
               "device": str(loaded.device), "preprocessing": norm.to_dict() if norm is not None else None,
               "image_notes": notes}
     with job_lock(out, log):
@@ -116,7 +123,7 @@ def explain_to_run(spec: ExplainSpec, out: str | Path, *, log: Callable[[str], N
             raise
         write_provenance(run, provenance(
             loaded.provenance(),
-            data={"images": spec.images, "data_root": _abs(spec.data_root), "n": len(images),
+            data={"images": spec.images, "mistakes": spec.mistakes, "data_root": _abs(spec.data_root), "n": len(images),
                   "sha256": tensor_sha256(images), "class_names": class_names},
             params={k: dict(v) for k, v in spec.method_params.items()}, targets=[str(t) for t in targets]))
     return run

@@ -26,7 +26,8 @@ import numpy as np
 from xailab.core.errors import InputError
 from xailab.runs.store import Run, RunError
 
-TABLES = ("learning_steps", "learning_instances", "learning_flips", "learning_classes", "learning_times")
+TABLES = ("learning_steps", "learning_instances", "learning_flips", "learning_classes", "learning_times",
+          "learning_spray", "learning_concepts")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class LearningSpec:
     settle: float = 0.8
     window: int = 2
     strips: int = 24
+    concepts: int = 0
     device: str = "cpu"
 
     def identity(self) -> dict[str, Any]:
@@ -61,8 +63,8 @@ def _check_spec(spec: LearningSpec) -> None:
         raise InputError(f"--target must be true or top1, got {spec.target!r}")
     if spec.limit is not None and spec.limit < 1:
         raise InputError("--limit must be >= 1")
-    if not 0 < spec.top <= 1 or not -1 <= spec.settle <= 1 or spec.window < 0 or spec.strips < 0:
-        raise InputError("--top must lie in (0, 1], --settle in [-1, 1], --window and --strips >= 0")
+    if not 0 < spec.top <= 1 or not -1 <= spec.settle <= 1 or min(spec.window, spec.strips, spec.concepts) < 0:
+        raise InputError("--top must lie in (0, 1], --settle in [-1, 1], --window, --strips and --concepts >= 0")
 
 
 def _epochs(run: Run, spec: LearningSpec) -> list[int]:
@@ -76,7 +78,7 @@ def _epochs(run: Run, spec: LearningSpec) -> list[int]:
     return [int(e) for e in have if lo <= e <= hi]
 
 
-def _tracked(run: Run, limit: int | None) -> tuple[np.ndarray, Any]:
+def _tracked(run: Run, limit: int | None, dataset: Any) -> tuple[np.ndarray, Any]:
     """The tracked instance ids (the flow's, in its order; ``limit``: a stratified sample) and their dataset."""
     from xailab.dynamics.history import recorded_epochs
     from xailab.dynamics.thumbnails import tracked_dataset
@@ -87,7 +89,7 @@ def _tracked(run: Run, limit: int | None) -> tuple[np.ndarray, Any]:
     rows = read_predictions(run, epochs=[first])
     ids = rows["instance"].to_numpy().astype(np.int64)
     keep = stratified_indices(rows["label"].to_numpy(), limit, 0)  # a stratified sample, as --track-limit
-    return (ids if keep is None else ids[np.sort(keep)]), tracked_dataset(run)
+    return (ids if keep is None else ids[np.sort(keep)]), (tracked_dataset(run) if dataset is None else dataset)
 
 
 def _claim(run: Run, spec: LearningSpec, ids: np.ndarray) -> None:
@@ -125,7 +127,8 @@ def _explain_epoch(run: Run, spec: LearningSpec, model: Any, epoch: int, todo: l
         cpu, wall = time.process_time(), time.perf_counter()
         expl = create(name, model, **kw).explain(x, spec.target, labels=labels)
         native = expl.extras.get("cam")  # a CAM at its layer's resolution, before upsampling
-        maps = (native[:, 0] if native is not None and native.dim() == 4 else expl.pixel_maps()[:, 0]).numpy()
+        chosen = native[:, 0] if native is not None and native.dim() == 4 else expl.pixel_maps()[:, 0]
+        maps = chosen.detach().cpu().float().numpy()
         m16, scale = encode(maps)
         run.write_array(scale_name(name), scale, chunk=epoch)
         path = run.write_array(maps_name(name), m16, chunk=epoch)  # last: marks (epoch, method) done
@@ -136,8 +139,12 @@ def _explain_epoch(run: Run, spec: LearningSpec, model: Any, epoch: int, todo: l
         log(f"epoch {epoch:3d}  {name:<12s} {row['cpu_s']:7.1f} s CPU  {row['bytes'] / 1024:7.1f} KiB")
 
 
-def learning_to_run(spec: LearningSpec, *, log: Callable[[str], None] = print) -> Run:
-    """Explain ``spec.run``'s tracked instances at each of its saved epochs, then analyse (resumable)."""
+def learning_to_run(spec: LearningSpec, *, dataset: Any = None, log: Callable[[str], None] = print) -> Run:
+    """Explain ``spec.run``'s tracked instances at each of its saved epochs, then analyse (resumable).
+
+    ``dataset``: the tracked dataset (its ``instance`` ids index it) for runs not made by
+    ``xailab train`` (e.g. a poisoned run whose predictions were back-filled on triggered images);
+    by default it is rebuilt from the run's settings."""
     import torch
 
     from xailab.dynamics.learning import explained_epochs
@@ -148,7 +155,7 @@ def learning_to_run(spec: LearningSpec, *, log: Callable[[str], None] = print) -
     _check_spec(spec)
     run = Run.open(spec.run)
     epochs = _epochs(run, spec)
-    ids, dataset = _tracked(run, spec.limit)
+    ids, dataset = _tracked(run, spec.limit, dataset)
     with job_lock(run.path, log):
         _claim(run, spec, ids)
         items = [dataset[int(i)] for i in ids]  # decoded once, for every epoch and method
@@ -167,6 +174,13 @@ def learning_to_run(spec: LearningSpec, *, log: Callable[[str], None] = print) -
                 load_weights(ckpts[e], model)
             model.eval()
             _explain_epoch(run, spec, model, e, todo, x.to(spec.device), labels, log)
+        if spec.concepts:
+            from xailab.jobs.learning_concepts import concepts_over_epochs
+
+            if model is None:
+                model, _ = model_from_run(run, str(epochs[-1]))
+                model.to(torch.device(spec.device))
+            concepts_over_epochs(run, model, ckpts, epochs, spec.concepts, x.to(spec.device), labels, spec.layer, log)
         from xailab.jobs.learning_report import write_analysis
 
         write_analysis(run, spec, epochs, (int(x.shape[-2]), int(x.shape[-1])), dataset, log)

@@ -44,6 +44,7 @@ def write_analysis(run: Run, spec: Any, epochs: Sequence[int], image_size: tuple
         run.write_table("learning_classes", class_curves(steps, classes), part=m)
         summaries[m] = summary
         per_first = per if per_first is None else per_first
+        run.write_table("learning_spray", spray_per_epoch(run, m, per, image_size), part=m)
         _curves(run, m, class_curves(steps, classes), list(spec.regions))
         _class_maps(run, m, steps, classes)
         log(f"{m}: {int(summary['flips'])} flips; largest map change at or before the flip in "
@@ -68,6 +69,36 @@ def bytes_per_thousand(run: Run) -> dict[str, float]:
     t = run.read_table("learning_times")
     g = t.groupby("method")[["bytes", "instances"]].sum()
     return {str(m): float(r.bytes / r.instances * 1000) for m, r in g.iterrows()}
+
+
+def spray_per_epoch(run: Run, method: str, per: pd.DataFrame, image_size: tuple[int, int],
+                    least: int = 10) -> pd.DataFrame:
+    """SpRAy (Lapuschkin et al. 2019) per class and epoch: the eigengap score of the spectral
+    clustering of the class's maps (``1 - l_2 / l_3``; near 1: the maps fall into two separate
+    groups, as when part of a class is predicted from a trigger). Classes with fewer than
+    ``least`` tracked instances are left out."""
+    import torch
+
+    from xailab.audit.clustering import spectral
+    from xailab.audit.detection import map_features
+    from xailab.dynamics.drift import to_size
+    from xailab.dynamics.learning import instances, load_maps
+
+    maps, epochs = load_maps(run, method)
+    labels = per.set_index("instance").loc[instances(run), "label"].to_numpy()
+    rows = []
+    for k in np.unique(labels):
+        of = labels == k
+        if of.sum() < least:
+            continue
+        for i, e in enumerate(epochs):
+            a = np.abs(to_size(maps[i][of], image_size))
+            if not (a.reshape(len(a), -1).max(1) > 0).all():
+                continue  # a zero map has no distribution to cluster
+            sp = spectral(map_features(torch.from_numpy(a))[1].numpy())
+            rows.append({"method": method, "label": int(k), "epoch": int(e), "gap_score": sp.gap_score,
+                         "k": sp.k, "small_share": sp.small_share})
+    return pd.DataFrame(rows, columns=["method", "label", "epoch", "gap_score", "k", "small_share"])
 
 
 def _curves(run: Run, method: str, cls: pd.DataFrame, regions: list[str]) -> None:
@@ -130,13 +161,16 @@ def _display(dataset: Any, i: int) -> np.ndarray:
 
 def pick_instances(per: pd.DataFrame, n: int) -> list[tuple[int, str]]:
     """Up to ``n`` ``(instance, why)``: learned then forgotten first (most flips), then the
-    latest flippers, then the latest to settle."""
+    latest flippers (fewest flips first: stable, then changed), then the latest to settle; each
+    kind class by class in turn."""
     out: list[tuple[int, str]] = []
     seen: set[int] = set()
-    orders = [(per[per["forgotten"]].sort_values(["flips", "instance"], ascending=[False, True]), "learned, then forgotten"),
-              (per[per["flips"] > 0].sort_values(["last_flip_epoch", "instance"], ascending=[False, True]),
-               "flipped late"),
-              (per.sort_values(["settle_epoch", "instance"], ascending=[False, True]), "settled late")]
+    orders = [(_spread(per[per["forgotten"]].sort_values(["flips", "instance"], ascending=[False, True])),
+               "learned, then forgotten"),
+              (_spread(per[per["flips"] > 0].sort_values(["last_flip_epoch", "flips", "instance"],
+                                                        ascending=[False, True, True])), "flipped late"),
+              (_spread(per.sort_values(["settle_epoch", "flips", "instance"], ascending=[False, True, True])),
+               "settled late")]
     quota = [n // 3, n // 3, n]
     for (df, why), q in zip(orders, quota, strict=True):
         took = 0
@@ -150,18 +184,32 @@ def pick_instances(per: pd.DataFrame, n: int) -> list[tuple[int, str]]:
     return out
 
 
+def _spread(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows taken class by class in turn (each class in its own order), so that the first
+    few cover many classes."""
+    turn = df.groupby("label", sort=False).cumcount()
+    return df.assign(_turn=turn.to_numpy()).sort_values("_turn", kind="stable").drop(columns="_turn")
+
+
 def _strips(run: Run, spec: Any, per: pd.DataFrame, dataset: Any, classes: list[str]) -> list[dict[str, Any]]:
     """A strip per picked instance: the image, then per epoch its map(s) and the prediction."""
-    from xailab.dynamics.learning import instances, load_maps, predictions_at
+    from xailab.dynamics.learning import explained_epochs, instances, load_maps, predictions_at
     from xailab.dynamics.thumbnails import explanation_path, render_thumbnails
 
     picked = pick_instances(per, spec.strips)
+    keep = {int(i) for i, _ in picked}
+    for old in (run.path / "files" / "instances").glob("*/learning.png"):
+        if old.parent.name.isdigit() and int(old.parent.name) not in keep:
+            old.unlink()  # a strip of an earlier pick: the flow page would still link it
     if not picked:
         return []
     ids = instances(run)
     row = {int(i): k for k, i in enumerate(ids)}
-    loaded = {m: load_maps(run, m) for m in spec.methods if run.array_chunks(f"learning-{m}")}
-    epochs = next(iter(loaded.values()))[1]
+    have = [m for m in spec.methods if explained_epochs(run, m)]
+    epochs = sorted(set.intersection(*(set(explained_epochs(run, m)) for m in have)))  # columns all rows share
+    if not epochs:
+        return []
+    loaded = {m: load_maps(run, m, epochs) for m in have}
     pred, conf, labels = predictions_at(run, ids, epochs)
     render_thumbnails(run, dataset, [i for i, _ in picked])
     out = []

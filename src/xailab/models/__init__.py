@@ -10,7 +10,7 @@ Registered: ``cifar_cnn``, ``small_cnn``, ``binary_cnn`` (:mod:`.cnn`), ``resnet
 classifiers (:mod:`.torchvision_zoo`). See docs/data-and-models.md.
 """
 
-from xailab.models import cnn, efficientnet, resnet_cifar, torchvision_zoo  # noqa: F401  (registers)
+from xailab.models import cnn, efficientnet, resnet_cifar, student, torchvision_zoo  # noqa: F401  (registers)
 from xailab.models.checkpoint import load_weights, read_metadata, read_state_dict, save_weights
 from xailab.models.layers import Add, PadShortcut
 from xailab.models.loading import check_num_classes, create_model, load_model, model_info

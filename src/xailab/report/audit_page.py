@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from xailab.report.cleanse_page import cleanse_section, has_cleanse, has_strip, strip_section
 from xailab.report.data import ReportRun
 from xailab.report.html import esc, figure, kv, table
 from xailab.report.writer import Site
@@ -37,7 +38,7 @@ def has_detection(r: ReportRun) -> bool:
 
 
 def has_audit(r: ReportRun) -> bool:
-    return has_attack(r) or has_poison(r) or has_detection(r)
+    return has_attack(r) or has_poison(r) or has_detection(r) or has_cleanse(r) or has_strip(r)
 
 
 def _pct(v: Any) -> str:
@@ -136,7 +137,9 @@ def detection_section(site: Site, r: ReportRun) -> str:
     thr = params.get("thresholds") or {}
     flagged = det[det["flagged"].astype(bool)] if "flagged" in det else det.iloc[0:0]
     check = det[det["verdict"].astype(str) == "check"] if "verdict" in det else det.iloc[0:0]
-    if len(flagged):
+    if "evidence" in det:  # runs of several detectors and a rule
+        sentence = esc(ensemble_sentence(det, params))
+    elif len(flagged):
         names = ", ".join(f"{n} (cluster {_pct(s)} of the class, gap {g:.2f})" for n, s, g in
                           zip(flagged["name"], flagged["spray_small_share"], flagged["spray_gap"], strict=True))
         sentence = f"{len(flagged)} of {len(det)} classes flagged: {esc(names)}."
@@ -146,7 +149,7 @@ def detection_section(site: Site, r: ReportRun) -> str:
         if best is not None:
             sentence += "; " + esc(largest_gap_sentence(best, thr))
         sentence += "."
-    if len(check):
+    if len(check) and "evidence" not in det:
         sentence += " " + esc(check_sentence(check, thr))
     if "poisoned_n" in det and int(det["poisoned_n"].sum()):
         hit = det[det["poisoned_n"] > 0]
@@ -156,22 +159,24 @@ def detection_section(site: Site, r: ReportRun) -> str:
                      f"samples, {int(det['poisoned_in_suspicious'].sum())} of them in their class's suspicious "
                      f"cluster ({esc(where)}).")
     parts = [f"<p>{sentence}</p>", kv([
+        ("detectors", ", ".join(params.get("detectors") or []) or None), ("rule", params.get("rule_text")),
         ("explanation method", params.get("method")), ("items per class", params.get("max_per_class")),
         ("neighbours", params.get("n_neighbors")), ("rule", thr.get("rule")),
         ("flag when", f"eigengap ≥ {thr['spray_gap']} and smaller cluster ≤ {_pct(thr.get('max_share'))}"
          if "spray_gap" in thr else None),
         ("seconds", f"{info['seconds']:.1f}" if isinstance(info.get("seconds"), int | float) else None)])]
-    cols = [c for c in ("class", "name", "n", "spray_k", "spray_gap", "spray_small_share", "ac_small_share",
-                        "ac_silhouette", "verdict", "region", "suspicious_n", "poisoned_n", "poisoned_in_suspicious")
-            if c in det]
+    scores = [c for c in det.columns if c.endswith("_score")]
+    cols = [c for c in ("class", "name", "n", *scores, "spray_k", "spray_gap", "spray_small_share", "ac_small_share",
+                        "ac_silhouette", "votes", "verdict", "region", "suspicious_n", "poisoned_n",
+                        "poisoned_in_suspicious") if c in det]
     parts.append(table(det[cols], {c: "{:.3f}" for c in ("spray_gap", "spray_small_share", "ac_small_share",
-                                                         "ac_silhouette")}))
+                                                         "ac_silhouette", *scores)}))
     parts.append(_copy(site, r, "backdoor/scores.png", "each class's scores against the thresholds"))
     first = pd.concat([flagged, check]).drop_duplicates(subset="class") if "class" in det else det.iloc[0:0]
     rest = det[~det["class"].isin(first["class"])] if "class" in det else det
     for _, row in first.iterrows():
         parts.append(_copy(site, r, f"backdoor/class_{int(row['class'])}.png",
-                           f"class {row['name']} ({row['verdict']}): spectrum, mean maps, the two clusters"))
+                           f"class {row['name']} ({row['verdict']}): detector scores, mean maps, suspected items"))
     others = [_copy(site, r, f"backdoor/class_{int(c)}.png", f"class {n}")
               for c, n in zip(rest.get("class", []), rest.get("name", []), strict=True)]
     others = [o for o in others if o]
@@ -199,6 +204,23 @@ def largest_gap_sentence(best: Any, thr: dict[str, Any]) -> str:
     return f"{head}, at or above the threshold {limit:g}, but " + " and ".join(why or ["the class was not flagged"])
 
 
+def ensemble_sentence(det: pd.DataFrame, params: dict[str, Any]) -> str:
+    """The verdict of a run of several detectors: the flagged classes with their evidence, else
+    that none is flagged and which detectors fired where (verdict "check")."""
+    rule = params.get("rule_text") or params.get("rule") or "the rule"
+    flagged = det[det["flagged"].astype(bool)]
+    check = det[det["verdict"].astype(str) == "check"]
+    if len(flagged):
+        text = f"{len(flagged)} of {len(det)} classes flagged ({rule}): " + " ".join(
+            str(e) + "." for e in flagged["evidence"])
+    else:
+        text = f"No class of the {len(det)} examined is flagged ({rule})."
+    if len(check):
+        text += " Some detector fired, the rule does not flag: " + " ".join(
+            f"{n} (by {f})." for n, f in zip(check["name"], check.get("fired", check["name"]), strict=True))
+    return text
+
+
 def check_sentence(check: pd.DataFrame, thr: dict[str, Any]) -> str:
     """Which detector fired, alone, on the classes with verdict "check" (read from their flags)."""
     groups: dict[str, list[str]] = {}
@@ -222,4 +244,8 @@ def audit_page(site: Site, runs: list[ReportRun]) -> str:
             parts.append("<h3>Adversarial attack</h3>" + attack_section(site, r))
         if has_detection(r):
             parts.append("<h3>Backdoor detection</h3>" + detection_section(site, r))
+        if has_cleanse(r):
+            parts.append("<h3>Backdoor detection from clean images (Neural Cleanse)</h3>" + cleanse_section(site, r))
+        if has_strip(r):
+            parts.append("<h3>Input screening (STRIP)</h3>" + strip_section(site, r))
     return "".join(parts)

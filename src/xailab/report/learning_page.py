@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from xailab.report.data import ReportRun
-from xailab.report.html import esc, figure, table
+from xailab.report.html import esc, figure, heat_table, table
 from xailab.report.writer import Site
 
 
@@ -73,9 +73,44 @@ def _mass(r: ReportRun, regions: list[str]) -> str:
     if steps is None:
         return ""
     cols = [f"mass {x}" for x in regions if f"mass {x}" in steps]
-    t = steps.groupby(["method", "epoch"])[cols].mean().reset_index()
+    t = steps.groupby(["method", "epoch"])[cols].mean()
+    rows = {f"{m}, {c.removeprefix('mass ')}": t.loc[m, c] for m in t.index.get_level_values(0).unique() for c in cols}
+    mat = pd.DataFrame(rows).T
+    mat.columns = [f"e{e}" for e in mat.columns]
     return ("<h3>Share of |relevance| in the regions, per epoch (mean over instances)</h3>"
-            + table(t, {c: "{:.3f}" for c in cols}))
+            + heat_table(mat, lo=0.0, hi=float(mat.max().max()) or 1.0, spec="{:.3f}"))
+
+
+def _spray(r: ReportRun) -> str:
+    sp = r.table("learning_spray")
+    if sp is None:
+        return ""
+    names = (r.manifest.get("learning") or {}).get("classes") or []
+    out = ["<h3>SpRAy eigengap per class and epoch</h3><p class=note>1 - l2/l3 of the spectral clustering of "
+           "the class's maps (Lapuschkin et al. 2019): near 1, the class's maps fall into two separate groups "
+           "(a shortcut or a backdoor used for part of the class); the epoch it rises is when that was learned.</p>"]
+    for m, g in sp.groupby("method", sort=False):
+        mat = g.pivot(index="label", columns="epoch", values="gap_score")
+        mat.index = [names[k] if 0 <= k < len(names) else str(k) for k in mat.index]
+        mat.columns = [f"e{c}" for c in mat.columns]
+        out.append(f"<p>{esc(m)}</p>" + heat_table(mat, lo=0.0, hi=1.0))
+    return "".join(out)
+
+
+def _concepts(r: ReportRun) -> str:
+    t = r.table("learning_concepts")
+    if t is None:
+        return ""
+    last = t[t["epoch"] == t["epoch"].max()]
+    top = last.loc[last.groupby("concept")["presence"].idxmax(), ["concept", "class", "class_name"]]
+    rows = {}
+    for c, j, name in zip(top["concept"], top["class"], top["class_name"], strict=True):
+        rows[f"concept {c} ({name})"] = t[(t["concept"] == c) & (t["class"] == j)].set_index("epoch")["presence"]
+    mat = pd.DataFrame(rows).T.sort_index(axis=1)
+    mat.columns = [f"e{e}" for e in mat.columns]
+    return ("<h3>ICE concepts over the epochs</h3><p class=note>A basis fitted on the last epoch's model; each "
+            "concept with the class it is most present in at the end, and its presence in that class's images "
+            "at every epoch.</p>" + heat_table(mat.astype(float), lo=0.0, hi=1.0))
 
 
 def _figures(site: Site, r: ReportRun, methods: list[str]) -> str:
@@ -116,7 +151,8 @@ def learning_section(site: Site, r: ReportRun) -> str:
         "KB / 1,000 instances x epoch": "{:.1f}", "median settling epoch": "{:.0f}"}),
         f"<p class=note>Explained class: {esc(info.get('target', 'true'))}. Drift: Spearman rank correlation of "
         "|map| and IoU of the top-10 % regions, against the epoch before and the last epoch.</p>",
-        _figures(site, r, list(methods)), _settling(r), _mass(r, list(info.get("regions") or [])),
+        _figures(site, r, list(methods)), _settling(r), _mass(r, list(info.get("regions") or [])), _spray(r),
+        _concepts(r),
         _strips(site, r, list(info.get("strips") or []))]
     return "".join(body)
 

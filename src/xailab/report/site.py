@@ -16,6 +16,7 @@ under ``img/``. Pages, each written only when some run has its data:
 * ``learning.html`` explanations over training of ``xailab learning`` (see :mod:`~xailab.report.learning_page`);
 * ``concepts.html`` ICE concepts and TCAV scores of ``xailab concepts`` runs;
 * ``dissection.html`` labelled units of ``xailab dissect`` runs;
+* ``distill.html`` surrogate trees, rules and students of ``xailab distill`` runs;
 * ``audit.html``   attacks, planted backdoors and backdoor detection of ``xailab audit`` runs;
 * ``counterfactuals.html`` counterfactuals of ``xailab counterfactual`` runs (pixel, region, prototype, concept);
 * ``methods.html`` a card per method used (Hohman et al. 2018), its parameters and its cost.
@@ -42,6 +43,7 @@ from xailab.report.concepts_page import concepts_page, has_concepts
 from xailab.report.counterfactual_page import counterfactual_page, has_counterfactuals
 from xailab.report.data import ReportRun, slug
 from xailab.report.dissection_page import dissection_page, has_dissection
+from xailab.report.distill_page import distill_page, has_distill
 from xailab.report.html import esc, table
 from xailab.report.images import image_pages
 from xailab.report.learning_page import has_learning, learning_page
@@ -120,6 +122,7 @@ class _Groups:
     audits: list[ReportRun]
     learning: list[ReportRun]
     counterfactuals: list[ReportRun]
+    distills: list[ReportRun]
 
     @classmethod
     def of(cls, runs: list[ReportRun]) -> _Groups:
@@ -131,6 +134,7 @@ class _Groups:
             concepts=[r for r in runs if has_concepts(r)], dissections=[r for r in runs if has_dissection(r)],
             audits=[r for r in runs if has_audit(r)], learning=[r for r in runs if has_learning(r)],
             counterfactuals=[r for r in runs if has_counterfactuals(r)],
+            distills=[r for r in runs if has_distill(r)],
         )
 
     def nav(self) -> list[tuple[str, str]]:
@@ -141,6 +145,7 @@ class _Groups:
             ("concepts.html", "Concepts", self.concepts),
             ("dissection.html", "Dissection", self.dissections), ("audit.html", "Audit", self.audits),
             ("counterfactuals.html", "Counterfactuals", self.counterfactuals),
+            ("distill.html", "Distillation", self.distills),
             ("methods.html", "Methods", self.explain)]
         return [("index.html", "Overview")] + [(href, label) for href, label, shown in pages if shown]
 
@@ -168,7 +173,8 @@ def _overview(site: Site, runs: list[ReportRun], g: _Groups, pages: dict[str, st
         body.append(f"<h2>Explanations: {esc(r.name)}</h2>" + explain_section(r, links))
     shown_elsewhere = {id(r): href for group, href in ((g.concepts, "concepts.html"), (g.dissections, "dissection.html"),
                                                         (g.audits, "audit.html"),
-                                                        (g.counterfactuals, "counterfactuals.html")) for r in group}
+                                                        (g.counterfactuals, "counterfactuals.html"),
+                                                        (g.distills, "distill.html")) for r in group}
     for r in runs:
         if r in g.train or r in g.explain:
             continue
@@ -210,3 +216,5 @@ def _write_pages(site: Site, g: _Groups, max_images: int) -> None:
         site.write("audit.html", "Audit", audit_page(site, g.audits))
     if g.counterfactuals:
         site.write("counterfactuals.html", "Counterfactuals", counterfactual_page(site, g.counterfactuals))
+    if g.distills:
+        site.write("distill.html", "Distillation", distill_page(site, g.distills))

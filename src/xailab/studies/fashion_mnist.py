@@ -11,13 +11,18 @@ runs; a rerun resumes):
    ``compare`` them;
 3. ``audit adversarial --patch``: a small square patch attack (LaVAN / Brown et al. 2017
    style masked PGD) on test images; success rate, and how the maps of the attacked images
-   move onto the patch (explanation shift);
-4. ``audit poison``: train a second model on data with a BadNets backdoor (Gu et al. 2017): a
+   move onto the patch (explanation shift); ``counterfactual``: the smallest change that makes
+   the second most likely class win (Wachter et al. 2017 in pixels, the fewest superpixels,
+   the nearest training images of that class), with their plausibility;
+4. ``distill``: a surrogate decision tree on the grey level, contrast and edges of a 4x4 grid of
+   image regions (its fidelity to the CNN and its rules per class) and a small student CNN
+   trained on the CNN's soft labels (Hinton et al. 2015), whose maps are compared with the CNN's;
+5. ``audit poison``: train a second model on data with a BadNets backdoor (Gu et al. 2017): a
    white square on 10 % of the Sandals, relabelled Sneaker; clean accuracy and attack success;
-5. ``audit backdoor`` of that model over its training data with two global methods, SpRAy
+6. ``audit backdoor`` of that model over its training data with two global methods, SpRAy
    (Lapuschkin et al. 2019) and activation clustering (Chen et al. 2018), and of the clean
    model (yours with ``--weights``) as the control;
-6. ``report`` over every run; the report's path is printed last.
+7. ``report`` over every run; the report's path is printed last.
 
     xailab study fashion_mnist --quick
     xailab study fashion_mnist --model small_cnn --weights mine.safetensors --out runs/my-fm
@@ -39,9 +44,9 @@ TARGETS = "true,top1,top2,least"
 # Full size: what a student runs (about 1 h on 2 CPU cores, see docs/studies/fashion-mnist.md);
 # --quick: a first look in minutes. An option given explicitly wins over both.
 FULL = {"epochs": 5, "limit_train": None, "limit_test": None, "images": 32, "attack_images": 48,
-        "poison_epochs": 3, "poison_limit": 10000, "per_class": 500}
+        "poison_epochs": 3, "poison_limit": 10000, "per_class": 500, "cf_images": 32, "cf_reference": 2000}
 QUICK = {"epochs": 2, "limit_train": 3000, "limit_test": 1000, "images": 4, "attack_images": 8,
-         "poison_epochs": 3, "poison_limit": 4000, "per_class": 150}
+         "poison_epochs": 3, "poison_limit": 4000, "per_class": 150, "cf_images": 4, "cf_reference": 300}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -116,6 +121,10 @@ def steps(args: argparse.Namespace) -> list[Step]:
          "--patch", str(args.patch), "--methods", ATTACK_METHODS, "--targets", "top1,true", "--png", "8",
          *device, "--out", patch]))
     runs.append(patch)
+    out_steps.append(_counterfactual_step(args, out, trained, root, device))
+    runs.append(out_steps[-1][1][-1])
+    out_steps.append(_distill_step(args, out, trained, root, device))
+    runs.append(out_steps[-1][1][-1])
 
     backdoor = _backdoor_steps(args, out, trained, data, device)
     out_steps += backdoor
@@ -143,11 +152,24 @@ def _model_step(args: argparse.Namespace, out: Path, model: list[str], data: lis
         "train the CNN", ["train", *model, *data, *sizes, "--track", "none", *device, "--out", str(out / "train")])
 
 
+def _counterfactual_step(args: argparse.Namespace, out: Path, trained: list[str], root: list[str],
+                         device: list[str]) -> Step:
+    """Counterfactuals of test images towards their second most likely class (Wachter pixel
+    optimisation, fewest superpixels, nearest training images), with plausibility."""
+    return ("counterfactuals: the smallest change that makes the second most likely class win (pixels, "
+            "superpixels, nearest training images)",
+            ["counterfactual", *trained, *root, "--images", f"{args.data}:test:{_size(args, 'cf_images')}",
+             "--kinds", "pixel,region,prototype", "--target", "top2",
+             "--reference", f"{args.data}:train:{_size(args, 'cf_reference')}", "--png", "8", *device,
+             "--out", str(out / "counterfactual")])
+
+
 def _backdoor_steps(args: argparse.Namespace, out: Path, trained: list[str], data: list[str],
                     device: list[str]) -> list[Step]:
     """Train a backdoored model, audit it, and audit the clean model as the control."""
     poison, bd_audit, clean_audit = str(out / "backdoor-train"), str(out / "backdoor-audit"), str(out / "clean-audit")
     per_class = ["--max-per-class", str(_size(args, "per_class"))]
+    spray = ["--detectors", "spray,ac", "--rule", "spray"]  # the study's detectors: SpRAy decides, AC second opinion
     return [
         (f"train a backdoored model: a white 4x4 square on 10 % of the {args.source} images, relabelled {args.target}",
          ["audit", "poison", *data, "--source", args.source, "--target", args.target, "--fraction", "0.1",
@@ -156,10 +178,19 @@ def _backdoor_steps(args: argparse.Namespace, out: Path, trained: list[str], dat
           *(["--limit-test", str(QUICK["limit_test"])] if args.quick else []), *device, "--quiet",
           "--out", poison]),
         ("audit the backdoored model per class: SpRAy on LRP maps and activation clustering",
-         ["audit", "backdoor", "--run", poison, *per_class, *device, "--out", bd_audit]),
+         ["audit", "backdoor", "--run", poison, *per_class, *spray, *device, "--out", bd_audit]),
         ("the same audit of the clean model on its training data (the control)",
-         ["audit", "backdoor", *trained, *data, *per_class, *device, "--out", clean_audit]),
+         ["audit", "backdoor", *trained, *data, *per_class, *spray, *device, "--out", clean_audit]),
     ]
+
+
+def _distill_step(args: argparse.Namespace, out: Path, trained: list[str], root: list[str], device: list[str]) -> Step:
+    """Distil the CNN: a surrogate tree on pixel statistics, per-class rules and a student CNN."""
+    fit, test, epochs, maps = (600, 200, 1, 8) if args.quick else (6000, 1000, 5, 32)
+    return ("distil the CNN: a surrogate tree and rules on colour/texture of image regions, and a student CNN",
+            ["distill", *trained, *root, "--images", f"{args.data}:train:{fit}", "--test-images",
+             f"{args.data}:test:{test}", "--features", "pixels", "--grid", "4", "--student", "--student-epochs",
+             str(epochs), "--map-images", str(maps), *device, "--out", str(out / "distill")])
 
 
 TITLE = "Fashion-MNIST: SHAP, DeepLIFT, IG; a patch attack; a backdoor audit"

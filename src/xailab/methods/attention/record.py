@@ -1,8 +1,11 @@
 """Record a transformer's attention probabilities during a forward pass, in the autograd graph.
 
 Attention is computed either by ``F.scaled_dot_product_attention`` (timm, Hugging Face's
-``sdpa``, PyTorch 2 models), whose probabilities never exist as a tensor, or by an explicit
-``softmax(q k^T / sqrt(d))`` (Hugging Face's ``eager``, timm with ``fused_attn=False``).
+``sdpa``, PyTorch 2 models), whose probabilities never exist as a tensor, by an explicit
+``softmax(q k^T / sqrt(d))`` (Hugging Face's ``eager``, timm with ``fused_attn=False``), or by
+``nn.MultiheadAttention`` (torchvision's ``vit_b_16`` family), whose
+``F.multi_head_attention_forward`` is recomputed here for self-attention with packed
+projections (masks, ``bias_k`` / ``bias_v`` and separate projections are refused).
 :class:`AttentionRecorder` is a ``TorchFunctionMode``: it computes each scaled-dot-product
 attention explicitly (the same result, to float rounding) and keeps its probabilities, and keeps
 the output of every softmax over the last dimension of a square ``[N, heads, T, T]`` score
@@ -16,6 +19,7 @@ recorder.maps)`` gives the gradients that gradient-weighted attention methods ne
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -23,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
+
+from xailab.core.errors import UnsupportedModelError
 
 _SOFTMAX = {F.softmax, torch.softmax, Tensor.softmax}
 
@@ -44,6 +50,41 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, drop
     return out, a
 
 
+_MHA = inspect.signature(F.multi_head_attention_forward)
+_MHA_UNSUPPORTED = ("bias_k", "bias_v", "key_padding_mask", "attn_mask", "static_k", "static_v")
+
+
+def _mha(*args: Any, **kwargs: Any) -> tuple[tuple[Tensor, Tensor | None], Tensor]:
+    """``(F.multi_head_attention_forward(...), probabilities [N, heads, T, S])``, recomputed
+    explicitly for self-attention with one packed input projection (``nn.MultiheadAttention``'s
+    default, as in torchvision's ViT)."""
+    a = _MHA.bind(*args, **kwargs).arguments
+    unsupported = [k for k in _MHA_UNSUPPORTED if a.get(k) is not None]
+    if a.get("use_separate_proj_weight") or a.get("add_zero_attn") or a.get("is_causal") or unsupported:
+        raise UnsupportedModelError(
+            "attention methods read nn.MultiheadAttention only without masks, bias_k/bias_v, zero attention "
+            f"or separate q/k/v projections (found: {', '.join(unsupported) or 'one of those'})")
+    query, key, value = a["query"], a["key"], a["value"]
+    unbatched = query.dim() == 2
+    if unbatched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+    t, n, e = query.shape
+    heads = int(a["num_heads"])
+    w, b = a["in_proj_weight"].chunk(3), (a["in_proj_bias"].chunk(3) if a["in_proj_bias"] is not None else (None,) * 3)
+
+    def split(x: Tensor, i: int) -> Tensor:  # [T, N, E] -> [N, heads, T, E / heads]
+        return F.linear(x, w[i], b[i]).reshape(x.shape[0], n, heads, e // heads).permute(1, 2, 0, 3)
+
+    dropout = float(a["dropout_p"]) if a.get("training", True) else 0.0
+    out, probs = _sdpa(split(query, 0), split(key, 1), split(value, 2), dropout_p=dropout)
+    out = F.linear(out.permute(2, 0, 1, 3).reshape(t, n, e), a["out_proj_weight"], a["out_proj_bias"])
+    weights = None
+    if a.get("need_weights", True):
+        weights = probs.mean(dim=1) if a.get("average_attn_weights", True) else probs
+        weights = weights.squeeze(0) if unbatched else weights
+    return (out.squeeze(1) if unbatched else out, weights), probs
+
+
 def _is_attention(out: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
     return (isinstance(out, Tensor) and out.dim() == 4 and out.shape[-1] == out.shape[-2]
@@ -63,6 +104,10 @@ class AttentionRecorder(TorchFunctionMode):
             out, a = _sdpa(*args, **kwargs)
             self.maps.append(a)
             return out
+        if func is F.multi_head_attention_forward:
+            result, a = _mha(*args, **kwargs)
+            self.maps.append(a)
+            return result
         out = func(*args, **kwargs)
         if func in _SOFTMAX and _is_attention(out, args, kwargs):
             self.maps.append(out)

@@ -5,7 +5,7 @@ Both read the attention probabilities ``A_l [heads, T, T]`` of every block (reco
 relevance matrix ``R`` (``T x T``, starting at the identity) from the first block to the last.
 The map is the class token's row of ``R`` over the patch tokens (the mean row over the patch
 tokens for a model without prefix tokens), on the patch grid found from the patch embedding
-(:mod:`xailab.methods.cam.tokens`), upsampled bilinearly to the image. Maps are raw.
+(:mod:`xailab.core.tokens`), upsampled bilinearly to the image. Maps are raw.
 
 * **Attention rollout** (Abnar & Zuidema 2020, arXiv:2005.00928): ``Â_l = norm_rows(0.5 *
   fuse_heads(A_l) + 0.5 * I)`` (the residual connection), ``R = Â_l R``. Class-agnostic: every
@@ -33,9 +33,9 @@ from xailab.core.errors import InputError, UnsupportedModelError
 from xailab.core.explainer import Explainer
 from xailab.core.registry import register
 from xailab.core.rows import RowTargets
+from xailab.core.tokens import TokenGrid, find_token_grid
 from xailab.methods.attention.record import AttentionRecorder
 from xailab.methods.cam.base import upsample
-from xailab.methods.cam.tokens import TokenGrid, find_token_grid
 
 WHAT = ("The attention between tokens inside a vision transformer, propagated from the patch "
         "tokens to the class token through every block.")

@@ -42,9 +42,9 @@ from xailab.core.explainer import (
     repeat_rows,
     row_targets,
 )
+from xailab.core.tokens import TokenGrid, find_token_grid
 from xailab.methods.cam.choose import CamLayer, choose_cam_layer
 from xailab.methods.cam.layers import LayerTap, conv_layer_hint, resolve_cam_layer
-from xailab.methods.cam.tokens import TokenGrid, find_token_grid
 
 
 class CAM(Explainer):

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from xailab.core.errors import UnsupportedModelError
 from xailab.core.rewrite import hook_friendly
 from xailab.core.structure import inspect_structure
+from xailab.core.tokens import TokenGrid, find_token_layer
 from xailab.methods.cam.layers import find_cam_layer
-from xailab.methods.cam.tokens import TokenGrid, find_token_layer
 
 
 @dataclass

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from xailab.core.errors import LayerError
 from xailab.core.hooks import HookScope, conv_layers, resolve_layer
-from xailab.methods.cam.tokens import TokenGrid
+from xailab.core.tokens import TokenGrid
 
 
 def find_cam_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module]:

@@ -23,10 +23,11 @@ no module, so no hook) are handled by running a hook-friendly copy of the model,
 torch.fx (:func:`xailab.core.rewrite.hook_friendly`; the user's model is not modified); where the
 model cannot be traced, the refusal names the line. Refused with
 :class:`~xailab.core.errors.UnsupportedModelError`: modules with a nonlinearity
-the rule does not cover (LayerNorm, GroupNorm, softmax, attention, ...). The summation error
-is in ``extras["delta"]``; a warning is raised when it exceeds 1 % of ``|S_t(x) - S_t(b)|``,
-the sign of a nonlinearity not seen (e.g. the product of two activations in a
-squeeze-excitation block).
+the rule does not cover (LayerNorm, GroupNorm, softmax, attention, ...) and products or quotients
+of two activations (the gate of a squeeze-excitation block, as in EfficientNet: the rescale rule
+does not split ``Δ(a·b)`` between ``a`` and ``b``). The summation error is in ``extras["delta"]``;
+a warning is raised when it exceeds 1 % of ``|S_t(x) - S_t(b)|``, the sign of a nonlinearity
+not seen.
 
     dl = create("deeplift", model, baseline="black", mean=MEAN, std=STD)
     result = dl.explain(images, target="top1")
@@ -47,7 +48,7 @@ from xailab.core.hooks import HookScope
 from xailab.core.params import Limit
 from xailab.core.registry import register
 from xailab.core.rewrite import hook_ready
-from xailab.core.structure import ACTIVATIONS, require_supported
+from xailab.core.structure import ACTIVATIONS, PRODUCTS, activation_products, require_supported
 from xailab.methods.gradient.base import flat_sum, gradient_card
 from xailab.methods.gradient.baselines import Baseline, PixelSpace, make_baselines
 
@@ -341,6 +342,14 @@ def check_model(model: nn.Module, example: Tensor) -> nn.Module:
         raise UnsupportedModelError(f"deeplift cannot rescale max-pools that return indices: {', '.join(pools)}")
     run = hook_ready(model, example, "deeplift", frozenset({"functional_activation"})).model
     require_supported(run, example, "deeplift", {"functional_activation"})
+    products = activation_products(run, example)
+    if products:
+        what = "; ".join(f"{n} x {PRODUCTS[k]}" for k, n in products.items())
+        raise UnsupportedModelError(
+            f"deeplift has no rule for {what}: the rescale rule does not split a product's difference "
+            "between its factors, so the maps would not sum to f(x) - f(b). Use integrated_gradients "
+            "or gradient_shap, which need no per-operation rule."
+        )
     return run
 
 

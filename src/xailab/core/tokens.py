@@ -14,12 +14,18 @@ only the class token is read by the head, so its patch tokens' gradients are zer
 
     grid = find_token_grid(model, images[:1])          # TokenGrid(h=14, w=14)
     grid.to_map(tokens).shape                           # [N, D, 14, 14]
+
+The concept methods (ICE, TCAV, dissection) read a transformer layer the same way: its tokens
+as a map of ``D`` channels on the patch grid (:func:`as_map`), and what they write back into the
+layer (ICE's reconstructions, TCAV's gradient leaf) as patch tokens beside the original prefix
+tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import Tensor, nn
@@ -93,6 +99,25 @@ def find_token_grid(model: nn.Module, x: Tensor) -> TokenGrid | None:
     return _grid(_dry_run(model, x))
 
 
+_GRIDS: WeakKeyDictionary[nn.Module, dict[tuple[int, ...], TokenGrid | None]] = WeakKeyDictionary()
+
+
+def token_grid_of(model: nn.Module, x: Tensor) -> TokenGrid | None:
+    """:func:`find_token_grid`, remembered per model and input shape (one dry run each; the
+    model is not modified)."""
+    per_shape = _GRIDS.setdefault(model, {})
+    key = tuple(x.shape[1:])
+    if key not in per_shape:
+        per_shape[key] = find_token_grid(model, x[:1])
+    return per_shape[key]
+
+
+def as_map(output: Tensor, grid: TokenGrid | None, name: str = "") -> Tensor:
+    """A layer's output as a map ``[N, C, h, w]``: tokens ``[N, T, D]`` of a transformer with
+    patch grid ``grid`` are reshaped (prefix tokens dropped); anything else is returned as is."""
+    return grid.to_map(output, name) if grid is not None and output.dim() == 3 else output
+
+
 def find_token_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module, TokenGrid] | None:
     """``(name, module, grid)`` of a transformer's default CAM layer (see the module docstring);
     None for a model that is not a transformer on patches."""
@@ -112,4 +137,4 @@ def find_token_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module, Token
                      "name the layer to explain with layer=... (a block's LayerNorm)")
 
 
-__all__ = ["MAX_PREFIX", "TokenGrid", "find_token_grid", "find_token_layer"]
+__all__ = ["MAX_PREFIX", "TokenGrid", "as_map", "find_token_grid", "find_token_layer", "token_grid_of"]

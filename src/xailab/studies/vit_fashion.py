@@ -1,0 +1,123 @@
+"""Study 5: a small vision transformer beside a CNN on Fashion-MNIST, every method scored on both.
+
+The recipe (``xailab study vit_fashion``; each step one ``xailab`` command, printed before it
+runs; a rerun resumes):
+
+1. ``train`` a small timm ViT (patch 4 on 28x28: a 7x7 grid of 64-wide tokens, 4 blocks, 4 heads,
+   about 0.2 M parameters) and the zoo's ``small_cnn`` on Fashion-MNIST, each from scratch
+   (skipped for a model whose ``--vit-weights`` / ``--cnn-weights`` are given);
+2. ``explain`` the same test images on each model with the methods that apply to it: gradients,
+   CAMs and occlusion on both, attention rollout and gradient-weighted attention on the ViT,
+   DeepLIFT and LRP on the CNN (the ViT's LayerNorms and attention have no DeepLIFT/LRP rule here:
+   those methods refuse it, see docs/methods/attention.md);
+3. ``compare`` each run: deletion / insertion AUC, faithfulness correlation, the model
+   randomisation sanity check and time per image;
+4. ``report`` over the four runs. ``python scripts/vit_vs_cnn.py OUT`` then prints both
+   scoreboards as one table and draws them side by side.
+
+    xailab study vit_fashion --quick          # a first look
+    xailab study vit_fashion --vit-weights vit.safetensors --cnn-weights cnn.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from xailab.steps import Step
+from xailab.studies import Study, register_study, sized
+
+#: the ViT: timm's ViT-Tiny architecture shrunk for 28x28 grey images (patch 4: a 7x7 grid)
+VIT = "timm:vit_tiny_patch16_224,img_size=28,patch_size=4,embed_dim=64,depth=4,num_heads=4,in_chans=1,num_classes=10"
+CNN = "small_cnn"
+COMMON = "saliency,input_x_gradient,integrated_gradients,smoothgrad,gradcam,gradcam_pp,layercam,occlusion"
+VIT_ONLY = "attention_rollout,attention_gradient"
+CNN_ONLY = "deeplift,lrp_epsilon_plus"
+
+FULL = {"vit_epochs": 10, "cnn_epochs": 3, "limit_train": None, "images": 32, "steps": 32, "sanity_images": 8}
+QUICK = {"vit_epochs": 1, "cnn_epochs": 1, "limit_train": 2000, "images": 4, "steps": 8, "sanity_images": 2}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="folder of the study's runs (default runs/study-vit_fashion)")
+    p.add_argument("--vit", default=VIT, help="the transformer: a timm:/hf: spec (default: a patch-4 ViT for 28x28)")
+    p.add_argument("--vit-weights", help="the transformer's trained weights: its training is skipped")
+    p.add_argument("--cnn", default=CNN, help=f"the CNN it is compared with (default {CNN})")
+    p.add_argument("--cnn-weights", help="the CNN's trained weights: its training is skipped")
+    p.add_argument("--data-root", help="where Fashion-MNIST's files are (folder or archive)")
+    p.add_argument("--vit-epochs", type=int, help=f"ViT training epochs (default {FULL['vit_epochs']})")
+    p.add_argument("--cnn-epochs", type=int, help=f"CNN training epochs (default {FULL['cnn_epochs']})")
+    p.add_argument("--limit-train", type=int, metavar="N", help="train on a stratified sample of N (default all)")
+    p.add_argument("--images", type=int, metavar="N", help=f"test images explained (default {FULL['images']})")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a first look")
+    p.add_argument("--device", help="cpu, cuda or auto (default: each command's own, auto)")
+
+
+def _size(args: argparse.Namespace, key: str) -> object:
+    return sized(args, key, FULL, QUICK)
+
+
+def _model(args: argparse.Namespace, out: Path, which: str, root: list[str], device: list[str]) -> tuple[str, list[Step]]:
+    """The weights of model ``which`` ("vit" or "cnn") and the step that trains them, if not given."""
+    given = getattr(args, f"{which}_weights")
+    if given:
+        return given, []
+    train = out / which / "train"
+    sizes = ["--epochs", str(_size(args, f"{which}_epochs")), "--val-fraction", "0.1", "--track", "test",
+             "--track-limit", "1000"]
+    limit = _size(args, "limit_train")
+    if limit is not None:
+        sizes += ["--limit-train", str(limit)]
+    if args.quick:
+        sizes += ["--limit-test", "500"]
+    name = "the ViT (from scratch, Adam 1e-3)" if which == "vit" else "the CNN"
+    return str(train / "checkpoints" / "best.safetensors"), [
+        (f"train {name} on Fashion-MNIST",
+         ["train", "--model", getattr(args, which), "--data", "fashion_mnist", *root, *sizes, *device,
+          "--out", str(train)])]
+
+
+def steps(args: argparse.Namespace) -> list[Step]:
+    out = Path(args.out or "runs/study-vit_fashion")
+    root = ["--data-root", args.data_root] if args.data_root else []
+    device = ["--device", args.device] if args.device else []
+    images = [*root, "--images", f"fashion_mnist:test:{_size(args, 'images')}"]
+    compare = ["--steps", str(_size(args, "steps")), "--sanity-images", str(_size(args, "sanity_images")),
+               "--reference", "saliency", *device]
+    out_steps: list[Step] = []
+    runs: list[str] = []
+    for which, methods, what in (("vit", f"{COMMON},{VIT_ONLY}", "gradients, CAMs, occlusion and attention"),
+                                 ("cnn", f"{COMMON},{CNN_ONLY}", "gradients, CAMs, occlusion, DeepLIFT and LRP")):
+        weights, train = _model(args, out, which, root, device)
+        label = "ViT" if which == "vit" else "CNN"
+        out_steps += train
+        runs += [argv[-1] for _, argv in train]
+        explain = str(out / which / "explain")
+        out_steps += [
+            (f"explain test images on the {label}: {what}",
+             ["explain", "--model", getattr(args, which), "--weights", weights, *images, "--methods", methods,
+              "--targets", "true", "--png", "grid", *device, "--out", explain]),
+            (f"score the {label}'s maps: deletion/insertion, sanity check, time",
+             ["compare", explain, *compare]),
+        ]
+        runs.append(explain)
+    out_steps.append(("publish every run as one static report",
+                      ["report", *runs, "--out", str(out / "report"), "--title", TITLE]))
+    return out_steps
+
+
+TITLE = "A vision transformer beside a CNN on Fashion-MNIST"
+
+STUDY = register_study(Study(
+    name="vit_fashion",
+    title=TITLE,
+    add_arguments=add_arguments,
+    steps=steps,
+    summary=(
+        "Train a small timm ViT (patch 4 on 28x28) and a CNN on Fashion-MNIST, explain the same\n"
+        "test images on both with gradients, CAMs, occlusion, attention rollout / gradient-weighted\n"
+        "attention (ViT) and DeepLIFT / LRP (CNN), score every method (deletion / insertion AUC,\n"
+        "sanity check, time) and publish one report; scripts/vit_vs_cnn.py prints the two scoreboards\n"
+        "as one table. See docs/studies/vit-fashion.md."
+    ),
+))

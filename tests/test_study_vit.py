@@ -1,0 +1,75 @@
+"""Study 5 (``vit_fashion``): its commands parse with the real CLI, the given weights skip
+training, each model gets the methods that apply to it; the ViT-vs-CNN table of
+scripts/vit_vs_cnn.py marks a method one model refuses."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from xailab.cli import build_parser
+from xailab.steps import Step
+from xailab.studies import STUDIES
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "vit_vs_cnn.py"
+
+
+def study_steps(*argv: str) -> list[Step]:
+    return STUDIES.get("vit_fashion").steps(build_parser().parse_args(["study", "vit_fashion", *argv]))
+
+
+def leaf_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    for word in argv:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or word not in subs[0].choices:
+            break
+        parser = subs[0].choices[word]
+    return {s for a in parser._actions for s in a.option_strings}
+
+
+@pytest.mark.parametrize("variant", [[], ["--quick"], ["--vit-weights", "/w/vit.safetensors", "--device", "cpu"],
+                                     ["--data-root", "/d/fm", "--images", "3", "--vit-epochs", "2"]])
+def test_every_step_parses_with_the_real_cli(variant: list[str]) -> None:
+    parser = build_parser()
+    steps = study_steps("--out", "/o", *variant)
+    assert steps[-1][1][0] == "report"
+    for what, argv in steps:
+        assert what
+        parser.parse_args(argv)
+        flags = {w for w in argv if w.startswith("--")}
+        assert flags <= leaf_options(parser, argv), argv
+
+
+def test_methods_follow_the_model_and_given_weights_skip_training() -> None:
+    parser = build_parser()
+    steps = [parser.parse_args(a) for _, a in study_steps("--out", "/o", "--vit-weights", "/w/v.safetensors")]
+    assert [s.command for s in steps] == ["explain", "compare", "train", "explain", "compare", "report"]
+    vit, cnn = steps[0], steps[3]
+    assert vit.weights == "/w/v.safetensors" and vit.model.startswith("timm:")
+    assert "attention_rollout" in vit.methods and "deeplift" not in vit.methods
+    assert "deeplift" in cnn.methods and "attention_rollout" not in cnn.methods
+    assert cnn.weights == "/o/cnn/train/checkpoints/best.safetensors"
+    assert set(steps[-1].runs) == {"/o/vit/explain", "/o/cnn/train", "/o/cnn/explain"}
+
+
+def test_the_table_marks_refused_methods() -> None:
+    spec = importlib.util.spec_from_file_location("vit_vs_cnn", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["vit_vs_cnn"] = mod
+    spec.loader.exec_module(mod)
+
+    def board(methods: list[str]) -> pd.DataFrame:
+        return pd.DataFrame({"method": methods, "deletion_auc": 0.1, "insertion_auc": 0.5, "faithfulness_corr": 0.2,
+                             "sanity_spearman": 0.05, "sanity": "passed", "avg_time": 0.01}).set_index("method")
+
+    text = mod.table({"vit": board(["saliency", "attention_rollout"]), "cnn": board(["saliency", "deeplift"])})
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()[2:]}
+    assert set(rows) == {"saliency", "attention_rollout", "deeplift"}
+    assert "refused" not in rows["saliency"] and rows["deeplift"].count("refused") == 1
+    assert "0.05 (passed)" in rows["attention_rollout"]
