@@ -64,12 +64,12 @@ def per_segment(attr: torch.Tensor, seg: torch.Tensor) -> np.ndarray:
     return attr.reshape(-1)[first].double().numpy()
 
 
-def xailab_run(method: str, num_samples: int | str, tol: float = 0.05) -> Run:
+def xailab_run(method: str, num_samples: int | str, tol: float = 0.05, max_samples: int = 4000) -> Run:
     def run(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torch.Tensor], seed: int,
             bs: int) -> tuple[list[np.ndarray], float]:
         kw: dict[str, Any] = {"num_samples": num_samples}
         if num_samples == "auto":
-            kw.update(tol=tol, max_samples=4000)
+            kw.update(tol=tol, max_samples=max_samples)
         res = xailab.create(method, m, segmentation=torch.stack(segs), seed=seed, batch_size=bs, **kw).explain(
             x, target=t)
         k = res.extras["n_segments"]
@@ -150,7 +150,8 @@ def settings(family: str, a: argparse.Namespace) -> list[tuple[str, str, Run]]:
     budgets = [int(n) for n in a.budgets.split(",")]
     tols = [float(v) for v in a.tols.split(",")]
     refs = [int(n) for n in a.ref_budgets.split(",")]
-    out: list[tuple[str, str, Run]] = [("xailab auto", f"tol={tol}", xailab_run(family, "auto", tol)) for tol in tols]
+    out: list[tuple[str, str, Run]] = [("xailab auto", f"tol={tol}", xailab_run(family, "auto", tol, a.max_samples))
+                                       for tol in tols]
     out += [("xailab fixed", str(n), xailab_run(family, n)) for n in budgets]
     if family == "lime":
         out += [("lime", str(n), lime_run(n)) for n in refs]
@@ -234,6 +235,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--ref-budgets", default="250,1000", help="samples of lime, shap and Captum")
     p.add_argument("--budgets", default="125,250,500,1000", help="samples of xailab fixed")
     p.add_argument("--tols", default="0.1,0.06,0.04,0.025", help="tol of xailab auto")
+    p.add_argument("--max-samples", type=int, default=4000, help="max_samples of xailab auto")
     p.add_argument("--json", help="write the rows as JSON")
     a = p.parse_args(argv)
     if a.quick:
