@@ -288,6 +288,7 @@ def _produce(where: str, argv: list[str], cwd: Path) -> None:
             assert _run(shrink_argv(cmd)) == 0, cmd
 
 
+@pytest.mark.slow  # minutes in all: `make test` (CI) runs them, `make test-fast` does not
 @pytest.mark.parametrize(("where", "cmd"), RUNNABLE, ids=[f"{w}:{c[:70]}" for w, c in RUNNABLE])
 def test_example_runs_shrunk(where: str, cmd: str, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reason = why_not_run(where, cmd)
