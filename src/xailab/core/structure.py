@@ -21,7 +21,7 @@ graph has no in-place updates. Three patterns break it and are common in real mo
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +152,20 @@ def require_supported(
     return [i for i in issues if i.kind not in wanted]
 
 
+def autograd_nodes(output: Tensor | None) -> Iterator[tuple[Any, list[Any]]]:
+    """Every node of ``output``'s autograd graph once, with the nodes it feeds from."""
+    seen: set[Any] = set()
+    todo = [output.grad_fn] if output is not None else []
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        nexts = [f for f, _ in node.next_functions if f is not None]
+        yield node, nexts
+        todo.extend(nexts)
+
+
 #: autograd nodes that multiply or divide two input-dependent tensors: a module rule cannot see them
 PRODUCTS = {
     "MulBackward0": "an element-wise product of two activations (a gate or squeeze-excitation)",
@@ -169,15 +183,7 @@ def activation_products(model: nn.Module, example: Tensor) -> Counter[str]:
     with model_session(model), torch.enable_grad():
         out = torch.func.functional_call(model, params, (x,))
     found: Counter[str] = Counter()
-    seen: set[Any] = set()
-    todo = [out.grad_fn] if isinstance(out, Tensor) else []
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        nexts = [f for f, _ in node.next_functions if f is not None]
+    for node, nexts in autograd_nodes(out if isinstance(out, Tensor) else None):
         if node.name() in PRODUCTS and len(nexts) >= 2:
             found[node.name()] += 1
-        todo.extend(nexts)
     return found

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from zennit.core import Composite
 
 from xailab.core.errors import UnsupportedModelError
-from xailab.core.structure import inspect_structure
+from xailab.core.structure import autograd_nodes, inspect_structure
 
 from .canonizers import ResidualSumCanonizer, scan_forward
 from .composites import stateful_modules
@@ -70,19 +70,11 @@ def _no_rule(name: str) -> str | None:
 def mixing_operations(output: Tensor) -> Counter[str]:
     """Count the autograd nodes of ``output``'s graph that combine two input-dependent tensors."""
     found: Counter[str] = Counter()
-    seen: set[Any] = set()
-    todo = [output.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        nexts = [f for f, _ in node.next_functions if f is not None]
+    for node, nexts in autograd_nodes(output):
         if node.name() in _MIXING and len(nexts) >= 2:
             found[node.name()] += 1
         elif (key := _no_rule(node.name())) is not None and nexts:
             found[key] += 1
-        todo.extend(nexts)
     return found
 
 
