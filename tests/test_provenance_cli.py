@@ -143,7 +143,8 @@ def test_16_1_dissect_and_ice_never_mix_inputs(work: dict[str, Path], capsys: py
     assert "fit skipped" not in out and "fitting" in out
 
 
-@pytest.mark.parametrize("command", ["evaluate", "concepts ice", "dissect", "audit adversarial", "audit backdoor"])
+@pytest.mark.parametrize("command", ["evaluate", "concepts ice", "dissect", "audit adversarial", "audit backdoor",
+                                     "counterfactual"])
 def test_16_4_a_model_of_other_classes_is_refused(work: dict[str, Path], command: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """A 10-class model and a 4-class folder: every command that takes a model and labelled data refuses."""
@@ -158,6 +159,7 @@ def test_16_4_a_model_of_other_classes_is_refused(work: dict[str, Path], command
         "audit adversarial": ["audit", "adversarial", *model, "--images", four + ":test", "--attack", "fgsm",
                               "--eps", "0.1", "--out", out],
         "audit backdoor": ["audit", "backdoor", *model, "--data", four, "--out", out],
+        "counterfactual": ["counterfactual", *model, "--images", four + ":test", "--kinds", "region", "--out", out],
     }[command]
     assert main(argv) == 2
     err = capsys.readouterr().err
