@@ -144,7 +144,7 @@ def test_16_1_dissect_and_ice_never_mix_inputs(work: dict[str, Path], capsys: py
 
 
 @pytest.mark.parametrize("command", ["evaluate", "concepts ice", "dissect", "audit adversarial", "audit backdoor",
-                                     "counterfactual"])
+                                     "counterfactual", "distill"])
 def test_16_4_a_model_of_other_classes_is_refused(work: dict[str, Path], command: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """A 10-class model and a 4-class folder: every command that takes a model and labelled data refuses."""
@@ -160,6 +160,7 @@ def test_16_4_a_model_of_other_classes_is_refused(work: dict[str, Path], command
                               "--eps", "0.1", "--out", out],
         "audit backdoor": ["audit", "backdoor", *model, "--data", four, "--out", out],
         "counterfactual": ["counterfactual", *model, "--images", four + ":test", "--kinds", "region", "--out", out],
+        "distill": ["distill", *model, "--images", four + ":test", "--features", "pixels", "--out", out],
     }[command]
     assert main(argv) == 2
     err = capsys.readouterr().err
