@@ -71,9 +71,9 @@ PRODUCERS: dict[tuple[str, str], str] = {
         "--images cifar10:test:8 --data-root cifar10-jpg.tar.gz --layer layer3.2 --concepts 3 --out runs/ice",
     ("xailab learning --help", "runs/c10"): "xailab train --model cifar_cnn --data cifar10 --data-root "
                                             "cifar10-jpg.tar.gz --epochs=2 --out runs/c10",
-    # a train run (an audit poison run records no per-epoch predictions, which learning reads)
-    ("xailab learning --help", "runs/poisoned"): "xailab train --model small_cnn --data fashion_mnist --epochs=2 "
-                                                 "--out runs/poisoned",
+    # an audit poison run records its test images' predictions every epoch, as train does
+    ("xailab learning --help", "runs/poisoned"): "xailab audit poison --data fashion_mnist --source Sandal "
+        "--target Sneaker --model small_cnn --epochs=2 --track-limit 8 --out runs/poisoned",
     ("docs/distillation.md", "runs/distill-cat-dog"): "xailab distill --model resnet20 --weights resnet20.safetensors "
         "--images cifar10:train:40 --data-root cifar10-jpg.tar.gz --features ice:runs/ice --classes cat,dog --depth 3 "
         "--out runs/distill-cat-dog",
