@@ -61,9 +61,9 @@ def test_poison_records_every_epochs_predictions_and_learning_reads_them(
         poisoned_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Like train, audit poison records the clean test images' predictions after every epoch:
     `xailab learning` explains its checkpoints (the example of `learning --help`)."""
-    from xailab.train.recorder import read_predictions
-
     import shutil
+
+    from xailab.train.recorder import read_predictions
 
     run = shutil.copytree(poisoned_run, tmp_path / "bd")  # learning writes into the run
     rows = read_predictions(Run.open(run))
