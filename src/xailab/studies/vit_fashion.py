@@ -8,9 +8,9 @@ runs; a rerun resumes):
    AdamW with warmup + cosine and label smoothing from the first stage's weights) and the zoo's
    ``small_cnn`` (skipped for a model whose ``--vit-weights`` / ``--cnn-weights`` are given);
 2. ``explain`` the same test images on each model with the methods that apply to it: gradients,
-   CAMs and occlusion on both, attention rollout and gradient-weighted attention on the ViT,
-   DeepLIFT and LRP on the CNN (the ViT's LayerNorms and attention have no DeepLIFT/LRP rule here:
-   those methods refuse it, see docs/methods/attention.md);
+   CAMs and occlusion on both, attention rollout, gradient-weighted attention and AttnLRP on the
+   ViT, DeepLIFT and LRP (ε + z+) on the CNN (DeepLIFT refuses the ViT's LayerNorms and attention,
+   see docs/methods/attention.md);
 3. ``compare`` each run: deletion / insertion AUC, faithfulness correlation, the model
    randomisation sanity check and time per image;
 4. ``report`` over the four runs. ``python scripts/vit_vs_cnn.py OUT`` then prints both
@@ -32,7 +32,7 @@ from xailab.studies import Study, register_study, sized
 VIT = "timm:vit_tiny_patch16_224,img_size=28,patch_size=4,embed_dim=64,depth=4,num_heads=4,in_chans=1,num_classes=10"
 CNN = "small_cnn"
 COMMON = "saliency,input_x_gradient,integrated_gradients,smoothgrad,gradcam,gradcam_pp,layercam,occlusion"
-VIT_ONLY = "attention_rollout,attention_gradient"
+VIT_ONLY = "attention_rollout,attention_gradient,attnlrp"
 CNN_ONLY = "deeplift,lrp_epsilon_plus"
 
 FULL = {"vit_epochs": 4, "vit_stage1_epochs": 2, "cnn_epochs": 3, "limit_train": None, "images": 32, "steps": 32,
@@ -112,7 +112,7 @@ def steps(args: argparse.Namespace) -> list[Step]:
                "--reference", "saliency", *device]
     out_steps: list[Step] = []
     runs: list[str] = []
-    for which, methods, what in (("vit", f"{COMMON},{VIT_ONLY}", "gradients, CAMs, occlusion and attention"),
+    for which, methods, what in (("vit", f"{COMMON},{VIT_ONLY}", "gradients, CAMs, occlusion, attention, AttnLRP"),
                                  ("cnn", f"{COMMON},{CNN_ONLY}", "gradients, CAMs, occlusion, DeepLIFT and LRP")):
         weights, train = _model(args, out, which, root, device)
         label = "ViT" if which == "vit" else "CNN"
@@ -142,7 +142,7 @@ STUDY = register_study(Study(
     summary=(
         "Train a small timm ViT (patch 4 on 28x28) and a CNN on Fashion-MNIST, explain the same\n"
         "test images on both with gradients, CAMs, occlusion, attention rollout / gradient-weighted\n"
-        "attention (ViT) and DeepLIFT / LRP (CNN), score every method (deletion / insertion AUC,\n"
+        "attention / AttnLRP (ViT) and DeepLIFT / LRP (CNN), score every method (deletion / insertion AUC,\n"
         "sanity check, time) and publish one report; scripts/vit_vs_cnn.py prints the two scoreboards\n"
         "as one table. See docs/studies/vit-fashion.md."
     ),
