@@ -60,7 +60,7 @@ LINEAR_NODES = frozenset({
     "SelectBackward0", "SliceBackward0", "IndexBackward0", "GatherBackward0", "UnbindBackward0",
     "SplitBackward0", "SplitWithSizesBackward0", "UnsafeSplitBackward0", "SqueezeBackward0",
     "SqueezeBackward1", "SqueezeBackward2", "UnsqueezeBackward0", "RepeatBackward0", "FlipBackward0",
-    "RollBackward0", "ConstantPadNdBackward0", "MaskedFillBackward0", "AsStridedBackward0",
+    "RollBackward0", "ConstantPadNdBackward0", "MaskedFillBackward0", "AsStridedBackward0", "AsStridedBackward1",
     "AvgPool2DBackward0", "AdaptiveAvgPool2DBackward0", "AvgPool1DBackward0", "AdaptiveAvgPool1DBackward0",
     "MaxPool2DWithIndicesBackward0", "MaxPool1DWithIndicesBackward0", "MaxBackward0", "MaxBackward1",
     "AmaxBackward0", "NativeBatchNormBackward0", "CudnnBatchNormBackward0", "SoftmaxBackward0",
