@@ -138,6 +138,12 @@ def test_backdoor_and_adversarial_bad_input(poisoned_run: Path, folder: Path, tm
                                             capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["audit", "backdoor", "--run", str(poisoned_run), "--classes", "giraffe", "--out", str(tmp_path / "a")])
     assert rc == 2 and "'giraffe' does not exist" in capsys.readouterr().err
+    # too few items a class for every detector asked: one line, not a KeyError on an empty table
+    rc = main(["audit", "backdoor", "--run", str(poisoned_run), "--detectors", "spray,ac", "--rule", "spray",
+               "--max-per-class", "3", "--out", str(tmp_path / "few")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no class has enough items" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "few").exists()
     rc = main(["audit", "adversarial", "--run", str(poisoned_run), "--images", f"folder:{folder}:test:2",
                "--attack", "pgd", "--out", str(tmp_path / "b")])
     assert rc == 2 and "needs a budget: --eps" in capsys.readouterr().err

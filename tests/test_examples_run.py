@@ -147,8 +147,8 @@ SHRINK = [
 # options added per command (when the example does not give them): the smallest sizes
 ADD = {
     "train": "--limit-train 40 --limit-test 16 --batch-size 16 --quiet --track-limit 8",
-    "audit poison": "--limit-train 40 --limit-test 16 --batch-size 16 --quiet",
-    "audit backdoor": "--max-per-class 8 --neighbors 3 --ac-dims 2",
+    "audit poison": "--limit-train 100 --limit-test 16 --batch-size 16 --quiet",
+    "audit backdoor": "--max-per-class 8 --neighbors 3 --ac-dims 2 --nc-steps 8",
     "audit adversarial": "--steps 2",
     "evaluate": "--limit 16",
     "compare": "--steps 4 --no-sanity",  # the sanity step is tests/test_metrics_compare.py's
@@ -166,7 +166,11 @@ def shrink_argv(cmd: str) -> list[str]:
     argv = shlex.split(cmd)[1:]
     name = " ".join(argv[:2]) if argv[0] in ("audit", "concepts") else argv[0]
     if name == "concepts ice":  # as many images as concepts at least
-        argv = [re.sub(r":2$", ":8", a) if a.startswith(("cifar10:", "fashion_mnist:")) else a for a in argv]
+        argv = [re.sub(r":2$", ":4", a) if a.startswith(("cifar10:", "fashion_mnist:")) else a for a in argv]
+    if name == "dissect":  # two probe images (ImageNet-size photos cost ~50x a CIFAR image)
+        argv = [re.sub(r"^4$", "2", a) if argv[k - 1] == "--max-images" else a for k, a in enumerate(argv)]
+    if name == "audit poison":  # the detectors read >= 8 items a class of its training set
+        argv = [re.sub(r"^40$", "100", a) if argv[k - 1] == "--limit-train" else a for k, a in enumerate(argv)]
     if name == "distill":  # a few images of most classes to fit the surrogates on
         argv = [re.sub(r":2$", ":40", a) if argv[k - 1] == "--images" else a for k, a in enumerate(argv)]
     if name == "datasets" and "--export" in argv and "--per-class" not in argv:
@@ -235,9 +239,13 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
+# documents whose examples are the same commands making the same runs share a folder (run once)
+SAME_FOLDER = {"xailab dissect --help": "docs/dissection.md"}
+
+
 def workdir(base: Path, where: str) -> Path:
     """The document's own working folder (its own ``runs/``: documents reuse run names)."""
-    cwd = base / re.sub(r"\W+", "-", where)
+    cwd = base / re.sub(r"\W+", "-", SAME_FOLDER.get(where, where))
     if not cwd.exists():
         shutil.copytree(base / "_files", cwd, symlinks=True)
     return cwd
