@@ -9,6 +9,9 @@ sandbox that holds what the examples name (``resnet20.safetensors``, ``photos/``
   studies their smallest sizes, compare a short sanity schedule (:func:`shrink_argv`);
 * the runs an example reads (``runs/fmnist`` ...) are made by the examples before it in the same
   document, in document order; a run a document reads but never makes comes from :data:`PRODUCERS`;
+* a study (``xailab study NAME ...``) runs end to end through the real ``xailab study``: it makes
+  its steps from the example's own options, and every step runs shrunk by these same rules
+  (:func:`_run_study`), in a folder shared by the documents that give the same command;
 * the examples that cannot run here are listed in :data:`NOT_RUN` with the reason; a test fails when
   an example is neither run nor listed, or listed but gone (the list cannot grow silently).
 
