@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-TARGETS = (7, 2, 9, 8, 0)  # the backdoor's target for seed 1, 2, ... (Sneaker, Pullover, Ankle boot, Bag, T-shirt)
+TARGETS = (7, 7, 7, 2, 8)  # the target of seed 1, 2, ...: Sneaker (seeds 1-3), Pullover, Bag (naturally easy to reach)
 PATCH_BOX = (23, 23, 26, 26)
 
 
