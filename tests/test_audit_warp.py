@@ -40,7 +40,7 @@ def test_properties() -> None:
     a, b = parse_trigger("warp:2", seed=0).apply(x)[0], parse_trigger("warp:2", seed=0).apply(x)[0]
     assert torch.equal(a, b)                                           # fixed by the seed
     assert not torch.allclose(a, parse_trigger("warp:2", seed=1).apply(x)[0])
-    assert (a - x).abs().max() > 0.01 and 0 <= a.min() and a.max() <= 1
+    assert (a - x).abs().max() > 0.01 and a.min() >= 0 and a.max() <= 1
     torch.testing.assert_close(parse_trigger("warp:1e-6").apply(x)[0], x, atol=1e-5, rtol=0)
     flat = torch.full((1, 1, 12, 12), 0.3)
     torch.testing.assert_close(parse_trigger("warp:4").apply(flat)[0], flat)  # a constant image stays constant

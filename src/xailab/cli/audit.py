@@ -88,7 +88,7 @@ def _poison_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--target", required=True, help="the class triggered images are relabelled as")
     q.add_argument("--fraction", type=float, default=0.1, help="share of the source images poisoned, in (0, 1]")
     q.add_argument("--trigger", default="patch:4",
-                   help="patch:S, checker:S, icon:S:FILE (each @corner, @random or @TOP,LEFT) , blend:ALPHA or warp:STRENGTH[:GRID] (WaNet)")
+                   help="patch:S, checker:S, icon:S:FILE (each @corner, @random or @TOP,LEFT), blend:ALPHA or warp:STRENGTH[:GRID] (WaNet)")
     q.add_argument("--model", required=True, help="zoo name (small_cnn, cifar_cnn, ...) or package.module:factory")
     q.add_argument("--epochs", type=int, default=3)
     q.add_argument("--batch-size", type=int, default=128)
