@@ -31,6 +31,7 @@ is refused with :class:`~xailab.core.errors.UnsupportedModelError` naming it.
 from __future__ import annotations
 
 import math
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,11 +60,12 @@ LINEAR_NODES = frozenset({
     "SelectBackward0", "SliceBackward0", "IndexBackward0", "GatherBackward0", "UnbindBackward0",
     "SplitBackward0", "SplitWithSizesBackward0", "UnsafeSplitBackward0", "SqueezeBackward0",
     "SqueezeBackward1", "SqueezeBackward2", "UnsqueezeBackward0", "RepeatBackward0", "FlipBackward0",
-    "RollBackward0", "ConstantPadNdBackward0", "MaskedFillBackward0", "AsStridedBackward0",
+    "RollBackward0", "ConstantPadNdBackward0", "MaskedFillBackward0", "AsStridedBackward0", "AsStridedBackward1",
     "AvgPool2DBackward0", "AdaptiveAvgPool2DBackward0", "AvgPool1DBackward0", "AdaptiveAvgPool1DBackward0",
     "MaxPool2DWithIndicesBackward0", "MaxPool1DWithIndicesBackward0", "MaxBackward0", "MaxBackward1",
     "AmaxBackward0", "NativeBatchNormBackward0", "CudnnBatchNormBackward0", "SoftmaxBackward0",
     "torch::autograd::AccumulateGrad", "EpsilonRuleBackward", "IdentityRuleBackward", "UniformRuleBackward",
+    "NormRuleBackward",
 })
 #: products / quotients: linear only with one input-dependent operand (or both under the uniform rule)
 _PRODUCTS = frozenset({"MulBackward0", "MmBackward0", "BmmBackward0", "AddmmBackward0", "BaddbmmBackward0",
@@ -111,7 +113,9 @@ class AttnLRP(Explainer):
         epsilon: ε of the ε-rule on linear layers, convolutions and the affine part of norms.
         softmax: ``"linearize"`` (AttnLRP, default) or ``"constant"`` (CP-LRP: the attention
             probabilities are constants, relevance flows through the values only).
-        check: check the model's autograd graph (on the first image) for operations without a rule.
+        check: check the model's autograd graph (on the first image) for operations without a rule;
+            a passed check is remembered for the model until its modules, training flags,
+            parameters (in-place updates included) or the input shape change.
         **kwargs: ``batch_size``, ``output``, ``eval_mode``, ``seed`` of :class:`Explainer`. With
             ``output="probability"`` (or log) the relevance starting at the target logit is that score.
     """
@@ -163,8 +167,15 @@ class AttnLRP(Explainer):
 
     def _prepare_one_pass(self, x: Tensor) -> None:
         self._sums, self._scores = [], []
-        if self.check:
+        if not self.check:
+            return
+        key = _model_key(self.model, x[:1], self.softmax)
+        seen = _CHECKED.setdefault(self.model, set())
+        if key not in seen:  # this model, unchanged, passed the check before (same input shape)
             self._check(x[:1])
+            if len(seen) >= 8:
+                seen.pop()
+            seen.add(key)
 
     def _check(self, example: Tensor) -> None:
         training = [n for n, m in self.model.named_modules()
@@ -227,6 +238,21 @@ class AttnLRP(Explainer):
         if not self._sums:
             return {}
         return {"relevance_sum": torch.cat(self._sums), "score": torch.cat(self._scores)}
+
+
+#: per model: the keys (see _model_key) of its passed checks
+_CHECKED: weakref.WeakKeyDictionary[nn.Module, set[tuple[Any, ...]]] = weakref.WeakKeyDictionary()
+
+
+def _model_key(model: nn.Module, example: Tensor, softmax: str) -> tuple[Any, ...]:
+    """What the check's outcome depends on: the modules and their training flags, the parameters
+    (identity and in-place version), the forward code, the input's shape, dtype and device."""
+    return (
+        tuple((n, type(m), id(m), m.training) for n, m in model.named_modules()),
+        tuple((id(p), p._version) for p in model.parameters()),
+        type(model).forward, id(model.__dict__.get("forward")),
+        tuple(example.shape[1:]), example.dtype, example.device, softmax,
+    )
 
 
 @contextmanager

@@ -66,23 +66,21 @@ _MHA = inspect.signature(F.multi_head_attention_forward)
 _MHA_UNSUPPORTED = ("bias_k", "bias_v", "key_padding_mask", "attn_mask", "static_k", "static_v")
 
 
-def _stabilize(d: Tensor, epsilon: float) -> Tensor:
-    """``d + ε·sign(d)`` with sign(0) = 1, never exactly zero."""
-    return d + torch.where(d >= 0, epsilon, -epsilon) if epsilon > 0 else torch.where(d == 0, 1e-30, d)
-
-
 class EpsilonRule(torch.autograd.Function):
-    """Identity forward on a layer's output ``z``; backward ``g · z / (z + ε sign z)``."""
+    """Identity forward on a layer's output ``z``; backward ``g · z / (z + ε sign z)`` (ε > 0)."""
 
     @staticmethod
     def forward(ctx: Any, z: Tensor, epsilon: float) -> Tensor:
-        ctx.save_for_backward(z / _stabilize(z, epsilon))
-        return z.clone()
+        out = z.clone()
+        ctx.save_for_backward(out)
+        ctx.epsilon = epsilon
+        return out
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        (factor,) = ctx.saved_tensors
-        return g * factor, None
+        (z,) = ctx.saved_tensors
+        size = z.abs()
+        return g * size / (size + ctx.epsilon), None  # z / (z + ε sign z), 0 at z = 0
 
 
 class IdentityRule(torch.autograd.Function):
@@ -91,13 +89,30 @@ class IdentityRule(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, fn: Any, kwargs: dict[str, Any]) -> Tensor:
         y = fn(x, **kwargs)
-        ctx.save_for_backward(torch.where(x == 0, torch.zeros_like(y), y / torch.where(x == 0, 1.0, x)))
+        ctx.save_for_backward((y / x).masked_fill_(x == 0, 0.0))  # x = 0: no relevance to pass on
         return y
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         (ratio,) = ctx.saved_tensors
         return g * ratio, None, None
+
+
+class NormRule(torch.autograd.Function):
+    """``(x - mean) / std`` over the last dims (``F.layer_norm`` without affine); backward with the
+    standard deviation a constant (identity rule on the division): ``g_in = (g - mean(g)) / std``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, shape: tuple[int, ...], eps: float) -> Tensor:
+        dims = tuple(range(-len(shape), 0))
+        ctx.dims = dims
+        ctx.save_for_backward(torch.rsqrt(torch.var(x, dims, correction=0, keepdim=True) + eps))
+        return F.layer_norm(x, shape, None, None, eps)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        (rstd,) = ctx.saved_tensors
+        return (g - g.mean(ctx.dims, keepdim=True)) * rstd, None, None
 
 
 class UniformRule(torch.autograd.Function):
@@ -171,7 +186,7 @@ class AttnLRPRules(TorchFunctionMode):
         if not _active(x):
             return z
         self.seen["linear"] += 1
-        return EpsilonRule.apply(z, self.epsilon)
+        return EpsilonRule.apply(z, self.epsilon) if self.epsilon > 0 else z  # ε = 0: the plain gradient
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return self._layer(F.linear, x, weight, bias)
@@ -180,7 +195,7 @@ class AttnLRPRules(TorchFunctionMode):
         """``y * weight + bias`` of a norm, with the ε-rule (weight and bias over the last dims)."""
         z = y * weight if weight is not None else y
         z = z + bias if bias is not None else z
-        if weight is None and bias is None:
+        if (weight is None and bias is None) or self.epsilon == 0:
             return z
         return EpsilonRule.apply(z, self.epsilon)
 
@@ -189,10 +204,7 @@ class AttnLRPRules(TorchFunctionMode):
         if not _active(x):
             return F.layer_norm(x, normalized_shape, weight, bias, eps)
         self.seen["norm"] += 1
-        dims = tuple(range(-len(tuple(normalized_shape)), 0))
-        centred = x - x.mean(dims, keepdim=True)
-        std = (centred.pow(2).mean(dims, keepdim=True) + eps).sqrt().detach()  # identity rule: a constant
-        return self.affine(centred / std, weight, bias)
+        return self.affine(NormRule.apply(x, tuple(normalized_shape), eps), weight, bias)
 
     def rms_norm(self, x: Tensor, normalized_shape: Any, weight: Tensor | None = None, eps: float | None = None) -> Tensor:
         if not _active(x):
