@@ -147,7 +147,6 @@ SHRINK = [
     (r"--limit-test \d+", "--limit-test 16"),
     (r"--track-limit \d+", "--track-limit 8"),
     (r"--max-per-class \d+", "--max-per-class 8"),
-    (r"--per-class \d+", "--per-class 6"),
     (r"--thumbnails \d+", "--thumbnails 8"),
     (r"--student-epochs \d+", "--student-epochs 1"),
     (r"--map-images \d+", "--map-images 2"),
@@ -183,8 +182,9 @@ def shrink_argv(cmd: str) -> list[str]:
         argv = [re.sub(r"^40$", "100", a) if argv[k - 1] == "--limit-train" else a for k, a in enumerate(argv)]
     if name == "distill":  # a few images of most classes to fit the surrogates on
         argv = [re.sub(r":2$", ":40", a) if argv[k - 1] == "--images" else a for k, a in enumerate(argv)]
-    if name == "datasets" and "--export" in argv and "--per-class" not in argv:
-        argv += ["--per-class", "6"]
+    if name == "datasets" and "--export" in argv:  # a training set of the classes picked, else 1 photo to explain
+        argv = [a for k, a in enumerate(argv) if a != "--per-class" and argv[k - 1] != "--per-class"]
+        argv += ["--per-class", "6" if "--select" in argv else "1"]
     if name == "counterfactual":  # prototypes of other classes to choose from
         argv = [re.sub(r":2$", ":40", a) if argv[k - 1] == "--reference" else a for k, a in enumerate(argv)]
     if name == "audit strip":  # STRIP needs a pool and a calibration half of clean images
