@@ -8,7 +8,7 @@ through ``Add`` modules), :func:`prepare_model` refuses, with :class:`Unsupporte
   squeeze-excitation, attention, a broadcast residual add) left in the autograd graph: its
   gradient copies or scales relevance instead of dividing it, so relevance is not conserved;
 * a layer normalisation, or a fused softmax attention (``F.scaled_dot_product_attention``):
-  they have no LRP rule here (AttnLRP's are not implemented), so a transformer is refused;
+  they have no zennit rule, so a transformer is refused (``attnlrp`` explains it);
 * a module whose rule stores its input (conv, linear, pooling, residual sum) called more than once per
   forward pass: the second call overwrites what the first call's rule needs;
 * a functional non-ReLU activation (``torch.sigmoid``, ``F.gelu``...) outside a module: its
@@ -58,7 +58,7 @@ _RELU_NAMES = ("relu(", "relu_(")
 #: autograd nodes with no LRP rule here, even with one input-dependent operand (transformers)
 _NO_RULE = {
     "NativeLayerNormBackward0": "a layer normalisation (it divides by the activations' own spread; "
-                                "the AttnLRP rules for LayerNorm and attention are not implemented)",
+                                "attnlrp has AttnLRP's rules for layer norms and attention)",
     "ScaledDotProduct": "a fused softmax attention (F.scaled_dot_product_attention)",
 }
 
