@@ -32,6 +32,7 @@ CATALOGUE: dict[str, dict[str, dict[str, Any]]] = {'datasets': {'cifar10': {'can
                                     'family': 'attention',
                                     'summary': 'Gradient-weighted attention relevance (Chefer, Gur & Wolf 2021).'},
              'attention_rollout': {'aliases': ['rollout'], 'family': 'attention', 'summary': 'Attention rollout (Abnar & Zuidema 2020).'},
+             'attnlrp': {'aliases': ['attn_lrp', 'lrp_transformer'], 'family': 'propagation', 'summary': 'AttnLRP (module docstring).'},
              'deeplift': {'aliases': ['deep_lift'],
                           'family': 'gradient',
                           'summary': 'DeepLIFT with the rescale rule: exact summation-to-delta; refuses models it would get wrong.'},
