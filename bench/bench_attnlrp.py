@@ -48,6 +48,7 @@ def build():
     torch.manual_seed(0)
     m = vt.VisionTransformer(image_size=224, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192,
                              mlp_dim=768, num_classes=1000).eval()
+    torch.nn.init.normal_(m.heads.head.weight, std=0.02)
     for p in m.parameters():
         p.requires_grad_(False)
     return m
@@ -81,8 +82,10 @@ def tv_tiny() -> nn.Module:
     from torchvision.models import VisionTransformer
 
     torch.manual_seed(0)
-    return VisionTransformer(image_size=224, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192, mlp_dim=768,
-                             num_classes=1000).eval()
+    model = VisionTransformer(image_size=224, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192, mlp_dim=768,
+                              num_classes=1000).eval()
+    nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision starts the head at zero (logits 0)
+    return model
 
 
 def lxt_rows(images: int, rounds: int) -> list[Row]:
@@ -97,7 +100,7 @@ def lxt_rows(images: int, rounds: int) -> list[Row]:
         return []
     got = json.loads(run.stdout.strip().splitlines()[-1])
     case = "tv ViT-Ti/16 (lxt)"
-    return [Row(case, "attnlrp", "lxt", got["lxt"]), Row(case, "forward+backward", "floor", got["floor"]),
+    return [Row(case, "attnlrp eps=0", "lxt", got["lxt"]), Row(case, "forward+backward", "floor", got["floor"]),
             Row(case, "attnlrp / floor", "ratio", got["lxt"] / got["floor"])]
 
 
@@ -127,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
 
         fns = {
             "attnlrp/xailab": lambda m=model, t=targets: xailab.create("attnlrp", m).explain(x, target=t),
+            "attnlrp eps=0/xailab": lambda m=model, t=targets: xailab.create("attnlrp", m, epsilon=0.0)
+            .explain(x, target=t),
             "attention_gradient/xailab": lambda m=model, t=targets: xailab.create("attention_gradient", m)
             .explain(x, target=t),
             "forward+backward/floor": floor,

@@ -296,3 +296,17 @@ def test_a_passed_check_is_redone_when_the_model_changes() -> None:
 class ExpModule(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.exp(x)
+
+
+@pytest.mark.parametrize("norm", [nn.LayerNorm, nn.RMSNorm])
+def test_norms_hand_on_all_relevance_without_biases(norm: Any) -> None:
+    """Identity rule on the division, no bias: a norm followed by GELU and a bias-free head conserves."""
+    torch.manual_seed(0)
+    layer = norm(48) if norm is nn.RMSNorm else norm(48, bias=False)
+    with torch.no_grad():
+        layer.weight.normal_()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 48, bias=False), layer, nn.GELU(),
+                          nn.Linear(48, 5, bias=False)).double()
+    res = xailab.create("attnlrp", model, epsilon=0.0).explain(torch.rand(3, 3, 4, 4, dtype=torch.float64),
+                                                               target=["top1", "least"])
+    torch.testing.assert_close(res.extras["relevance_sum"], res.extras["score"], rtol=1e-9, atol=1e-12)
