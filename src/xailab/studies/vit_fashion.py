@@ -4,8 +4,9 @@ The recipe (``xailab study vit_fashion``; each step one ``xailab`` command, prin
 runs; a rerun resumes):
 
 1. ``train`` a small timm ViT (patch 4 on 28x28: a 7x7 grid of 64-wide tokens, 4 blocks, 4 heads,
-   about 0.2 M parameters) in two stages (2 epochs of Adam at 1e-3 from scratch, then 4 epochs of
-   AdamW with warmup + cosine and label smoothing from the first stage's weights) and the zoo's
+   about 0.2 M parameters) in three stages (2 epochs of Adam at 1e-3 from scratch, then twice 4
+   epochs of AdamW with warmup + cosine and label smoothing, peak 1e-3 then 7e-4, each from the
+   previous stage's best weights: a cosine with one warm restart) and the zoo's
    ``small_cnn`` (skipped for a model whose ``--vit-weights`` / ``--cnn-weights`` are given);
 2. ``explain`` the same test images on each model with the methods that apply to it: gradients,
    CAMs and occlusion on both, attention rollout, gradient-weighted attention and AttnLRP on the
@@ -39,10 +40,12 @@ FULL = {"vit_epochs": 4, "vit_stage1_epochs": 2, "cnn_epochs": 3, "limit_train":
         "sanity_images": 8}
 QUICK = {"vit_epochs": 1, "vit_stage1_epochs": 1, "cnn_epochs": 1, "limit_train": 2000, "images": 4, "steps": 8,
          "sanity_images": 2}
-#: the ViT's second stage: AdamW (peak lr 1e-3, weight decay 0.05), linear warmup over a quarter of
-#: an epoch then cosine to 0 at the last step, label smoothing 0.1 (``--augment`` would add crop and flip)
-VIT_RECIPE = ["--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.05", "--schedule", "cosine",
+#: the ViT's second and third stages: AdamW (peak lr given per stage, weight decay 0.05), linear
+#: warmup over a quarter of an epoch then cosine to 0 at the last step, label smoothing 0.1
+#: (``--augment`` would add crop and flip)
+VIT_RECIPE = ["--optimizer", "adamw", "--weight-decay", "0.05", "--schedule", "cosine",
               "--warmup-epochs", "0.25", "--label-smoothing", "0.1"]
+VIT_PEAKS = ("1e-3", "7e-4")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cnn", default=CNN, help=f"the CNN it is compared with (default {CNN})")
     p.add_argument("--cnn-weights", help="the CNN's trained weights: its training is skipped")
     p.add_argument("--data-root", help="where Fashion-MNIST's files are (folder or archive)")
-    p.add_argument("--vit-epochs", type=int, help=f"epochs of the ViT's second stage (default {FULL['vit_epochs']})")
+    p.add_argument("--vit-epochs", type=int, help=f"epochs of each of the ViT's cosine stages (default {FULL['vit_epochs']})")
     p.add_argument("--cnn-epochs", type=int, help=f"CNN training epochs (default {FULL['cnn_epochs']})")
     p.add_argument("--limit-train", type=int, metavar="N", help="train on a stratified sample of N (default all)")
     p.add_argument("--images", type=int, metavar="N", help=f"test images explained (default {FULL['images']})")
@@ -80,8 +83,9 @@ def _train(args: argparse.Namespace, what: str, model: str, epochs: object, extr
 def _model(args: argparse.Namespace, out: Path, which: str, root: list[str], device: list[str]) -> tuple[str, list[Step]]:
     """The weights of model ``which`` ("vit" or "cnn") and the steps that train them, if not given.
 
-    The ViT trains in two stages: Adam at a constant 1e-3 from scratch, then from that stage's
-    best weights AdamW with warmup + cosine and label smoothing (``VIT_RECIPE``).
+    The ViT trains in three stages: Adam at a constant 1e-3 from scratch, then twice AdamW with
+    warmup + cosine and label smoothing (``VIT_RECIPE``, peaks ``VIT_PEAKS``), each stage from the
+    previous one's best weights; the last stage's run is ``vit/train``.
     """
     given = getattr(args, f"{which}_weights")
     if given:
@@ -97,9 +101,12 @@ def _model(args: argparse.Namespace, out: Path, which: str, root: list[str], dev
         init = str(stage1 / "checkpoints" / "best.safetensors")
         steps.append(_train(args, "train the ViT on Fashion-MNIST, stage 1: from scratch, Adam at 1e-3", args.vit,
                             _size(args, "vit_stage1_epochs"), [], stage1, root, device))
-    steps.append(_train(args, "train the ViT, stage 2: AdamW, warmup + cosine, label smoothing", args.vit,
-                        _size(args, "vit_epochs"), ["--weights", init, *VIT_RECIPE], out / "vit" / "train",
-                        root, device))
+    for stage, peak in enumerate(VIT_PEAKS, start=2):
+        run = out / "vit" / ("train" if stage == 1 + len(VIT_PEAKS) else f"stage{stage}")
+        steps.append(_train(args, f"train the ViT, stage {stage}: AdamW, warmup + cosine from {peak}, label smoothing",
+                            args.vit, _size(args, "vit_epochs"), ["--weights", init, "--lr", peak, *VIT_RECIPE], run,
+                            root, device))
+        init = str(run / "checkpoints" / "best.safetensors")
     return best, steps
 
 
