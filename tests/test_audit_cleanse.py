@@ -9,7 +9,16 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from xailab.audit.cleanse import CleanseSettings, anomaly_index, flag_small, neural_cleanse, stamp
+from xailab.audit.cleanse import (
+    CleanseSettings,
+    anomaly_index,
+    flag_small,
+    neural_cleanse,
+    normal_tail,
+    reference_norms,
+    relative_flags,
+    stamp,
+)
 from xailab.audit.strip import StripFilter, strip_entropy, strip_threshold, superimpose
 from xailab.audit.trigger_regions import box_iou, mask_region, top_iou, trigger_explanation
 from xailab.core.errors import InputError
@@ -67,6 +76,33 @@ def test_anomaly_index_by_hand() -> None:
     np.testing.assert_array_equal(anomaly_index(np.array([3.0, 3, 3, 1])), [0, 0, 0, np.inf])
     assert flag_small(np.array([10.0, 11, 12, 1])) == []  # four classes: no verdict
     assert flag_small(norms, 2.0, reached=np.array([True] * 4 + [False])) == []  # an unfinished mask
+
+
+def test_relative_test_by_hand() -> None:
+    from scipy.stats import norm
+
+    norms = np.array([10.0, 11, 12, 13, 2])
+    flags, z, p = relative_flags(norms, None)  # no reference: the paper's test on the norms
+    assert flags == flag_small(norms) == [4]
+    np.testing.assert_allclose(z, np.array([1, 0, -1, -2, 9]) / 1.4826)
+    np.testing.assert_allclose(p, norm.sf(z))
+    # class 4 is as small in clean models: no outlier of the ratio
+    ref = reference_norms([[10.0, 11, 12, 13, 2], [9.0, 12, 11, 14, 2.2], [11.0, 10, 13, 12, 1.8]])
+    np.testing.assert_allclose(ref, [10, 11, 12, 13, 2])
+    assert relative_flags(norms, ref)[0] == []
+    # class 1 shrank to a third of its reference: flagged, though not the smallest mask
+    shrunk = np.array([10.0, 11 / 3, 12.5, 12, 2.1])
+    flags, z, p = relative_flags(shrunk, ref)
+    assert flags == [1] and flag_small(shrunk) == [4] and p[1] == p.min() < 0.023
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # without a reference the rule is flag_small's, whatever the norms
+        v = rng.lognormal(3, 0.5, 10)
+        assert relative_flags(v, None)[0] == flag_small(v)
+    with pytest.raises(InputError, match="reference"):
+        relative_flags(norms, ref[:3])
+    with pytest.raises(InputError, match="positive"):
+        reference_norms([[1.0, 0.0]])
+    np.testing.assert_allclose(normal_tail(np.array([0.0, 2.0])), [0.5, norm.sf(2.0)])
 
 
 def test_finds_the_planted_trigger(cleansed: tuple) -> None:
@@ -172,5 +208,12 @@ def test_as_a_registered_detector() -> None:
     f = res.finding(5)
     assert f.region == PATCH and f.score > f.threshold == 2.0
     assert all(res.finding(k).score <= 2.0 for k in range(5))
+    assert f.p_value == pytest.approx(float(normal_tail(np.array([f.score]))[0])) and f.p_value < 0.023
+    # against reference norms equal to its own, no class stands out
+    ref = [res.finding(k).extra["l1"] for k in range(6)]
+    again = run_detector("neural_cleanse", data, images=band_images(50), preprocessing=None, steps=200, reference=ref)
+    assert again.flagged == [] and "reference" in again.evidence
+    with pytest.raises(InputError, match="reference"):
+        run_detector("neural_cleanse", data, images=band_images(50), preprocessing=None, steps=1, reference=ref[:2])
     with pytest.raises(InputError, match="clean images"):
         run_detector("neural_cleanse", data)

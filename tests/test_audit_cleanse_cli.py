@@ -95,3 +95,22 @@ def test_bad_input(poisoned_run: Path, folder: Path, tmp_path: Path,  # noqa: F8
                "--clean", f"folder:{folder}:train:4", "--frr", "1.5", "--out", str(tmp_path / "b")])
     assert rc == 2 and "false rejection rate" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_clean_reference_runs(poisoned_run: Path, folder: Path, tmp_path: Path,  # noqa: F811
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    common = [*model_args(poisoned_run), "--images", f"folder:{folder}:test:12", "--nc-method", "saliency"]
+    assert main(["audit", "backdoor", *common, "--nc-steps", "10", "--out", str(tmp_path / "ref")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "rel"
+    assert main(["audit", "backdoor", *common, "--nc-steps", "10", "--nc-reference", str(tmp_path / "ref"),
+                 "--out", str(out)]) == 0
+    assert "reference_l1" in capsys.readouterr().out
+    t, ref = Run.open(out).read_table("cleanse"), Run.open(tmp_path / "ref").read_table("cleanse")
+    assert list(t["reference_l1"]) == pytest.approx(list(ref["l1"]))  # the same model: its own reference
+    assert (t["z"] == 0).all() and (t["p_value"] == 0.5).all() and Run.open(out).manifest["cleanse"]["params"]["reference"]
+    rc = main(["audit", "backdoor", *common, "--nc-steps", "12", "--nc-reference", str(tmp_path / "ref"),
+               "--out", str(tmp_path / "bad")])
+    assert rc == 2 and "steps 10 there, 12 here" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    rc = main(["audit", "backdoor", *common, "--nc-reference", str(tmp_path / "nothing"), "--out", str(tmp_path / "b2")])
+    assert rc == 2 and "not a run" in capsys.readouterr().err

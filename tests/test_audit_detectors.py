@@ -86,6 +86,20 @@ def test_detectors_find_the_shifted_group(detector) -> None:
     assert clean.flagged == [] and clean.model_score < 1
 
 
+def test_scan_p_values_follow_its_score() -> None:
+    from scipy.stats import norm
+
+    res = scan(Fixed(blobs(poisoned=7)[0]))
+    p = {f.label: f.p_value for f in res.findings}
+    assert p[7] == min(p.values()) < norm.sf(math.e**2) * 10 and all(0 <= v <= 1 for v in p.values())
+    for f in res.findings:  # above the median the p-value is the normal tail of the score
+        if f.score > 0:
+            assert f.p_value == pytest.approx(norm.sf(f.score), rel=1e-6)
+        else:
+            assert f.p_value >= 0.5 - 1e-12
+    assert all(math.isnan(f.p_value) for f in spectral_signatures(Fixed(blobs(poisoned=7)[0])).findings)
+
+
 def test_needs_data_is_refused_without_data() -> None:
     data = AuditData(nn.Identity(), None, class_names=["a", "b"])
     with pytest.raises(InputError, match="needs the training data"):

@@ -109,7 +109,7 @@ def test_report_shows_road_infidelity_and_the_metric_checks(compared: tuple[Run,
     run, _ = compared
     site = build_site([run.path], tmp_path / "site")
     html = "".join(p.read_text(encoding="utf-8") for p in site.rglob("*.html"))
-    assert "ROAD AUC ↓" in html and "infidelity ↓" in html
+    assert "ROAD ↓" in html and "infidelity ↓" in html and 'title="ROAD AUC"' in html
     assert "Checks of the metrics themselves" in html and "randomised model: effect" in html
 
 

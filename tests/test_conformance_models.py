@@ -83,7 +83,13 @@ REFUSED = {
 }
 
 
+#: methods that do not share their family's refusals (AttnLRP has rules for norms, attention and gates)
+OWN_RULES = {"attnlrp"}
+
+
 def refusal(model: str, method: str) -> str | None:
+    if method in OWN_RULES:
+        return REFUSED.get((model, method))
     return REFUSED.get((model, method)) or REFUSED.get((model, METHODS.family(method)))
 
 

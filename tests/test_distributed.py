@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -239,6 +240,28 @@ def test_rerun_skips_complete_shards_and_redoes_incomplete_ones(pool: Any, local
         assert torch.equal(res[m].maps, Explanation.load(local_run / "explanations" / m).maps)
 
 
+def test_shard_faithfulness_is_one_faithfulness_all_pass_per_shard() -> None:
+    """Shards of 4 images, all methods in one pass each, give the one-process pass's numbers
+    (the correlation's draws keyed by the global index); no Ray needed."""
+    from xailab.distributed.faithfulness import shard_faithfulness
+    from xailab.metrics.faithfulness import faithfulness_all
+
+    model, (x, _) = _model(), _data()
+    g = torch.Generator().manual_seed(3)
+    maps = {"a": torch.rand(N, 12, 12, generator=g), "b": torch.rand(N, 12, 12, generator=g)}
+    tgts = {"a": torch.arange(N) % 5, "b": (torch.arange(N) + 1) % 5}
+    cfg = {"steps": 4, "deletion_fill": 0.0, "insertion_fill": "blur", "faithfulness_runs": 4,
+           "faithfulness_subset": 0.1, "seed": 2, "batch_size": 16}
+    whole = faithfulness_all(model, x, maps, tgts, steps=4, runs=4, subset=0.1, seed=2, batch_size=16)
+    shards = [shard_faithfulness(model, x[lo:lo + 4], {m: v[lo:lo + 4] for m, v in maps.items()},
+                                 {m: v[lo:lo + 4] for m, v in tgts.items()}, lo, cfg) for lo in range(0, N, 4)]
+    for m in maps:
+        for key, got in (("deletion_auc", whole[m].deletion.auc), ("insertion_auc", whole[m].insertion.auc),
+                         ("faithfulness_corr", whole[m].correlation), ("deletion_curve", whole[m].deletion.scores)):
+            joined = torch.from_numpy(np.concatenate([sh[m][key] for sh in shards]))
+            torch.testing.assert_close(joined, got, rtol=1e-6, atol=1e-7, equal_nan=True, msg=f"{m} {key}")
+
+
 def test_faithfulness_on_two_workers_matches_compare_in_one_process(pool: Any, local_run: Path,
                                                                      tmp_path: Path) -> None:
     import shutil
@@ -258,7 +281,9 @@ def test_faithfulness_on_two_workers_matches_compare_in_one_process(pool: Any, l
     backend = pool
     assert faithfulness_on_ray(Run.open(b), _model(), cfg, backend=backend, methods=methods,
                                log=lambda _: None) == methods
-    assert len(backend.computed) == 2 * 4
+    # one task a shard for both methods (one faithfulness_all pass), not one a (method, shard)
+    assert sorted(backend.computed) == [("saliency,gradcam", s) for s in (
+        "00000000-00000004", "00000004-00000008", "00000008-00000012", "00000012-00000014")]
     logs: list[str] = []
     compare_run(b, _model(), methods=methods, settings=cfg, figures_on=False, log=logs.append)
     assert sum("faithfulness already in the run, skipped" in line for line in logs) == 2

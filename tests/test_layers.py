@@ -22,6 +22,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "xailab"
 FLOOR = {
     "core": 0,
     "xailab": 1, "runs": 1,  # the package root re-exports the kernel
+    "places": 1,  # where datasets are looked for, without torch (the listings)
     "data": 2, "methods": 2, "plotting": 2, "drawing": 2,
     "models": 3, "metrics": 3, "concepts": 3, "report": 3,
     "train": 4, "distributed": 4,

@@ -250,7 +250,7 @@ def test_xailab_resnet20_conserves_relevance_and_is_restored() -> None:
     torch.manual_seed(0)
     model = _randomise_bn(create_model("resnet20"), 5).eval()  # convs have bias=None
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    assert scan_forward(model, x[:1]).adds == {}  # its Add modules are zennit Sums already
+    assert scan_forward(model, x[:1]).adds == {}  # its residual sums are Add modules already
     model.train()  # the explainer switches to eval and back
     for p in model.parameters():
         p.grad = torch.full_like(p, 3.0)

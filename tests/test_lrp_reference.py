@@ -21,9 +21,11 @@ from torch import Tensor, nn
 from zennit.attribution import Gradient
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat
+from zennit.rules import Norm
 from zennit.torchvision import ResNetCanonizer
 
 import xailab
+from xailab.core.modules import Add
 from xailab.methods.propagation.canonizers import MergeBatchNorm
 
 from .conftest import _randomise_bn
@@ -73,6 +75,30 @@ def test_equals_zennit_on_resnet18_with_its_resnet_canonizer() -> None:
     ours = xailab.create("lrp_epsilon_plus", model).explain(x, target=["top1", "least"])
     theirs = zennit_lrp(model, EpsilonPlus(canonizers=[ResNetCanonizer()]), x, ours.targets)
     torch.testing.assert_close(ours.maps, theirs, rtol=1e-3, atol=1e-3 * float(theirs.abs().max()))
+
+
+def test_equals_zennit_on_the_zoo_resnet20_with_our_add_entry() -> None:
+    """The zoo's residual sum is xailab's ``Add``, not zennit's ``Sum``: zennit with our one
+    layer-map entry (the z-rule for ``Add``) gives the same relevance, to float64 rounding."""
+    from xailab.models import create_model
+
+    torch.manual_seed(0)
+    model = _randomise_bn(create_model("resnet20"), 5).double().eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    low, high = float(x.min()), float(x.max())
+    lo, hi = torch.full((1, 3, 1, 1), low, dtype=torch.float64), torch.full((1, 3, 1, 1), high, dtype=torch.float64)
+    ours_map = [(Add, Norm())]
+    for name, theirs_composite in {
+        "epsilon_plus": EpsilonPlus(layer_map=ours_map, canonizers=[MergeBatchNorm()]),
+        "epsilon_alpha2_beta1": EpsilonAlpha2Beta1(layer_map=ours_map, canonizers=[MergeBatchNorm()]),
+        "epsilon_gamma_box": EpsilonGammaBox(low=lo, high=hi, layer_map=ours_map, canonizers=[MergeBatchNorm()]),
+    }.items():
+        ours = xailab.create("lrp", model, composite=name, low=low, high=high).explain(x, target=["top1", "least"])
+        theirs = zennit_lrp(model, theirs_composite, x, ours.targets)
+        torch.testing.assert_close(ours.maps, theirs, rtol=1e-10, atol=1e-13)
+    plain = zennit_lrp(model, EpsilonPlus(canonizers=[MergeBatchNorm()]), x, ours.targets)  # no rule for Add
+    assert not torch.allclose(plain, zennit_lrp(model, EpsilonPlus(layer_map=ours_map, canonizers=[MergeBatchNorm()]),
+                                                x, ours.targets))
 
 
 def test_without_the_resnet_canonizer_relevance_is_not_conserved() -> None:

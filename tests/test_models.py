@@ -345,3 +345,14 @@ def test_models_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "resnet20" in out and "3x32x32" in out and "resnet18" in out and "preprocessing" in out
     assert "cifar_cnn" not in out
     assert main(["models", "nothing*"]) == 2  # a pattern matching nothing: one line, exit 2
+
+
+def test_torchvision_preprocessing_table_equals_the_weights_transforms() -> None:
+    from xailab.models.torchvision_zoo import (
+        TORCHVISION_MODELS,
+        table_preprocessing,
+        weights_preprocessing,
+    )
+
+    for name in TORCHVISION_MODELS:
+        assert table_preprocessing(name) == weights_preprocessing(name), name

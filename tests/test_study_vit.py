@@ -73,3 +73,19 @@ def test_the_table_marks_refused_methods() -> None:
     assert set(rows) == {"saliency", "attention_rollout", "deeplift"}
     assert "refused" not in rows["saliency"] and rows["deeplift"].count("refused") == 1
     assert "0.05 (passed)" in rows["attention_rollout"]
+
+
+def test_the_vit_trains_in_three_stages_and_init_skips_the_first() -> None:
+    parser = build_parser()
+    steps = [parser.parse_args(a) for _, a in study_steps("--out", "/o", "--cnn-weights", "/w/c.safetensors")]
+    assert [s.command for s in steps[:4]] == ["train", "train", "train", "explain"]
+    one, two, three = steps[:3]
+    assert one.weights is None and one.optimizer == "adam" and one.schedule == "constant" and one.epochs == 2
+    assert two.weights == "/o/vit/stage1/checkpoints/best.safetensors" and two.out == "/o/vit/stage2"
+    assert three.weights == "/o/vit/stage2/checkpoints/best.safetensors" and three.out == "/o/vit/train"
+    for s in (two, three):
+        assert (s.optimizer, s.schedule, s.label_smoothing, s.epochs) == ("adamw", "cosine", 0.1, 4)
+    assert two.lr > three.lr
+    assert steps[3].weights == "/o/vit/train/checkpoints/best.safetensors"
+    init = [parser.parse_args(a) for _, a in study_steps("--out", "/o", "--vit-init", "/w/v0.safetensors")]
+    assert [s.command for s in init[:3]] == ["train", "train", "explain"] and init[0].weights == "/w/v0.safetensors"

@@ -8,8 +8,11 @@
    faithfulness, sanity, time);
 4. finds what the model learned (ICE concepts, network dissection of two layers), attacks it
    with adversarial patches and audits it for a backdoor from its explanations;
-5. explains photos shipped inside scikit-image with the pretrained EfficientNet-Lite0 (PyPI);
-6. publishes it all as a static report and prints its path.
+5. trains a small vision transformer (timm, patch 4 on 28x28; when timm is installed) for one
+   epoch on a sample and explains test images with attention rollout, gradient-weighted
+   attention, AttnLRP and Grad-CAM on its token grid (``xailab study vit_fashion`` trains it fully);
+6. explains photos shipped inside scikit-image with the pretrained EfficientNet-Lite0 (PyPI);
+7. publishes it all as a static report and prints its path.
 
 It is a list of CLI command steps (:mod:`xailab.steps`, each printed before it runs), so every step can be rerun or
 changed by hand; a rerun resumes and skips what is finished.
@@ -26,6 +29,8 @@ from xailab.steps import Command, Step, run_steps
 GRADIENT_AND_CAM = "saliency,input_x_gradient,integrated_gradients,smoothgrad,deeplift,lrp_epsilon_plus,gradcam,gradcam_pp,score_cam"
 PERTURBATION = "occlusion,lime,kernel_shap"
 PHOTO_METHODS = "integrated_gradients,gradcam,ablation_cam"
+#: the ViT of study vit_fashion (a floor above the demo: named again here, tests/test_demo_vit.py checks they agree)
+VIT = "timm:vit_tiny_patch16_224,img_size=28,patch_size=4,embed_dim=64,depth=4,num_heads=4,in_chans=1,num_classes=10"
 
 
 def _available(methods: str) -> str:
@@ -46,6 +51,27 @@ def write_photos(folder: Path) -> Path:
         if not path.exists():
             Image.fromarray(getattr(data, name)()).convert("RGB").save(path)
     return folder
+
+
+def vit_steps(out: Path, quick: bool) -> list[Step]:
+    """Train the vit_fashion study's ViT for one epoch on a sample and explain a few test images
+    (no steps when timm is not installed)."""
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
+        return []
+    train = out / "vit-train"
+    return [
+        ("train a small ViT (timm, patch 4) for one epoch on a sample: AdamW, warmup + cosine",
+         ["train", "--model", VIT, "--data", "fashion_mnist", "--epochs", "1", "--limit-train", "2000" if quick else "6000",
+          "--optimizer", "adamw", "--lr", "2e-3", "--weight-decay", "0.05", "--schedule", "cosine", "--warmup-epochs",
+          "0.2", "--track", "test", "--track-limit", "500", "--limit-test", "1000", "--out", str(train)]),
+        ("explain test images on the ViT: attention rollout, gradient-weighted attention, AttnLRP, Grad-CAM",
+         ["explain", "--model", VIT, "--weights", str(train / "checkpoints" / "best.safetensors"),
+          "--images", f"fashion_mnist:test:{4 if quick else 8}",
+          "--methods", _available("attention_rollout,attention_gradient,attnlrp,gradcam,saliency"),
+          "--targets", "true", "--out", str(out / "vit-explain")]),
+    ]
 
 
 def run_demo(out: str | Path = "runs/demo", *, command: Command, quick: bool = False,
@@ -71,8 +97,8 @@ def run_demo(out: str | Path = "runs/demo", *, command: Command, quick: bool = F
          ["explain", "--model", "small_cnn", "--weights", weights,
           "--images", f"fashion_mnist:test:{n_images}", "--methods", _available(GRADIENT_AND_CAM + "," + PERTURBATION),
           "--targets", "true,top1,top2,least", "--mistakes", "2", "--out", str(out / "explain")] + (["--quick"] if quick else [])),
-        ("draw how predictions moved between classes over the epochs",
-         ["flow", str(out / "train"), "--out", str(out / "train" / "files" / "flow.html")]),
+        ("draw how predictions moved between classes over the epochs, with a thumbnail of every tracked image",
+         ["flow", str(out / "train"), "--thumbnails", "2000", "--out", str(out / "train" / "files" / "flow.html")]),
         ("compare the methods: agreement, deletion/insertion, sanity check, time",
          ["compare", str(out / "explain"), "--reference", "gradcam"] + (["--no-sanity"] if quick else [])),
         ("ICE: concepts the CNN's last ReLU layer learned (NMF), and how much each class relies on them",
@@ -89,6 +115,7 @@ def run_demo(out: str | Path = "runs/demo", *, command: Command, quick: bool = F
         ("audit: look for a backdoor from the explanations of 50 images a class (SpRAy, activation clustering)",
          ["audit", "backdoor", "--model", "small_cnn", "--weights", weights, "--data", "fashion_mnist",
           "--max-per-class", "50", "--out", str(out / "backdoor-audit")]),
+        *vit_steps(out, quick),
         ("explain photos with the pretrained EfficientNet-Lite0",
          ["explain", "--model", "efficientnet_lite0", "--pretrained", "--images", str(write_photos(out / "photos")),
           "--methods", _available(PHOTO_METHODS), "--targets", "top1,top2", "--quick", "--batch-size", "32",
@@ -96,6 +123,7 @@ def run_demo(out: str | Path = "runs/demo", *, command: Command, quick: bool = F
         ("publish everything as a static report",
          ["report", str(out / "train"), str(out / "explain"), str(out / "ice"), str(out / "dissect"),
           str(out / "patch"), str(out / "backdoor-audit"), str(out / "photos-explain"),
+          *([str(out / "vit-explain")] if vit_steps(out, quick) else []),
           "--out", str(out / "report"), "--title", "xailab demo"]),
     ]
     seconds = run_steps(steps, command=command, log=log)

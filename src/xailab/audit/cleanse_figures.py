@@ -28,8 +28,8 @@ def _box(ax: plt.Axes, box: Box | None, color: str) -> None:
 
 
 def norms_figure(res: CleanseResult) -> Figure:
-    """The L1 norm of each class's mask (flagged in red) and the anomaly index of the classes
-    below the median against the threshold."""
+    """The L1 norm of each class's mask (flagged in red) and the robust z of the classes below
+    the median (of the norms, or of their log-ratio to the clean reference) against the threshold."""
     k = np.arange(len(res.l1))
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
     colors = ["tab:red" if c in res.flagged else "tab:blue" for c in k]
@@ -37,10 +37,11 @@ def norms_figure(res: CleanseResult) -> Figure:
     a.axhline(float(np.median(res.l1)), color="grey", ls="--", lw=1, label="median")
     a.set_title("mask L1 norm per class (smaller: easier to reach)")
     a.legend(fontsize=8)
-    below = res.l1 < np.median(res.l1)
-    b.bar(k, np.where(below, np.minimum(res.anomaly, 10), 0), color=colors)
+    z = res.z if res.z is not None else np.where(res.l1 < np.median(res.l1), res.anomaly, 0)
+    b.bar(k, np.clip(z, 0, 10), color=colors)
     b.axhline(res.settings.threshold, color="tab:red", ls="--", lw=1, label=f"threshold {res.settings.threshold:g}")
-    b.set_title("anomaly index (classes below the median; capped at 10)")
+    of = "log(L1 / clean reference)" if res.reference is not None else "L1"
+    b.set_title(f"robust z of {of} below the median (capped at 10)", fontsize=9)
     b.legend(fontsize=8)
     for ax in (a, b):
         ax.set_xticks(k)
@@ -70,7 +71,8 @@ def trigger_figure(res: CleanseResult, k: int, agree: TriggerAgreement | None, i
         _box(axes[0][-1], agree.mask_box, "lime")
         _box(axes[0][-1], agree.explanation_box, "orange")
     note = f"; box IoU {agree.iou:.2f}" if agree is not None else ""
-    fig.suptitle(plain(f"class {res.class_names[k]}: L1 {res.l1[k]:.1f}, anomaly {res.anomaly[k]:.2f}{note}"),
+    z = res.z[k] if res.z is not None else res.anomaly[k]
+    fig.suptitle(plain(f"class {res.class_names[k]}: L1 {res.l1[k]:.1f}, robust z {z:.2f}{note}"),
                  fontsize=10)
     fig.tight_layout()
     return fig

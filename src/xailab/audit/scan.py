@@ -10,8 +10,11 @@ Then, per class, two subgroups with means ``mu_1``, ``mu_2`` are found by EM und
 log-likelihood ratio ``J`` of the two-group model against one group is computed. A class's
 **score** is the anomaly index of its normalised ``J`` over the classes analysed,
 ``|J - median| / (1.4826 MAD)``, counted only above the median; a class is flagged when it
-reaches ``threshold`` = ``e^2`` (7.39), Tang et al.'s choice. The **suspected items** of a
-flagged class are its smaller subgroup.
+reaches ``threshold`` = ``e^2`` (7.39), Tang et al.'s choice. Its **p-value** is the one-sided
+normal tail of the robust z, ``P(Z >= (J - median) / (1.4826 MAD))``: the null is that the
+classes' ``J`` are draws of one normal distribution, which the median and MAD estimate robustly
+(``e^2`` is then ``p = 7e-14``; not corrected for the number of classes). The **suspected
+items** of a flagged class are its smaller subgroup.
 
 The statistic follows the authors' reference code (also in backdoor-toolbox's ``SCAn``), with
 the loops over items written as matrix products.
@@ -27,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from xailab.audit.cleanse import below_median_z, normal_tail
 from xailab.audit.detectors import AuditData, ClassFinding, DetectorResult, register_detector
 
 EPS = 1e-5
@@ -124,12 +128,14 @@ def scan(data: AuditData, *, threshold: float = math.e**2, **_: Any) -> Detector
             splits.append(z if z.sum() <= len(z) / 2 else ~z)
     j = np.array(stats)
     index = anomaly_above_median(j / max(float(j.max()), 1e-300)) if len(j) else np.zeros(len(labels))
+    p_values = normal_tail(-below_median_z(j)) if len(j) else np.full(len(labels), math.nan)
     findings = []
     for i, c in enumerate(labels):
         score = float(index[i]) if len(j) else math.nan
         flagged = bool(len(j) and score >= threshold)
         sus = splits[i] if flagged else np.zeros(len(data.indices[c]), dtype=bool)
-        findings.append(ClassFinding(c, data.names[c], score, threshold, flagged, math.nan, data.indices[c], sus,
+        findings.append(ClassFinding(c, data.names[c], score, threshold, flagged, float(p_values[i]),
+                                     data.indices[c], sus,
                                      extra={"J": float(j[i]) if len(j) else math.nan,
                                             "small_share": float(splits[i].mean()) if len(j) else math.nan}))
     return DetectorResult("scan", tuple(findings),

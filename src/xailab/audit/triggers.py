@@ -6,7 +6,12 @@ A trigger is written as a short spec (the CLI's ``--trigger``):
 * ``checker:S[@WHERE]``: a black-and-white checkerboard square, visible on light and dark images;
 * ``icon:S:FILE[@WHERE]``: an image file resized to ``S`` x ``S`` (a sticker, a logo);
 * ``blend:A``: a fixed random pattern over the whole image, mixed in with weight ``A``:
-  ``x' = (1 - A) x + A k`` (Chen et al. 2017, arXiv:1712.05526).
+  ``x' = (1 - A) x + A k`` (Chen et al. 2017, arXiv:1712.05526);
+* ``warp:S[:K]``: a fixed smooth warping field (WaNet, Nguyen & Tran 2021, arXiv:2102.10369):
+  uniform noise on a ``K`` x ``K`` grid (default 4) in [-1, 1], divided by its mean absolute
+  value, upsampled bicubically to ``H`` x ``W``, and the image resampled at
+  ``clip(identity + S * noise / H, -1, 1)`` (``grid_sample``, bilinear, normalised coordinates);
+  a displacement of about ``S / 2`` pixels (WaNet's ``s = 0.5``: a quarter pixel, invisible).
 
 ``WHERE`` is ``corner`` (default: bottom right, 1 pixel from the borders), ``random`` (a place
 drawn per image from the trigger's seed and the image's index, so the same image always gets the
@@ -31,7 +36,8 @@ from torch import Tensor
 
 from xailab.core.errors import InputError
 
-Kind = Literal["patch", "checker", "icon", "blend"]
+Kind = Literal["patch", "checker", "icon", "blend", "warp"]
+WHOLE = ("blend", "warp")  # triggers over the whole image: no size, no place
 _WHERE = re.compile(r"^(corner|random|\d+,\d+)$")
 
 
@@ -50,6 +56,8 @@ class Trigger:
     def spec(self) -> str:
         if self.kind == "blend":
             return f"blend:{self.alpha:g}"
+        if self.kind == "warp":
+            return f"warp:{self.alpha:g}" + (f":{self.size}" if self.size != 4 else "")
         body = f"{self.kind}:{self.size}" + (f":{self.file}" if self.kind == "icon" else "")
         return body + (f"@{self.where}" if self.where != "corner" else "")
 
@@ -57,7 +65,7 @@ class Trigger:
     def check(self, image_size: tuple[int, int]) -> None:
         """An InputError unless the trigger fits images of ``image_size`` (H, W)."""
         h, w = image_size
-        if self.kind == "blend":
+        if self.kind in WHOLE:
             return
         s = self.size
         if s > h or s > w:
@@ -90,7 +98,7 @@ class Trigger:
         """Top-left corners ``[n, 2]`` for images with these ``indices`` (default ``0..n-1``)."""
         h, w = image_size
         s = self.size
-        if self.kind == "blend":
+        if self.kind in WHOLE:
             return torch.zeros(n, 2, dtype=torch.long)
         if self.where == "corner":
             return torch.tensor([[h - s - 1, w - s - 1]]).expand(n, 2).clone()
@@ -110,6 +118,11 @@ class Trigger:
         """Stamp float pixels ``[N, C, H, W]`` in ``[0, 1]``: ``(stamped, mask [N, H, W] bool)``."""
         n, c, h, w = images.shape
         self.check((h, w))
+        if self.kind == "warp":
+            grid = self.warp_grid((h, w)).to(images)
+            out = F.grid_sample(images, grid.expand(n, h, w, 2), mode="bilinear", padding_mode="border",
+                                align_corners=True)
+            return out.clamp(0, 1), torch.ones(n, h, w, dtype=torch.bool, device=images.device)
         pat = self.pattern(c, (h, w)).to(images)
         if self.kind == "blend":
             out = (1 - self.alpha) * images + self.alpha * pat[None]
@@ -125,6 +138,18 @@ class Trigger:
             mask[j, t : t + s, left : left + s] = True
         return out, mask
 
+    def warp_grid(self, image_size: tuple[int, int]) -> Tensor:
+        """The sampling grid ``[1, H, W, 2]`` (x, y in [-1, 1]) of a ``warp`` trigger, fixed by its seed."""
+        h, w = image_size
+        g = torch.Generator().manual_seed(self.seed + 11)
+        noise = torch.rand(1, 2, self.size, self.size, generator=g, dtype=torch.float64) * 2 - 1
+        noise = noise / noise.abs().mean()
+        field = F.interpolate(noise, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, dtype=torch.float64),
+                                torch.linspace(-1, 1, w, dtype=torch.float64), indexing="ij")
+        identity = torch.stack((xs, ys), dim=2)[None]
+        return (identity + self.alpha * field / h).clamp(-1, 1).float()
+
     def apply_uint8(self, images: Tensor, indices: Tensor | None = None) -> Tensor:
         """The same on ``uint8 [N, C, H, W]`` images (rounded back to uint8)."""
         if images.dtype != torch.uint8:
@@ -135,7 +160,7 @@ class Trigger:
     def masks(self, n: int, image_size: tuple[int, int], indices: Tensor | None = None) -> Tensor:
         """Where the trigger goes, ``[n, H, W]`` bool, without stamping anything."""
         h, w = image_size
-        if self.kind == "blend":
+        if self.kind in WHOLE:
             return torch.ones(n, h, w, dtype=torch.bool)
         pos = self.positions(n, image_size, indices)
         rows = torch.arange(h)[None, :, None]
@@ -167,7 +192,7 @@ def parse_trigger(spec: str | Trigger, *, seed: int = 0) -> Trigger:
         return spec
     text = spec.strip()
     usage = ("a trigger is patch:S, checker:S or icon:S:FILE (optionally @corner, @random or "
-             "@TOP,LEFT) or blend:ALPHA, e.g. patch:4 or checker:3@random")
+             "@TOP,LEFT), blend:ALPHA or warp:STRENGTH[:GRID], e.g. patch:4, checker:3@random or warp:0.5")
     kind, _, rest = text.partition(":")
     kind = kind.lower()
     if kind == "blend":
@@ -178,6 +203,8 @@ def parse_trigger(spec: str | Trigger, *, seed: int = 0) -> Trigger:
         if not 0 < alpha <= 1:
             raise InputError(f"bad trigger {spec!r}: the blend weight must lie in (0, 1]")
         return Trigger("blend", size=0, alpha=alpha, seed=seed)
+    if kind == "warp":
+        return _parse_warp(spec, rest, seed)
     if kind not in ("patch", "checker", "icon"):
         raise InputError(f"bad trigger {spec!r}: {usage}")
     where = "corner"
@@ -202,3 +229,15 @@ def parse_trigger(spec: str | Trigger, *, seed: int = 0) -> Trigger:
     if size < 1:
         raise InputError(f"bad trigger {spec!r}: the size must be at least 1 pixel")
     return Trigger(kind, size=size, where=where, file=file, seed=seed)  # type: ignore[arg-type]
+
+
+def _parse_warp(spec: str, rest: str, seed: int) -> Trigger:
+    """``warp:S`` or ``warp:S:K``: strength ``S`` > 0, grid ``K`` >= 2."""
+    strength, _, grid = rest.partition(":")
+    try:
+        s, k = float(strength), int(grid) if grid else 4
+    except ValueError:
+        raise InputError(f"bad trigger {spec!r}: a warp is warp:STRENGTH[:GRID], e.g. warp:0.5 or warp:2:4") from None
+    if not s > 0 or k < 2:
+        raise InputError(f"bad trigger {spec!r}: the warp strength must be > 0 and its grid >= 2")
+    return Trigger("warp", size=k, alpha=s, seed=seed)

@@ -62,8 +62,10 @@ class ClassEvidence:
         return [d for d, f in self.findings.items() if f.flagged]
 
     def describe(self) -> str:
-        """The verdict in words: which detector fired with what score against its threshold."""
+        """The verdict in words: which detector fired with what score against its threshold (and
+        its p-value, for the detectors that have one)."""
         parts = [f"{d} {f.score:.3g} {'>=' if f.flagged else '<'} {f.threshold:.3g}"
+                 + (f" (p = {f.p_value:.2g})" if f.p_value == f.p_value else "")
                  for d, f in self.findings.items()]
         head = f"class {self.label} ({self.name}): {self.verdict}"
         if self.flagged:

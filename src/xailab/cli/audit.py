@@ -88,7 +88,7 @@ def _poison_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--target", required=True, help="the class triggered images are relabelled as")
     q.add_argument("--fraction", type=float, default=0.1, help="share of the source images poisoned, in (0, 1]")
     q.add_argument("--trigger", default="patch:4",
-                   help="patch:S, checker:S, icon:S:FILE (each @corner, @random or @TOP,LEFT) or blend:ALPHA")
+                   help="patch:S, checker:S, icon:S:FILE (each @corner, @random or @TOP,LEFT), blend:ALPHA or warp:STRENGTH[:GRID] (WaNet)")
     q.add_argument("--model", required=True, help="zoo name (small_cnn, cifar_cnn, ...) or package.module:factory")
     q.add_argument("--epochs", type=int, default=3)
     q.add_argument("--batch-size", type=int, default=128)
@@ -135,6 +135,9 @@ def _backdoor_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--nc-threshold", type=float, default=2.0,
                    help="Neural Cleanse: flag a class whose mask is smaller than the median with anomaly index above this")
     b.add_argument("--nc-method", default="lrp", help="explanation method of the flagged triggers' images")
+    b.add_argument("--nc-reference", nargs="+", metavar="RUN", help="Neural Cleanse: audit runs (--images) of clean "
+                   "models of the same task, same images and settings; a class is then flagged when its mask is an "
+                   "outlier-small share of its clean size (classes that are naturally easy to reach are not)")
 
 
 def _strip_args(s: argparse.ArgumentParser) -> None:
@@ -215,7 +218,8 @@ def _backdoor(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, seed=args.seed, device=args.device,
     )
     cleanse = CleanseSpec(args.images, data_root=args.data_root, steps=args.nc_steps, threshold=args.nc_threshold,
-                          method=args.nc_method, seed=args.seed) if args.images else None
+                          method=args.nc_method, seed=args.seed,
+                          reference=tuple(args.nc_reference or ())) if args.images else None
     audit = backdoor_audit_to_run(spec, cleanse, args.out)
     if audit.detection is not None:
         _print_detection(audit.detection)

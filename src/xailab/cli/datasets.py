@@ -31,10 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
-    from xailab.core.errors import DataError
-    from xailab.data import DATASETS, dataset_info, load_dataset
-    from xailab.data.locate import search_dirs
+    """Export, download or list (from the catalogue: no torch unless ``--root``); returns the exit status."""
+    from xailab.cli.listings import catalogue, dataset_line, found_at, matching
+    from xailab.places import search_dirs
 
     if args.export:
         from xailab.jobs.datasets import ExportSpec, export_dataset
@@ -42,27 +41,28 @@ def run(args: argparse.Namespace) -> int:
         export_dataset(ExportSpec(dataset=args.pattern, root=args.root, select=args.select, per_class=args.per_class,
                                   splits=args.splits, download=args.download), args.export)
         return 0
-    names = DATASETS.available(args.pattern)
+    rows = catalogue()["datasets"]
+    names = matching(rows, args.pattern)
     if args.download:  # fetch each named dataset's train and test files (torchvision's URLs)
         from xailab.jobs.datasets import download_datasets
 
         download_datasets(names, args.root, pattern=args.pattern)
     print(f"{'name':15s} {'image':8s} {'classes':>7s} {'train':>6s} {'test':>6s}  found at")
     for n in names:
-        info = dataset_info(n)
-        h, w = info.image_size
-        if args.root:
-            try:
-                where = load_dataset(n, "test", args.root).source
-            except DataError as e:
-                where = f"not usable: {e}"
-        else:
-            found = info.locate("test")
-            where = str(found) if found else "not found (root=, $XAILAB_DATA or download=True)"
-        print(f"{n:15s} {info.channels}x{h}x{w:<4d} {len(info.classes):7d} {info.sizes.get('train', 0):6d} "
-              f"{info.sizes.get('test', 0):6d}  {where}")
+        print(dataset_line(n, rows[n], _usable_at(n, args.root) if args.root else found_at(n, rows[n])))
         if args.classes:
-            print(f"{'':15s} {', '.join(info.classes)}")
+            print(f"{'':15s} {', '.join(rows[n]['classes'])}")
     print("any image folder: 'folder:<path>' (<path>/[train|test/]<class>/<image>, or a .tar.gz of it)")
     print(f"default places: {', '.join(str(d) for d in search_dirs())}")
     return 0
+
+
+def _usable_at(name: str, root: str) -> str:
+    """Where ``name``'s test split is read from under ``root``, or why it cannot be (reads it)."""
+    from xailab.core.errors import DataError
+    from xailab.data import load_dataset
+
+    try:
+        return str(load_dataset(name, "test", root).source)
+    except DataError as e:
+        return f"not usable: {e}"

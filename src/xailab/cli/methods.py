@@ -14,17 +14,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
-    from xailab.core.registry import METHODS
+    """Print the matching methods from the catalogue (no torch); returns the exit status."""
+    from xailab.cli.listings import catalogue, matching, method_lines
 
-    names = METHODS.available(args.pattern, args.family)
+    rows = catalogue()["methods"]
+    names = matching(rows, args.pattern, args.family)
     if not names:
         from xailab.core.errors import InputError
 
         raise InputError(f"no method matches {args.pattern!r}" + (f" in family {args.family!r}" if args.family else ""))
-    for n in names:
-        cls = METHODS.get(n)
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        aliases = METHODS.aliases(n)
-        print(f"{n:24s} {METHODS.family(n):13s} {doc}" + (f" (also: {', '.join(aliases)})" if aliases else ""))
+    print("\n".join(method_lines(rows, names)))
     return 0

@@ -20,32 +20,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the job\'s spec from the options, run the job, print; returns the exit status."""
-    from xailab.models import MODELS, model_info
+    """Print the matching models from the catalogue (no torch); returns the exit status."""
+    from xailab.cli.listings import catalogue, matching, model_lines
 
     if args.pattern.startswith("timm:"):
         return _list_timm(args.pattern.removeprefix("timm:") or "*")
-    names = MODELS.available(args.pattern, args.family)
+    rows = catalogue()["models"]
+    names = matching(rows, args.pattern, args.family)
     if not names:
         from xailab.core.errors import InputError
 
         raise InputError(f"no model matches {args.pattern!r}" + (f" in family {args.family!r}" if args.family else ""))
-    print(f"{'name':20s} {'family':13s} {'input':10s} {'classes':>7s}  {'pretrained':10s} description")
-    for n in names:
-        info = model_info(n)
-        size = info["input_size"]
-        shape = f"{info['in_channels']}x{size[0]}x{size[1]}" if size else f"{info['in_channels']}xHxW"
-        pre = "yes" if info["weights"] else "-"
-        aliases = MODELS.aliases(n)
-        also = f" (also: {', '.join(aliases)})" if aliases else ""
-        print(f"{n:20s} {info['family']:13s} {shape:10s} {info['num_classes']:7d}  {pre:10s} {info['description']}{also}")
-        if args.details:
-            mean = ", ".join(f"{v:.4f}" for v in info["mean"])
-            std = ", ".join(f"{v:.4f}" for v in info["std"])
-            resize = f"resize {info['resize']}, centre-crop, " if info["resize"] else ""
-            print(f"{'':20s} preprocessing: {resize}mean ({mean}), std ({std})")
-            if info["weights"]:
-                print(f"{'':20s} weights: {info['weights']}")
+    print("\n".join(model_lines(rows, names, args.details)))
     print("also: --model timm:NAME (xailab models 'timm:*'), hf:PATH (a Hugging Face folder), "
           "package.module:factory, a TorchScript file")
     return 0

@@ -8,6 +8,8 @@ Rerunning the same command on the same --out resumes after the last finished epo
   xailab train --model small_cnn --data fashion_mnist --epochs 5 --out runs/fmnist
   xailab train --model cifar_cnn --data cifar10 --data-root cifar10-jpg.tar.gz --epochs 2 \\
       --augment --out runs/c10
+  xailab train --model small_cnn --data fashion_mnist --epochs 3 --optimizer adamw --weight-decay 0.05 \\
+      --schedule cosine --warmup-epochs 1 --label-smoothing 0.1 --augment --out runs/fmnist-cos
   xailab train --model binary_cnn --data folder:cats_dogs --folds 5 --epochs 3 --out runs/cv
 """
 
@@ -30,9 +32,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam",
+                   help="adam (default), adamw (decoupled weight decay, for transformers) or sgd")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="learning rate per step: constant (default) or cosine down to 0 at the last step")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, metavar="E",
+                   help="raise the learning rate linearly over the first E epochs (default 0)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, metavar="S",
+                   help="cross-entropy against (1 - S) * one-hot + S / classes (default 0)")
     p.add_argument("--augment", action="store_true", help="random crop and flip while training")
     p.add_argument("--limit-train", type=int, metavar="N", help="train on a stratified sample of N")
     p.add_argument("--limit-test", type=int, metavar="N", help="test on a stratified sample of N")
@@ -57,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     spec = TrainSpec(
         model=args.model, weights=args.weights, data=args.data, data_root=args.data_root, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
-        weight_decay=args.weight_decay, augment=args.augment, limit_train=args.limit_train,
+        weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing, augment=args.augment, limit_train=args.limit_train,
         limit_test=args.limit_test, val_fraction=args.val_fraction, track=args.track, track_limit=args.track_limit,
         folds=args.folds, seed=args.seed, device=args.device, workers=args.workers, quiet=args.quiet,
         **normalization(args),

@@ -8,12 +8,13 @@
 See docs/data-and-models.md.
 """
 
-from xailab.data.folder import cache_dir, read_image_folder
+from xailab.data.folder import read_image_folder
 from xailab.data.image_dataset import ImageDataset, compute_mean_std
 from xailab.data.images import balanced_indices, load_images
 from xailab.data.registry import DATASETS, DatasetInfo, dataset_info, load_dataset
 from xailab.data.splits import stratified_kfold, train_val_split
 from xailab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from xailab.places import cache_dir
 
 __all__ = [
     "DATASETS",

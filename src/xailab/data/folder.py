@@ -37,12 +37,11 @@ from torch import Tensor
 from xailab.core.errors import DataError
 from xailab.data.decode import check_upscale, decode_image
 from xailab.data.transforms import resize_center_crop
+from xailab.places import SPLIT_NAMES, cache_dir, is_archive
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
-SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 CACHE_MIN_IMAGES = 2000
 _CACHE_VERSION = "1"
 
@@ -56,15 +55,6 @@ class FolderData:
     classes: list[str]
     names: list[str]
     labelled: bool
-
-
-def cache_dir() -> Path:
-    """``$XAILAB_CACHE`` or ``~/.cache/xailab``."""
-    return Path(os.environ.get("XAILAB_CACHE") or Path.home() / ".cache" / "xailab").expanduser()
-
-
-def is_archive(path: Path) -> bool:
-    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def is_image_name(name: str) -> bool:

@@ -13,32 +13,12 @@ for the dataset's usual folder or file names (``cifar-10-batches-py``, ``MNIST/r
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from xailab.core.errors import DataError
-from xailab.data.folder import cache_dir
+from xailab.places import cache_dir, candidate_roots, search_dirs
 
-
-def search_dirs() -> list[Path]:
-    """The default places, in order (see the module docstring)."""
-    dirs = [Path(p).expanduser() for p in os.environ.get("XAILAB_DATA", "").split(os.pathsep) if p]
-    dirs += [cache_dir() / "datasets", Path("/usr/share/datasets"), Path.cwd().parent / "shared" / "data"]
-    seen: list[Path] = []
-    for d in dirs:
-        if d not in seen:
-            seen.append(d)
-    return seen
-
-
-def candidate_roots(root: str | Path | None, subpaths: tuple[str, ...]) -> list[Path]:
-    """``root`` itself and ``root/<subpath>``, or every default place / subpath."""
-    if root is not None:
-        r = Path(root).expanduser()
-        if not r.exists():
-            raise DataError(f"data directory not found: {r}")
-        return [r] + [r / s for s in subpaths if (r / s).exists()]
-    return [d / s for d in search_dirs() for s in subpaths if (d / s).exists()]
+__all__ = ["candidate_roots", "download", "search_dirs"]
 
 
 def download(dataset: str, root: str | Path | None) -> Path:

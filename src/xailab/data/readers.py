@@ -24,6 +24,7 @@ from typing import IO, Any, ClassVar
 import numpy as np
 
 from xailab.core.errors import DataError
+from xailab.places import cifar_format
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -129,15 +130,6 @@ def cifar_batch_names(split: str) -> tuple[str, ...]:
     if split == "test":
         return CIFAR_TEST_BATCHES
     raise DataError(f"CIFAR-10 has splits 'train' and 'test', not {split!r}")
-
-
-def cifar_format(root: Path) -> str | None:
-    """``"binary"``, ``"python"`` or ``None`` for a directory of CIFAR-10 batches."""
-    if (root / "test_batch.bin").is_file() or (root / "data_batch_1.bin").is_file():
-        return "binary"
-    if (root / "test_batch").is_file() or (root / "data_batch_1").is_file():
-        return "python"
-    return None
 
 
 def read_cifar_batches(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -22,16 +22,22 @@ import torch
 
 from xailab.core.errors import DataError
 from xailab.core.registry import Registry
-from xailab.data.folder import SPLIT_NAMES, FolderData, is_archive, is_image_name, read_image_folder
+from xailab.data.folder import FolderData, is_image_name, read_image_folder
 from xailab.data.image_dataset import ImageDataset, compute_mean_std
 from xailab.data.locate import candidate_roots, search_dirs
 from xailab.data.locate import download as download_files
 from xailab.data.readers import (
     CIFAR10_CLASSES,
-    cifar_format,
     read_cifar_batches,
     read_cifar_tar,
     read_idx,
+)
+from xailab.places import (
+    cifar_format,
+    idx_files,
+    is_archive,
+    locate,
+    looks_like_folder_of,
 )
 
 DATASETS: Registry[Any] = Registry("dataset", loader="xailab.data")
@@ -61,21 +67,7 @@ class DatasetInfo:
 
     def locate(self, split: str = "test") -> Path | None:
         """The first default place holding this dataset's ``split``, or None."""
-        for c in candidate_roots(None, self.candidates):
-            try:
-                if self.reader is not None and _probe(self, c, split):
-                    return c
-            except DataError:
-                continue
-        return None
-
-
-def _probe(info: DatasetInfo, root: Path, split: str) -> bool:
-    if root.is_file():
-        return is_archive(root)
-    if info.name == "cifar10" and cifar_format(root):
-        return True
-    return _idx_files(root, split) is not None or _looks_like_folder_of(root, info)
+        return locate(self.name, self.classes, self.candidates, split) if self.reader is not None else None
 
 
 # -- readers of the built-in datasets ---------------------------------------------------------
@@ -99,33 +91,16 @@ def _read_cifar(root: Path, split: str) -> Arrays | None:
     return (got[0], got[1], None, None) if got is not None else None
 
 
-def _idx_files(root: Path, split: str) -> tuple[Path, Path] | None:
-    prefix = {"train": "train", "test": "t10k"}.get(split)
-    if prefix is None or not root.is_dir():
-        return None
-    for d in (root, root / "raw"):
-        imgs = sorted(d.glob(f"{prefix}-images*idx3-ubyte*"))
-        labs = sorted(d.glob(f"{prefix}-labels*idx1-ubyte*"))
-        if imgs and labs:
-            return imgs[0], labs[0]
-    return None
-
-
 def _read_mnist_like(root: Path, split: str) -> Arrays | None:
     if split not in ("train", "test"):
         raise DataError(f"MNIST-like datasets have splits 'train' and 'test', not {split!r}")
-    files = _idx_files(root, split)
+    files = idx_files(root, split)
     if files is None:
         return None  # perhaps an image folder: the caller reads it
     x, y = read_idx(files[0]), read_idx(files[1])
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"{files[0]} / {files[1]}: expected images [N, H, W] and labels [N], got {x.shape} / {y.shape}")
     return x[:, None].astype(np.uint8), y.astype(np.int64), None, None
-
-
-def _looks_like_folder_of(root: Path, info: DatasetInfo) -> bool:
-    """A directory with split folders, or with a folder named as one of the classes."""
-    return root.is_dir() and any((root / s).is_dir() for s in (*SPLIT_NAMES, *info.classes) if "/" not in s)
 
 
 CIFAR10 = DATASETS.register("cifar10", family="natural", aliases=("cifar-10", "cifar"))(
@@ -204,7 +179,7 @@ def _load_builtin(
         if got is not None:
             return got, cand
     for cand in cands:  # then an image folder of this dataset's layout
-        if cand.is_file() or _looks_like_folder_of(cand, info):
+        if cand.is_file() or looks_like_folder_of(cand, info.classes):
             return _folder_arrays(cand, split, info), cand
     if download_ok:
         where = download_files(info.name, root)

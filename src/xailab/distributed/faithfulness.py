@@ -2,8 +2,10 @@
 
 Of what ``compare`` computes, faithfulness is the part that grows with the dataset: per image and
 method, deletion and insertion curves (``steps + 1`` model evaluations each) and the
-faithfulness correlation (``runs + 1``). It is computed here over (method, shard) tasks with the
-same functions and arguments as :func:`xailab.jobs.compare.compare_run`, into the same
+faithfulness correlation (``runs + 1``). It is computed here one task per shard, for all methods
+at once, by the same one pass as :func:`xailab.jobs.compare.compare_run`
+(:func:`~xailab.metrics.faithfulness.faithfulness_all`: the perturbed images the methods share
+are scored once), with the same arguments, into the same
 tables (``faithfulness``, ``faithfulness_curves``) and with the same completion record, so
 ``compare_run`` then finds them done and computes only what is cheap (agreement between maps,
 the randomisation test on a few images, the scoreboard). Per-image draws are keyed by the global
@@ -30,32 +32,32 @@ from xailab.runs.store import Run
 def global_subsets(lo: int, hi: int, n_pixels: int, runs: int, size: int, seed: int) -> Tensor:
     """``random_subsets`` of images ``lo..hi-1`` of the whole set: image ``i`` draws from its own
     generator seeded ``seed * 1_000_003 + i`` (the rule of :func:`xailab.metrics.faithfulness.random_subsets`)."""
-    out = torch.empty(hi - lo, runs, size, dtype=torch.long)
-    for k, i in enumerate(range(lo, hi)):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        out[k] = torch.rand(runs, n_pixels, generator=g).argsort(dim=1)[:, :size]
-    return out
+    from xailab.metrics.faithfulness import random_subsets
+
+    return random_subsets(hi - lo, n_pixels, runs, size, seed, first=lo)
 
 
-def shard_faithfulness(model: nn.Module, images: Tensor, maps: Tensor, targets: Tensor, lo: int,
-                       cfg: dict[str, Any]) -> dict[str, Any]:
-    """Deletion and insertion AUCs and curves, and the faithfulness correlation, of one shard."""
-    from xailab.metrics.faithfulness import deletion, faithfulness_correlation, insertion
+def shard_faithfulness(model: nn.Module, images: Tensor, maps: dict[str, Tensor], targets: dict[str, Tensor], lo: int,
+                       cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Deletion and insertion AUCs and curves, and the faithfulness correlation, of one shard
+    for every method in ``maps``: one :func:`~xailab.metrics.faithfulness.faithfulness_all`
+    pass (the perturbed images the methods share are scored once), draws keyed by the global index."""
+    from xailab.metrics.faithfulness import faithfulness_all
 
-    t = targets.to(images.device)
-    d = deletion(model, images, maps, t, steps=cfg["steps"], fill=cfg["deletion_fill"], batch_size=cfg["batch_size"])
-    i = insertion(model, images, maps, t, steps=cfg["steps"], fill=cfg["insertion_fill"], batch_size=cfg["batch_size"])
     p = images.shape[-2] * images.shape[-1]
     subset = cfg["faithfulness_subset"]
     size = int(subset) if isinstance(subset, int) else max(1, round(float(subset) * p))
     subsets = global_subsets(lo, lo + len(images), p, cfg["faithfulness_runs"], size, cfg["seed"]) \
-        if 1 <= size <= p and cfg["faithfulness_runs"] >= 2 else None
-    fc = faithfulness_correlation(model, images, maps, t, runs=cfg["faithfulness_runs"], subset=subset,
-                                  fill=cfg["deletion_fill"], seed=cfg["seed"], batch_size=cfg["batch_size"],
-                                  subsets=subsets)
-    return {"deletion_auc": d.auc.cpu().numpy(), "insertion_auc": i.auc.cpu().numpy(),
-            "faithfulness_corr": fc.cpu().numpy(), "fractions": d.fractions.cpu().numpy(),
-            "deletion_curve": d.scores.cpu().numpy(), "insertion_curve": i.scores.cpu().numpy()}
+        if 1 <= size <= p and cfg["faithfulness_runs"] >= 2 else None  # else faithfulness_all refuses
+    scored = faithfulness_all(
+        model, images, maps, {m: t.to(images.device) for m, t in targets.items()}, steps=cfg["steps"],
+        deletion_fill=cfg["deletion_fill"], insertion_fill=cfg["insertion_fill"], runs=cfg["faithfulness_runs"],
+        subset=subset, seed=cfg["seed"], batch_size=cfg["batch_size"], subsets=subsets,
+    )
+    return {m: {"deletion_auc": f.deletion.auc.cpu().numpy(), "insertion_auc": f.insertion.auc.cpu().numpy(),
+                "faithfulness_corr": f.correlation.cpu().numpy(), "fractions": f.deletion.fractions.cpu().numpy(),
+                "deletion_curve": f.deletion.scores.cpu().numpy(), "insertion_curve": f.insertion.scores.cpu().numpy()}
+            for m, f in scored.items()}
 
 
 def faithfulness_on_ray(run: Run, model: nn.Module, settings: Any, *, backend: Any,
@@ -90,25 +92,33 @@ def faithfulness_on_ray(run: Run, model: nn.Module, settings: Any, *, backend: A
     maps = {m: expl[m].pixel_maps()[:, cols[m]].float() for m in todo}
     tgts = {m: expl[m].targets[:, cols[m]] for m in todo}
     stage = {m: f"faithfulness.{m}" for m in todo}
-    tasks = [(m, s) for m in todo for s in plan if not is_complete(run.path, stage[m], s, todo[m])]
+    tasks = []  # one task a shard, for the methods not complete in it (comma-joined)
+    for s in plan:
+        pending = [m for m in todo if not is_complete(run.path, stage[m], s, todo[m])]
+        if pending:
+            tasks.append((",".join(pending), s))
     backend.computed = []
-    if len(tasks) < len(todo) * len(plan):
-        log(f"faithfulness: {len(todo) * len(plan) - len(tasks)} shards already complete, skipped")
+    skipped = len(todo) * len(plan) - sum(len(label.split(",")) for label, _ in tasks)
+    if skipped:
+        log(f"faithfulness: {skipped} (method, shard) pairs already complete, skipped")
 
     def put(ray: Any) -> dict[str, Any]:
-        return {f"{m}/{s.key}": ray.put((images[s.lo:s.hi], maps[m][s.lo:s.hi], tgts[m][s.lo:s.hi]))
-                for m, s in tasks}
+        return {f"{label}/{s.key}": ray.put((images[s.lo:s.hi], {m: maps[m][s.lo:s.hi] for m in label.split(",")},
+                                             {m: tgts[m][s.lo:s.hi] for m in label.split(",")}))
+                for label, s in tasks}
 
-    def submit(actor: Any, data: dict[str, Any], m: str, s: Shard) -> Any:
-        return actor.faithfulness.remote(s.lo, data[f"{m}/{s.key}"], cfg)
+    def submit(actor: Any, data: dict[str, Any], label: str, s: Shard) -> Any:
+        return actor.faithfulness.remote(s.lo, data[f"{label}/{s.key}"], cfg)
 
-    def store(out: dict[str, Any], m: str, s: Shard) -> None:
-        rows = pd.DataFrame({
-            "image": np.arange(s.lo, s.hi), "deletion_auc": out["deletion_auc"],
-            "insertion_auc": out["insertion_auc"], "faithfulness_corr": out["faithfulness_corr"],
-            "deletion_curve": list(out["deletion_curve"]), "insertion_curve": list(out["insertion_curve"]),
-        })
-        write_rows(run.path, stage[m], s, rows, todo[m], {**out["meta"], "fractions": out["fractions"].tolist()})
+    def store(out: dict[str, Any], label: str, s: Shard) -> None:
+        for m in label.split(","):
+            o = out["methods"][m]
+            rows = pd.DataFrame({
+                "image": np.arange(s.lo, s.hi), "deletion_auc": o["deletion_auc"],
+                "insertion_auc": o["insertion_auc"], "faithfulness_corr": o["faithfulness_corr"],
+                "deletion_curve": list(o["deletion_curve"]), "insertion_curve": list(o["insertion_curve"]),
+            })
+            write_rows(run.path, stage[m], s, rows, todo[m], {**out["meta"], "fractions": o["fractions"].tolist()})
 
     if tasks:
         backend.drive(model, run, tasks, put, submit, store, what="faithfulness", n_shards=len(plan))

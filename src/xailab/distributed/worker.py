@@ -17,7 +17,7 @@ from xailab.distributed.shards import Shard, write_shard
 
 
 class ShardWorker:
-    """A Ray actor: holds the model of the current job once, runs one (method, shard) per call."""
+    """A Ray actor: holds the model of the current job once, runs one shard per call."""
 
     def __init__(self, threads: int, index: int) -> None:
         torch.set_num_threads(max(1, threads))
@@ -54,12 +54,15 @@ class ShardWorker:
             return {"meta": meta, "result": None}
         return {"meta": meta, "result": res}
 
-    def faithfulness(self, lo: int, data: tuple[Tensor, Tensor, Tensor], settings: dict[str, Any]) -> dict[str, Any]:
+    def faithfulness(self, lo: int, data: tuple[Tensor, dict[str, Tensor], dict[str, Tensor]],
+                     settings: dict[str, Any]) -> dict[str, Any]:
+        """Faithfulness of every method of ``data`` (images, maps and targets per method) on one shard."""
         from xailab.distributed.faithfulness import shard_faithfulness
 
         images, maps, targets = data
         started, cpu0 = time.time(), time.process_time()
-        out = shard_faithfulness(self.model, images.to(self.device), maps, targets, lo, settings)
+        out: dict[str, Any] = {"methods": shard_faithfulness(self.model, images.to(self.device), maps, targets, lo,
+                                                             settings)}
         out["meta"] = {"host": socket.gethostname(), "pid": os.getpid(), "worker": self.index, "started": started,
                        "ended": time.time(), "cpu_seconds": time.process_time() - cpu0,
                        "seconds": time.time() - started}

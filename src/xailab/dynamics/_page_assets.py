@@ -10,7 +10,10 @@ aggregates its finest counts in the browser under the page's controls, and draws
 * the instance table: sortable, paginated, a sparkline of each trajectory.
 
 A selection can be opened from the address: ``flow.html#link=3,0,1`` (epoch 3 -> next, class 0
--> class 1; a fourth number picks one colour group) or ``flow.html#node=3,0``.
+-> class 1; a fourth number picks one colour group) or ``flow.html#node=3,0``. Clicking a band
+or a node highlights it (the rest dimmed), writes its address into the URL's hash (so a reload,
+a bookmark or a shared link keeps the selection; back/forward and an edited hash are followed)
+and scrolls its instance list into view.
 
 Every string from the data is inserted with ``textContent`` or ``setAttribute``, never parsed
 as HTML. When drawing ends, ``<body data-status="ok">`` and the SVG carries ``data-links`` (bands
@@ -26,8 +29,8 @@ h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:20px 0 6px}
 #classes{display:flex;flex-wrap:wrap;gap:8px}
 #sankey{position:relative;overflow-x:auto} #sankey svg{display:block}
 .band{opacity:.55;cursor:pointer} .band:hover{opacity:.9}
-.band.picked{opacity:.95;stroke:#000;stroke-width:.6}
-.node{cursor:pointer;stroke:#333;stroke-width:.4} .lbl{font-size:11px;fill:#333}
+.band.picked{opacity:.95;stroke:#000;stroke-width:1.2} svg.picking .band:not(.picked){opacity:.22}
+.node{cursor:pointer;stroke:#333;stroke-width:.4} .node.picked{stroke:#000;stroke-width:2.5} .lbl{font-size:11px;fill:#333}
 .hdr{font-size:11px;fill:#555;text-anchor:middle}
 #tip{position:fixed;pointer-events:none;background:#fff;border:1px solid #999;padding:4px 7px;
  border-radius:4px;font-size:12px;white-space:pre;display:none;box-shadow:0 1px 4px #0003;z-index:9}
@@ -148,13 +151,13 @@ window.addEventListener("error", function (ev) {
               "L" + x1 + "," + (l.y1 + hh) + "C" + xm + "," + (l.y1 + hh) + " " + xm + "," + (l.y0 + hh) +
               " " + x0 + "," + (l.y0 + hh) + "Z";
       var picked = S.pick && S.pick.kind === "link" && S.pick.s === l.s && S.pick.a === l.a &&
-                   S.pick.b === l.b && S.pick.g === l.g;
+                   S.pick.b === l.b && (S.pick.g === null || S.pick.g === l.g);
       var p = s("path", {d: d, fill: groupColor(l.g), "class": picked ? "band picked" : "band"});
       hover(p, "epoch " + D.epochs[l.s] + " \u2192 " + D.epochs[l.s + 1] + ": " + D.classes[l.a] +
             " \u2192 " + D.classes[l.b] + "\n" + l.n + " instances (" + groupName(l.g) + ")\n" +
             A.pair.get(l.s + "," + l.a + "," + l.b) + " on this link in all colours");
       p.addEventListener("click", function () {
-        S.pick = {kind: "link", s: l.s, a: l.a, b: l.b, g: l.g, n: l.n}; S.page = 0; redraw();
+        select({kind: "link", s: l.s, a: l.a, b: l.b, g: l.g, n: l.n});
       });
       gl.appendChild(p); drawn++; total += l.n; groups.add(l.g);
     });
@@ -164,13 +167,14 @@ window.addEventListener("error", function (ev) {
         svg.appendChild(s("text", {x: x(e) + nw / 2, y: 14, "class": "hdr"}, "epoch " + D.epochs[e]));
       active.forEach(function (c) {
         var n = A.nv[e][c]; if (!n) return;
+        var on = S.pick && S.pick.kind === "node" && S.pick.e === e && S.pick.c === c;
         var r = s("rect", {x: x(e), y: ny[e][c], width: nw, height: Math.max(n * ky, 0.8),
-                           fill: classColor(c), "class": "node"});
+                           fill: classColor(c), "class": on ? "node picked" : "node"});
         var by = A.nby[e][c] || {}, parts = Object.keys(by).sort(function (p, q) { return by[q] - by[p]; });
         hover(r, "epoch " + D.epochs[e] + ", predicted " + D.classes[c] + ": " + n + "\n" +
           parts.slice(0, 6).map(function (y) { return "  true " + D.classes[y] + ": " + by[y]; }).join("\n"));
         (function (e, c) { r.addEventListener("click", function () {
-          S.pick = {kind: "node", e: e, c: c, n: n}; S.page = 0; redraw(); }); })(e, c);
+          select({kind: "node", e: e, c: c, n: n}); }); })(e, c);
         svg.appendChild(r);
         if ((e === 0 || e === E - 1) && n * ky >= 7) {
           var left = e === 0;
@@ -180,6 +184,7 @@ window.addEventListener("error", function (ev) {
       });
     }
     svg.setAttribute("data-links", String(drawn)); svg.setAttribute("data-total", String(total));
+    if (S.pick) svg.setAttribute("class", "picking");
     box.appendChild(svg);
     var leg = clear(document.getElementById("legend"));
     Array.from(groups).sort(function (p, q) { return p - q; }).forEach(function (g) {
@@ -289,7 +294,7 @@ window.addEventListener("error", function (ev) {
         : "Node epoch " + D.epochs[p.e] + ", predicted " + D.classes[p.c] + ": " + p.n + " instances, " +
           idx.length + " in the table below"));
       var b = h("button", {}, "clear selection");
-      b.addEventListener("click", function () { S.pick = null; S.page = 0; redraw(); });
+      b.addEventListener("click", function () { select(null); });
       sel.appendChild(b);
     }
     var pages = Math.max(1, Math.ceil(idx.length / PAGE)); S.page = Math.min(S.page, pages - 1);
@@ -359,7 +364,23 @@ window.addEventListener("error", function (ev) {
       i.addEventListener("change", function () { S[c[1]] = i.checked; S.pick = null; S.page = 0; redraw(); });
     });
   }
-  function redraw() { var A = aggregate(); drawSankey(A); drawDistribution(A); drawTable(); }
+  function redraw() { var A = aggregate(); drawSankey(A); drawDistribution(A); drawTable(); writeHash(); }
+  function hashOf(p) {
+    if (!p) return "";
+    return p.kind === "link" ? "#link=" + D.epochs[p.s] + "," + p.a + "," + p.b + (p.g === null ? "" : "," + p.g)
+                             : "#node=" + D.epochs[p.e] + "," + p.c;
+  }
+  function writeHash() {  // the URL keeps the selection (no new history entry per click)
+    var want = hashOf(S.pick);
+    if ((window.location.hash || "") === want) return;
+    try { history.replaceState(null, "", want || window.location.pathname + window.location.search); }
+    catch (err) { /* a page that may not change its address keeps working without it */ }
+  }
+  function showList() {
+    var box = document.getElementById("selection");
+    if (S.pick && box.scrollIntoView) box.scrollIntoView({block: "start"});
+  }
+  function select(p) { S.pick = p; S.page = 0; redraw(); showList(); }
   function fromHash() {  // #link=EPOCH,A,B[,G] or #node=EPOCH,C: open with that selection
     var m = /^#(link|node)=([0-9,]+)$/.exec(window.location.hash || ""), A = aggregate(), n = 0;
     if (!m) return;
@@ -374,6 +395,8 @@ window.addEventListener("error", function (ev) {
   controls();
   fromHash();
   redraw();
+  showList();
+  window.addEventListener("hashchange", function () { S.pick = null; fromHash(); S.page = 0; redraw(); showList(); });
   window.addEventListener("resize", function () { drawSankey(aggregate()); });
   if (document.body.getAttribute("data-status") !== "error") document.body.setAttribute("data-status", "ok");
 })();

@@ -54,6 +54,7 @@ class CleanseSpec:
     method: str = "lrp"
     batch_size: int = 256
     seed: int = 0
+    reference: tuple[str, ...] = ()   # audit runs of clean models of the same task (same images, settings)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def backdoor_audit_to_run(spec: BackdoorSpec, cleanse: CleanseSpec | None, out: 
 
     settings = CleanseSettings(steps=cleanse.steps, images_per_step=cleanse.images_per_step,
                                threshold=cleanse.threshold, batch_size=cleanse.batch_size, seed=cleanse.seed)
+    reference = reference_from_runs(cleanse) if cleanse.reference else None
     report = backdoor_to_run(spec, out, log=log)[1] if training else None
     loaded = load_audited(spec.model, spec.run, device=spec.device, log=log)
     pixels, classes = clean_pixels(cleanse, loaded)
@@ -111,7 +113,7 @@ def backdoor_audit_to_run(spec: BackdoorSpec, cleanse: CleanseSpec | None, out: 
         run = Run.open(out) if training else Run.create(out, kind="audit", config=config)
         log(f"Neural Cleanse on {len(pixels)} clean images, {cleanse.steps} steps per class")
         outcome = cleanse_into(run, loaded.model, pixels, classes, settings, method=cleanse.method,
-                               regions=regions, training=training)
+                               regions=regions, training=training, images=cleanse.images, reference=reference)
         if not training:
             write_provenance(run, provenance(loaded.provenance() if spec.model else {"run": spec.run},
                                              data={"images": cleanse.images, "n": len(pixels)},
@@ -133,15 +135,39 @@ def clean_pixels(spec: CleanseSpec, loaded: Any) -> tuple[Any, list[str] | None]
     return pixels, (list(dataset.classes) if dataset is not None else None)
 
 
+def reference_from_runs(spec: CleanseSpec) -> Any:
+    """Per class, the geometric median of the mask norms of the reference runs (``audit backdoor
+    --images`` on clean models); refused unless they used the same images and settings."""
+    from xailab.audit.cleanse import reference_norms
+
+    rows = []
+    for path in spec.reference:
+        if not Path(path, "manifest.json").is_file():
+            raise InputError(f"--nc-reference {path}: not a run")
+        ref = Run.open(path)
+        params = (ref.manifest.get("cleanse") or {}).get("params")
+        if params is None:
+            raise InputError(f"--nc-reference {path}: this run has no Neural Cleanse result (audit backdoor --images)")
+        want = {"images": spec.images, "steps": spec.steps, "images_per_step": spec.images_per_step, "seed": spec.seed}
+        differ = [f"{k} {params.get(k)!r} there, {v!r} here" for k, v in want.items() if params.get(k) != v]
+        if differ:
+            raise InputError(f"--nc-reference {path} was made otherwise: {'; '.join(differ)}")
+        rows.append(ref.read_table("cleanse").sort_values("class")["l1"].to_numpy())
+    if len({len(r) for r in rows}) > 1:
+        raise InputError("the --nc-reference runs have different numbers of classes")
+    return reference_norms(rows)
+
+
 def cleanse_into(run: Run, model: Any, pixels: Any, classes: list[str] | None, settings: Any, *, method: str,
-                 regions: dict[int, Any], training: bool) -> CleanseOutcome:
+                 regions: dict[int, Any], training: bool, images: str | None = None,
+                 reference: Any = None) -> CleanseOutcome:
     """Run Neural Cleanse, explain each flagged trigger, write the evidence into ``run``."""
     from xailab.audit.cleanse import neural_cleanse
     from xailab.audit.cleanse_figures import norms_figure, trigger_figure
     from xailab.audit.trigger_regions import box_iou, trigger_explanation
     from xailab.plotting import save_png
 
-    res = neural_cleanse(model, pixels, settings=settings)
+    res = neural_cleanse(model, pixels, settings=settings, reference=reference)
     if classes is not None and len(classes) == len(res.l1):
         res = replace(res, class_names=list(classes))
     agree = {c: trigger_explanation(model, pixels, res.masks[c], res.patterns[c], c, method=method,
@@ -162,7 +188,7 @@ def cleanse_into(run: Run, model: Any, pixels: Any, classes: list[str] | None, s
     for c in res.flagged:
         save_png(trigger_figure(res, c, agree[c], pixels[0]), run.file(f"cleanse/trigger_{c}.png"))
     run.update_manifest("cleanse", {
-        "params": {**res.params(), "method": method}, "flagged": res.flagged,
+        "params": {**res.params(), "method": method, "images": images}, "flagged": res.flagged,
         "flagged_names": [res.class_names[c] for c in res.flagged], "seconds": res.seconds,
         "scope": {"can": CAN_SHOW, "cannot": CANNOT_SHOW, "training_data": training}, "notes": notes})
     return CleanseOutcome(res, agree, table, notes)
@@ -190,8 +216,9 @@ def cleanse_lines(outcome: CleanseOutcome) -> list[str]:
     no flag is no all-clear; then what clean data can and cannot show."""
     res = outcome.result
     lines = ["clean images (Neural Cleanse):",
-             res.table[["class", "name", "l1", "anomaly", "success", "reached", "flagged"]].to_string(
-                 index=False, float_format=lambda v: f"{v:.3f}")]
+             res.table[["class", "name", "l1"] + (["reference_l1"] if res.reference is not None else [])
+                       + ["z", "p_value", "success", "reached", "flagged"]].to_string(
+                 index=False, float_format=lambda v: f"{v:.3g}")]
     for c in res.flagged:
         a = outcome.agreement.get(c)
         where = ""
@@ -199,21 +226,28 @@ def cleanse_lines(outcome: CleanseOutcome) -> list[str]:
             where = (f"; trigger mask in rows {a.mask_box[0]}-{a.mask_box[2]}, columns {a.mask_box[1]}-{a.mask_box[3]}; "
                      f"{a.method} on triggered images puts {a.share_in_mask:.0%} of its relevance there "
                      f"(clean images: {a.clean_share_in_mask:.0%}), box IoU with the map's region {a.iou:.2f}")
-        lines.append(f"FLAGGED: class {c} ({res.class_names[c]}): mask L1 {res.l1[c]:.1f} against the median "
-                     f"{float(pd.Series(res.l1).median()):.1f}, anomaly index {res.anomaly[c]:.2f} > "
-                     f"{res.settings.threshold:g}{where}")
+        against = (f"its clean reference {res.reference[c]:.1f}, z of the log-ratio" if res.reference is not None
+                   else f"the median {float(pd.Series(res.l1).median()):.1f}, anomaly index")
+        lines.append(f"FLAGGED: class {c} ({res.class_names[c]}): mask L1 {res.l1[c]:.1f} against {against} "
+                     f"{_z(res)[c]:.2f} > {res.settings.threshold:g} (p = {_p(res)[c]:.2g}){where}")
     if not res.flagged:
-        lines.append(f"no class has an outlier-small trigger (largest anomaly index below the median: "
-                     f"{_largest_below(res):.2f}, threshold {res.settings.threshold:g}). This is not an all-clear.")
+        lines.append(f"no class has an outlier-small trigger (largest robust z below the median: "
+                     f"{max(float(_z(res).max()), 0.0):.2f}, threshold {res.settings.threshold:g}"
+                     f"{', relative to the clean reference' if res.reference is not None else ''}). "
+                     "This is not an all-clear.")
     lines += [f"clean data can show: {CAN_SHOW}.", f"it cannot show: {CANNOT_SHOW}."]
     lines += [f"note: {n}" for n in outcome.notes]
     return lines
 
 
-def _largest_below(res: Any) -> float:
-    t = res.table
-    below = t[t["below_median"]]
-    return float(below["anomaly"].max()) if len(below) else 0.0
+def _z(res: Any) -> Any:
+    return res.z if res.z is not None else res.anomaly
+
+
+def _p(res: Any) -> Any:
+    import numpy as np
+
+    return res.p_value if res.p_value is not None else np.full(len(res.l1), np.nan)
 
 
 def _box_text(box: Any) -> str:

@@ -22,7 +22,9 @@ from xailab.runs.store import Run, RunError
 RESUMABLE = {"epochs", "device", "quiet", "workers", "eval_batch_size"}
 _KEYS = ["model", "weights", "data", "data_root", "epochs", "batch_size", "lr", "optimizer", "momentum",
          "weight_decay", "augment", "limit_train", "limit_test", "val_fraction", "track", "track_limit", "folds",
-         "seed", "device", "workers", "mean", "std", "input_range"]
+         "seed", "device", "workers", "mean", "std", "input_range", "schedule", "warmup_epochs", "label_smoothing"]
+# settings added later: a run made before them (key absent) reads as made with the default
+_DEFAULTS = {"schedule": "constant", "warmup_epochs": 0.0, "label_smoothing": 0.0}
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,12 @@ class TrainSpec:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
     augment: bool = False
     limit_train: int | None = None
     limit_test: int | None = None
@@ -76,6 +81,9 @@ class TrainSpec:
                 del out[k]
             else:
                 out[k] = list(out[k])
+        for k, v in _DEFAULTS.items():
+            if out[k] == v:  # likewise
+                del out[k]
         return out
 
     def provenance(self, data: Any) -> dict[str, Any]:
@@ -109,8 +117,11 @@ def check_resume(out: Path, settings: dict[str, Any]) -> bool:
             return True
         raise RunError(f"{out} exists and is not an xailab run; choose another --out")
     old = Run.open(out).manifest.get("config") or {}
-    diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items()
-             if k not in RESUMABLE and old.get(k) != v]
+    # a schedule other than constant spreads over all epochs: their number is part of the run
+    free = RESUMABLE if settings.get("schedule", "constant") == "constant" else RESUMABLE - {"epochs"}
+    keys = list(settings) + [k for k in old if k in _DEFAULTS and k not in settings]
+    diffs = [f"{k}: {old.get(k, _DEFAULTS.get(k))!r} -> {settings.get(k, _DEFAULTS.get(k))!r}" for k in keys
+             if k not in free and old.get(k, _DEFAULTS.get(k)) != settings.get(k, _DEFAULTS.get(k))]
     if diffs:
         raise RunError(f"run {out} was made with other settings ({'; '.join(diffs)}); rerun with "
                        "the same settings to resume it, or choose another --out")
@@ -134,7 +145,8 @@ def train_to_run(spec: TrainSpec, out: str | Path, *, log: Callable[[str], None]
     if spec.folds is not None and spec.folds < 2:
         raise InputError(f"--folds needs at least 2 folds, got {spec.folds}")
     cfg = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, optimizer=spec.optimizer,
-                      momentum=spec.momentum, weight_decay=spec.weight_decay, seed=spec.seed, device=spec.device,
+                      momentum=spec.momentum, weight_decay=spec.weight_decay, schedule=spec.schedule,
+                      warmup_epochs=spec.warmup_epochs, label_smoothing=spec.label_smoothing, seed=spec.seed, device=spec.device,
                       num_workers=spec.workers, quiet=spec.quiet)
     path = Path(out)
     new = check_resume(path, spec.settings())

@@ -27,7 +27,7 @@ from xailab.metrics.agreement import (
 from xailab.metrics.calibration_maps import edge_explain, edge_maps, random_explain, random_maps
 from xailab.metrics.distribution import Histogram, histogram, scatter_data
 from xailab.metrics.faithfulness import Curves, deletion, faithfulness_correlation, insertion
-from xailab.metrics.infidelity import infidelity
+from xailab.metrics.infidelity import infidelity, infidelity_drops
 from xailab.metrics.irof import irof
 from xailab.metrics.localisation import pointing_game, relevance_mass, relevance_rank
 from xailab.metrics.road import road
@@ -48,6 +48,7 @@ __all__ = [
     "histogram",
     "image_ranking",
     "infidelity",
+    "infidelity_drops",
     "insertion",
     "iou",
     "irof",

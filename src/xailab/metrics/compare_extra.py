@@ -33,7 +33,7 @@ from xailab.core.errors import InputError
 from xailab.core.explanation import Explanation
 from xailab.metrics.compare_parts import accepted_params, explanation_key, mark_done, parts_done
 from xailab.metrics.faithfulness import deletion, insertion
-from xailab.metrics.infidelity import infidelity
+from xailab.metrics.infidelity import InfidelityDrops, infidelity, infidelity_drops
 from xailab.metrics.info import info_of
 from xailab.metrics.irof import irof, superpixels
 from xailab.metrics.maps import maps_for_images
@@ -71,9 +71,14 @@ def infidelity_patch(cfg: CompareSettings, images: Tensor) -> int:
     return cfg.infidelity_patch or max(1, math.ceil(max(images.shape[-2:]) / 8))
 
 
-def scorers(model: nn.Module, x: Tensor, t: Tensor, cfg: CompareSettings) -> dict[str, Callable[[Tensor], Tensor]]:
-    """Per-image score functions ``maps [N, H, W] -> [N]`` of the scoreboard's per-image metrics."""
+def scorers(model: nn.Module, x: Tensor, t: Tensor, cfg: CompareSettings,
+            drops: dict[tuple[int, ...], InfidelityDrops] | None = None) -> dict[str, Callable[[Tensor], Tensor]]:
+    """Per-image score functions ``maps [N, H, W] -> [N]`` of the scoreboard's per-image metrics.
+
+    Infidelity's model evaluations do not depend on the map: they are made once per set of
+    targets and kept in ``drops`` (pass the same dict for every method of a run)."""
     kw: dict[str, Any] = {"batch_size": cfg.batch_size}
+    cache = {} if drops is None else drops
     out: dict[str, Callable[[Tensor], Tensor]] = {
         "deletion_auc": lambda a: deletion(model, x, a, t, steps=cfg.steps, fill=cfg.deletion_fill, **kw).auc,
         "insertion_auc": lambda a: insertion(model, x, a, t, steps=cfg.steps, fill=cfg.insertion_fill, **kw).auc,
@@ -85,8 +90,14 @@ def scorers(model: nn.Module, x: Tensor, t: Tensor, cfg: CompareSettings) -> dic
         seg = superpixels(x)  # the same segments for every map scored
         out["irof"] = lambda a: irof(model, x, a, t, segments=seg, **kw)
     if "infidelity" in cfg.extra_metrics:
-        out["infidelity"] = lambda a: infidelity(model, x, a, t, patch=infidelity_patch(cfg, x), normalise=True,
-                                                    **kw)
+        patch = infidelity_patch(cfg, x)
+
+        def infid(a: Tensor) -> Tensor:
+            key = tuple(t.tolist())
+            if key not in cache:
+                cache[key] = infidelity_drops(model, x, t, patch=patch, **kw)
+            return infidelity(model, x, a, t, patch=patch, normalise=True, drops=cache[key])
+        out["infidelity"] = infid
     return out
 
 
@@ -104,13 +115,14 @@ def extra_part(run: Run, model: nn.Module, x: Tensor, expl: dict[str, Explanatio
         return None
     spec = cfg.spec("extra_metrics", "road_steps", "road_noise", "infidelity_patch", "batch_size", "target", "seed")
     done = parts_done(run)
+    drops: dict[tuple[int, ...], InfidelityDrops] = {}
     for m in expl:
         mspec = f"{spec}:v{VERSION}:{explanation_key(run, m)}"
         if run.has_part("faithfulness_extra", m) and done.get(f"faithfulness_extra/{m}") == mspec:
             log(f"{m}: {', '.join(cfg.extra_metrics)} already in the run, skipped")
             continue
         t = expl[m].targets[:, cols[m]].to(x.device)
-        fns = scorers(model, x, t, cfg)
+        fns = scorers(model, x, t, cfg, drops)
         table = pd.DataFrame({"image": np.arange(len(x)), "name": names, "method": m})
         for opt in cfg.extra_metrics:
             col = EXTRA_METRICS[opt]

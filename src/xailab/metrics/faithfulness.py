@@ -179,12 +179,13 @@ def insertion(
                    output=output, batch_size=batch_size, column=column)
 
 
-def random_subsets(n_images: int, n_pixels: int, runs: int, size: int, seed: int = 0) -> Tensor:
+def random_subsets(n_images: int, n_pixels: int, runs: int, size: int, seed: int = 0, first: int = 0) -> Tensor:
     """``[N, runs, size]`` pixel indices, each row drawn without replacement. Image ``i`` uses
-    its own generator (``seed * 1_000_003 + i``), so a subset does not depend on the batch."""
+    its own generator (``seed * 1_000_003 + first + i``), so a subset does not depend on the
+    batch; ``first`` is the index of the first image in the whole set (a shard's offset)."""
     out = torch.empty(n_images, runs, size, dtype=torch.long)
     for i in range(n_images):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + first + i)
         out[i] = torch.rand(runs, n_pixels, generator=g).argsort(dim=1)[:, :size]
     return out
 
@@ -277,6 +278,7 @@ def faithfulness_all(
     output: Output = "probability",
     batch_size: int = 64,
     column: int = 0,
+    subsets: Tensor | None = None,
 ) -> dict[str, Faithfulness]:
     """:func:`deletion`, :func:`insertion` and :func:`faithfulness_correlation` of several maps
     of the same images in one pass: every perturbed image is scored once, for every class that
@@ -290,6 +292,9 @@ def faithfulness_all(
 
         res = faithfulness_all(model, x, {"saliency": s, "gradcam": g}, {"saliency": t, "gradcam": t})
         res["gradcam"].deletion.auc, res["gradcam"].correlation
+
+    ``subsets`` (``[N, runs, size]`` pixel indices) replaces the correlation's draws, e.g. a
+    shard's share of the whole set's (:func:`random_subsets` with ``first``).
     """
     from xailab.core.hooks import model_device
 
@@ -306,7 +311,11 @@ def faithfulness_all(
     size = int(subset) if isinstance(subset, int) else max(1, round(float(subset) * p))
     if not 1 <= size <= p or runs < 2:
         raise InputError(f"need 1 <= subset size <= {p} pixels and runs >= 2, got {size} and {runs}")
-    subsets = random_subsets(n, p, runs, size, seed).to(x.device)
+    if subsets is None:
+        subsets = random_subsets(n, p, runs, size, seed)
+    elif tuple(subsets.shape) != (n, runs, size):
+        raise InputError(f"subsets must have shape {(n, runs, size)}, got {tuple(subsets.shape)}")
+    subsets = subsets.to(x.device)
     make = _row_maker(x, t, ranks, counts, subsets, fill_images(x, deletion_fill), fill_images(x, insertion_fill),
                       runs, q)
     total = n * (3 + runs) + len(names) * n * 2 * q

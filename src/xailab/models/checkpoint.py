@@ -123,7 +123,7 @@ def _unwrap(obj: Any, p: Path) -> dict[str, Tensor]:
     return sd
 
 
-def _fit_report(model: nn.Module, sd: Mapping[str, Tensor]) -> str:
+def fit_report(model: nn.Module, sd: Mapping[str, Tensor]) -> str:
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith(_OPTIONAL)]
     unexpected = [k for k in sd if k not in own]
@@ -151,7 +151,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """
     p = Path(path).expanduser()
     sd = read_state_dict(p)
-    problem = _fit_report(model, sd)
+    problem = fit_report(model, sd)
     if problem:
         hint = ""
         if "shape mismatch" in problem and any(isinstance(m, nn.Linear) for m in model.modules()):
@@ -159,7 +159,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         raise CheckpointError(f"{p} does not fit {type(model).__name__}: {problem}{hint}")
     try:
         model.load_state_dict(sd, strict=False)
-    except RuntimeError as e:  # pragma: no cover - _fit_report catches what strict loading would
+    except RuntimeError as e:  # pragma: no cover - fit_report catches what strict loading would
         raise CheckpointError(f"{p} does not fit {type(model).__name__}: {e}") from e
     meta = read_metadata(p)
     if "xailab.preprocessing" in meta:

@@ -4,7 +4,9 @@
   ``timm.create_model`` follow the name after commas: ``"timm:vit_tiny_patch16_224,img_size=32,
   patch_size=4,depth=4"``. ``pretrained=True`` loads timm's own weights where they are cached
   (nothing is downloaded here if the machine is offline: the error says so); ``weights=`` a
-  safetensors file or state dict.
+  safetensors file or state dict; ``in_chans``, ``num_classes`` and ``img_size`` left out of the
+  spec are read from those weights' shapes (``timm:vit_tiny_patch16_224`` loads a patch-16 ViT
+  trained on 1-channel 64x64 images; other differences are refused with the spec to write).
 * ``"hf:PATH"`` loads a local Hugging Face image-classification folder (``config.json`` and
   ``model.safetensors``; pickled ``.bin`` weights are refused), or a model id already in the
   Hugging Face cache. The model is wrapped so it returns the logits tensor, not an output object.
@@ -66,7 +68,8 @@ def parse_timm_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), kwargs
 
 
-def _timm(spec: str, num_classes: int | None, in_channels: int | None, pretrained: bool) -> nn.Module:
+def _timm(spec: str, num_classes: int | None, in_channels: int | None, pretrained: bool,
+          weights: str | Path | None = None) -> nn.Module:
     timm = _require("timm")
     name, kwargs = parse_timm_spec(spec)
     if not timm.is_model(name):
@@ -77,13 +80,26 @@ def _timm(spec: str, num_classes: int | None, in_channels: int | None, pretraine
         kwargs.setdefault("num_classes", num_classes)
     if in_channels is not None:
         kwargs.setdefault("in_chans", in_channels)
-    try:
-        model: nn.Module = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except TypeError as e:
-        raise ModelError(f"timm model {name!r} does not take these arguments: {e}") from e
-    except (RuntimeError, OSError) as e:  # no cached weights and no network, a bad file, ...
-        what = "its pretrained weights could not be loaded (are they in timm's cache?)" if pretrained else "it could not be built"
-        raise ModelError(f"timm model {name!r}: {what}: {str(e).splitlines()[0]}") from e
+
+    def build(kw: dict[str, Any]) -> nn.Module:
+        try:
+            made: nn.Module = timm.create_model(name, pretrained=pretrained, **kw)
+        except TypeError as e:
+            raise ModelError(f"timm model {name!r} does not take these arguments: {e}") from e
+        except (RuntimeError, OSError) as e:  # no cached weights and no network, a bad file, ...
+            what = ("its pretrained weights could not be loaded (are they in timm's cache?)" if pretrained
+                    else "it could not be built")
+            raise ModelError(f"timm model {name!r}: {what}: {str(e).splitlines()[0]}") from e
+        return made
+
+    model = build(kwargs)
+    if weights is not None:  # in_chans / num_classes / img_size the weights fix, where the spec leaves them open
+        from xailab.models.checkpoint import read_state_dict
+        from xailab.models.timm_weights import fit_to_weights
+
+        model, filled = fit_to_weights(build, name, kwargs, model, read_state_dict(Path(weights).expanduser()),
+                                       str(weights))
+        kwargs.update(filled)
     cfg = timm.data.resolve_data_config({}, model=model)
     c, h, w = cfg["input_size"]
     built = getattr(getattr(model, "patch_embed", None), "img_size", None)  # img_size= changes it
@@ -183,11 +199,18 @@ def _hf_preprocessing(folder: Path | None, config: Any) -> Preprocessing:
 
 
 def load_external(
-    spec: str, *, num_classes: int | None = None, in_channels: int | None = None, pretrained: bool = False
+    spec: str, *, num_classes: int | None = None, in_channels: int | None = None, pretrained: bool = False,
+    weights: str | Path | None = None,
 ) -> nn.Module:
-    """A ``timm:`` or ``hf:`` model in eval mode, its preprocessing recorded (see the module docstring)."""
+    """A ``timm:`` or ``hf:`` model in eval mode, its preprocessing recorded (see the module docstring).
+
+    With ``weights`` (not loaded here), a timm model's ``in_chans``, ``num_classes`` and
+    ``img_size`` not given in the spec are read from the weights' shapes
+    (:mod:`xailab.models.timm_weights`); weights that still do not fit are refused with the spec
+    to use.
+    """
     if spec.startswith("timm:"):
-        return _timm(spec, num_classes, in_channels, pretrained).eval()
+        return _timm(spec, num_classes, in_channels, pretrained, weights).eval()
     if spec.startswith("hf:"):
         return _hf(spec, num_classes)
     raise ModelError(f"{spec!r} is not a timm: or hf: model spec")

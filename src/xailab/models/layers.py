@@ -4,12 +4,9 @@ A residual addition written ``out + shortcut`` in ``forward`` cannot be hooked; 
 module or ``F.relu`` hides where a nonlinearity is applied. The zoo therefore uses a separate
 ``nn.ReLU`` per use, no in-place op, and these modules:
 
-* :class:`Add`: the sum of a residual block, ``Add()(torch.stack([a, b])) == a + b``.
-  It is a :class:`zennit.layer.Sum`, so Zennit's composites apply their ``Norm`` rule to it
-  (relevance split in proportion to each summand). The summands are stacked on a new *first*
-  axis: summing over a leading axis of two is one elementwise add, bitwise ``a + b``, where the
-  old stack on the last axis (a strided reduction of length 2) made a ResNet-20 forward ~1.4x
-  slower.
+* :class:`Add` (defined in :mod:`xailab.core.modules`, which LRP's composites share): the sum
+  of a residual block, ``Add()(torch.stack([a, b])) == a + b``; a plain module, so building or
+  loading a zoo model imports neither zennit nor torchvision.
 * :class:`PadShortcut`: He et al.'s parameter-free "option A" shortcut: subsample by 2 and pad
   the new channels with zeros.
 """
@@ -18,14 +15,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from zennit.layer import Sum
 
+from xailab.core.modules import Add
 
-class Add(Sum):
-    """Sum over the first axis of a stack: ``Add()(torch.stack([a, b])) == a + b`` (bitwise)."""
-
-    def __init__(self) -> None:
-        super().__init__(dim=0)
+__all__ = ["Add", "PadShortcut"]
 
 
 class PadShortcut(nn.Module):

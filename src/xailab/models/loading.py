@@ -66,7 +66,8 @@ def create_model(
     ``"timm:NAME"`` and ``"hf:PATH"`` are built by :mod:`xailab.models.external`.
     """
     if is_external(name):
-        model = load_external(name, num_classes=num_classes, in_channels=in_channels, pretrained=pretrained)
+        model = load_external(name, num_classes=num_classes, in_channels=in_channels, pretrained=pretrained,
+                              weights=weights)
         if weights is not None:
             load_weights(model, weights)
         return model.eval()

@@ -30,20 +30,23 @@ from xailab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from xailab.models.layers import Add
 from xailab.models.registry import register_model
 
-# name -> (family, description); NOT_HOOK_FRIENDLY: functional activations or sums in forward
+# name -> (family, description, resize); NOT_HOOK_FRIENDLY: functional activations or sums in forward.
+# ``resize`` is what the transforms of torchvision's DEFAULT weights resize to before the 224 crop
+# (ImageNet mean and std for all): a table, so that listing or building a model does not import
+# torchvision (tests/test_models.py checks it against :func:`weights_preprocessing`).
 NOT_HOOK_FRIENDLY = frozenset({"mobilenet_v2", "mobilenet_v3_small", "densenet121", "efficientnet_b0"})
 TORCHVISION_MODELS = {
-    "alexnet": ("alexnet", "AlexNet (Krizhevsky et al. 2012)"),
-    "vgg11": ("vgg", "VGG-11 (Simonyan & Zisserman 2015)"),
-    "vgg16": ("vgg", "VGG-16 (Simonyan & Zisserman 2015)"),
-    "vgg16_bn": ("vgg", "VGG-16 with BatchNorm"),
-    "resnet18": ("resnet", "ResNet-18 (He et al. 2016), hook-friendly blocks"),
-    "resnet34": ("resnet", "ResNet-34 (He et al. 2016), hook-friendly blocks"),
-    "resnet50": ("resnet", "ResNet-50 (He et al. 2016), hook-friendly blocks"),
-    "mobilenet_v2": ("mobilenet", "MobileNet-V2 (Sandler et al. 2018); functional residual sums"),
-    "mobilenet_v3_small": ("mobilenet", "MobileNet-V3 small (Howard et al. 2019); functional SE, not for DeepLIFT/LRP"),
-    "densenet121": ("densenet", "DenseNet-121 (Huang et al. 2017); functional ReLU, not for DeepLIFT/LRP"),
-    "efficientnet_b0": ("efficientnet", "EfficientNet-B0 (Tan & Le 2019); SiLU and SE, not for DeepLIFT/LRP"),
+    "alexnet": ("alexnet", "AlexNet (Krizhevsky et al. 2012)", 256),
+    "vgg11": ("vgg", "VGG-11 (Simonyan & Zisserman 2015)", 256),
+    "vgg16": ("vgg", "VGG-16 (Simonyan & Zisserman 2015)", 256),
+    "vgg16_bn": ("vgg", "VGG-16 with BatchNorm", 256),
+    "resnet18": ("resnet", "ResNet-18 (He et al. 2016), hook-friendly blocks", 256),
+    "resnet34": ("resnet", "ResNet-34 (He et al. 2016), hook-friendly blocks", 256),
+    "resnet50": ("resnet", "ResNet-50 (He et al. 2016), hook-friendly blocks", 232),
+    "mobilenet_v2": ("mobilenet", "MobileNet-V2 (Sandler et al. 2018); functional residual sums", 232),
+    "mobilenet_v3_small": ("mobilenet", "MobileNet-V3 small (Howard et al. 2019); functional SE, not for DeepLIFT/LRP", 256),
+    "densenet121": ("densenet", "DenseNet-121 (Huang et al. 2017); functional ReLU, not for DeepLIFT/LRP", 256),
+    "efficientnet_b0": ("efficientnet", "EfficientNet-B0 (Tan & Le 2019); SiLU and SE, not for DeepLIFT/LRP", 256),
 }
 
 
@@ -53,13 +56,17 @@ def _weights_enum(name: str) -> Any:
     return torchvision.models.get_model_weights(name).DEFAULT
 
 
-def _preprocessing(name: str) -> Preprocessing:
-    try:
-        t = _weights_enum(name).transforms()
-        return Preprocessing(mean=tuple(t.mean), std=tuple(t.std), input_size=(t.crop_size[0],) * 2,
-                             resize=int(t.resize_size[0]))
-    except (ValueError, AttributeError, KeyError, TypeError):
-        return Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=(224, 224), resize=256)
+def table_preprocessing(name: str) -> Preprocessing:
+    """The preprocessing of ``name``'s DEFAULT weights, from :data:`TORCHVISION_MODELS`."""
+    return Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=(224, 224),
+                         resize=TORCHVISION_MODELS[name][2])
+
+
+def weights_preprocessing(name: str) -> Preprocessing:
+    """The preprocessing of ``name``'s DEFAULT weights, read from torchvision (imports it)."""
+    t = _weights_enum(name).transforms()
+    return Preprocessing(mean=tuple(t.mean), std=tuple(t.std), input_size=(t.crop_size[0],) * 2,
+                         resize=int(t.resize_size[0]))
 
 
 def torchvision_state_dict(name: str) -> dict[str, Tensor]:
@@ -179,9 +186,9 @@ def _factory(name: str) -> Callable[..., nn.Module]:
     return make
 
 
-for _name, (_family, _desc) in TORCHVISION_MODELS.items():
+for _name, (_family, _desc, _) in TORCHVISION_MODELS.items():
     register_model(
-        _name, family=_family, preprocessing=_preprocessing(_name), num_classes=1000,
+        _name, family=_family, preprocessing=table_preprocessing(_name), num_classes=1000,
         description=f"{_desc}; torchvision, ImageNet",
         weights=f"torchvision {_name} DEFAULT weights via torch.hub",
         hook_friendly=_name not in NOT_HOOK_FRIENDLY,

@@ -47,14 +47,18 @@ def cleanse_section(site: Site, r: ReportRun) -> str:
     if len(flagged):
         each = "; ".join(
             f"{row['name']} (mask L1 {_num(row['l1'], '{:.1f}')} against the median {_num(t['l1'].median(), '{:.1f}')}, "
-            f"anomaly index {_num(row['anomaly'])}; trigger in {row.get('mask_box') or '?'}, the explanation of "
+            + (f"clean reference {_num(row['reference_l1'], '{:.1f}')}, " if _has(row, 'reference_l1') else "")
+            + f"robust z {_num(row['z'] if _has(row, 'z') else row['anomaly'])}"
+            + (f", p = {_num(row['p_value'], '{:.2g}')}" if _has(row, 'p_value') else "")
+            + f"; trigger in {row.get('mask_box') or '?'}, the explanation of "
             f"triggered images in {row.get('explanation_box') or '?'}, box IoU {_num(row.get('box_iou'))})"
             for _, row in flagged.iterrows())
         sentence = f"Neural Cleanse flags {len(flagged)} of {len(t)} classes: {esc(each)}."
     else:
         below = t[t["below_median"].astype(bool)] if "below_median" in t else t
-        top = float(below["anomaly"].max()) if len(below) else 0.0
-        sentence = (f"Neural Cleanse flags no class: the largest anomaly index of a small mask is {top:.2f}, below "
+        col = "z" if "z" in t and t["z"].notna().any() else "anomaly"
+        top = max(float(below[col].max()), 0.0) if len(below) else 0.0
+        sentence = (f"Neural Cleanse flags no class: the largest robust z of a small mask is {top:.2f}, below "
                     f"the threshold {thr:g}. <b>This is not an all-clear</b> (see below).")
     parts = [f"<p>{sentence}</p>"]
     if scope:
@@ -94,3 +98,9 @@ def strip_section(site: Site, r: ReportRun) -> str:
     parts.append(kv([(k, v) for k, v in params.items()]))
     parts.append(_copy(site, r, "strip/entropy.png", "entropy of clean calibration, screened and triggered inputs"))
     return "".join(parts)
+
+
+def _has(row: Any, col: str) -> bool:
+    """Whether the table row has a value in ``col`` (runs written before the column existed have none)."""
+    v = row.get(col)
+    return v is not None and v == v

@@ -98,8 +98,9 @@ def comparison_section(site: Site, r: ReportRun) -> str:
     parts.append(verdict_section(r))
     board = r.table("scoreboard")
     if board is not None:
-        parts.append("<h3>Scoreboard</h3><p class=note>IoU with reference: IoU of the top region with the "
-                     "reference method; sanity: whether the maps change when the model's weights are randomised; "
+        parts.append("<h3>Scoreboard</h3><p class=note>Hover a header for its full name. IoU ref.: IoU of the "
+                     "top region with the reference method; sanity: whether the maps change when the model's weights "
+                     "are randomised (ρ random: their Spearman correlation afterwards); "
                      "[low, high]: bootstrap interval over images (time is measured once per run: no interval); "
                      f"highlighted: the best value of a column.{esc(directions(r, list(board.columns)))}</p>"
                      + scoreboard_table(r, board))

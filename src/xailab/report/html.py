@@ -43,7 +43,8 @@ th, td { border: 1px solid var(--line); padding: .2rem .5rem; text-align: left; 
 th { background: var(--band); font-weight: 600; }
 .tw { max-width: 100%; overflow-x: auto; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.best { background: #dff0d8; font-weight: 600; } td span.ci { display: block; white-space: nowrap; font-size: .78em; color: var(--muted); }
+td.best { background: #dff0d8; font-weight: 600; } td span.ci { display: block; font-size: .78em; color: var(--muted); }
+th[title] { text-decoration: underline dotted; cursor: help; }
 ul.notes { font-size: .88rem; margin: .2rem 0 1rem; padding-left: 1.2rem; } span.flagged { color: #a11; font-weight: 600; }
 p.recommend { background: #eef5fb; border-left: 4px solid var(--accent); padding: .4rem .8rem; }
 dl.kv { display: grid; grid-template-columns: max-content auto; gap: .15rem 1rem; margin: .4rem 0 1rem; }
@@ -135,10 +136,17 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def header(text: Any, title: str = "") -> str:
+    """A ``<th>`` whose text may wrap after an underscore (``integrated_gradients`` takes two short
+    lines, not one wide column); ``title`` is its tooltip (the full wording of a short header)."""
+    tip = f' title="{esc(title)}"' if title and title != str(text) else ""
+    return f"<th{tip}>{esc(text).replace('_', '_<wbr>')}</th>"
+
+
 def table(df: pd.DataFrame, formats: Mapping[str, str] | None = None, *, caption: str = "") -> str:
     """``df`` as an HTML table, every cell escaped; numbers right-aligned."""
     formats = formats or {}
-    head = "".join(f"<th>{esc(c).replace('_', '_<wbr>')}</th>" for c in df.columns)
+    head = "".join(header(c) for c in df.columns)
     rows = []
     for rec in df.itertuples(index=False):
         cells = []
@@ -152,8 +160,9 @@ def table(df: pd.DataFrame, formats: Mapping[str, str] | None = None, *, caption
 
 
 def heat_table(matrix: pd.DataFrame, *, lo: float = 0.0, hi: float = 1.0, spec: str = "{:.2f}") -> str:
-    """A square matrix (e.g. mean IoU between methods) with cells shaded by value (CSS classes)."""
-    head = "<th></th>" + "".join(f"<th>{esc(c)}</th>" for c in matrix.columns)
+    """A square matrix (e.g. mean IoU between methods) with cells shaded by value (CSS classes);
+    column names wrap after underscores, so twelve methods fit a laptop's window."""
+    head = "<th></th>" + "".join(header(c, str(c)) for c in matrix.columns)
     rows = []
     for name, rec in matrix.iterrows():
         cells = []

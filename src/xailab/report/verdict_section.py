@@ -62,22 +62,29 @@ def _cell(rec: Mapping[str, Any], col: str, spec: str, best: float | None) -> st
 
 
 def interval_table(df: pd.DataFrame, columns: Mapping[str, str], formats: Mapping[str, str],
-                   directions: Mapping[str, str], *, caption: str = "") -> str:
+                   directions: Mapping[str, str], *, caption: str = "", titles: Mapping[str, str] | None = None) -> str:
     """``df`` with ``columns`` (name -> header) shown as ``mean [low, high]`` when the table has
-    ``<col>_low`` / ``<col>_high``, the best value of each column (by ``directions``) highlighted."""
+    ``<col>_low`` / ``<col>_high``, the best value of each column (by ``directions``) highlighted;
+    ``titles`` are the tooltips of short headers (their full wording)."""
     bests = {c: _best(df, c, directions) for c in columns}
-    head = "".join(f"<th>{esc(h + ARROWS.get(directions.get(c, ''), ''))}</th>" for c, h in columns.items())
+    titles = titles or {}
+    head = "".join(f"<th{_tip(titles.get(c))}>{esc(h + ARROWS.get(directions.get(c, ''), ''))}</th>"
+                   for c, h in columns.items())
     rows = []
     for rec in df.to_dict("records"):
         cells = []
         for col in columns:
             if col in formats:
                 cells.append(_cell(rec, col, formats[col], bests[col]))
-            else:
-                cells.append(f"<td>{esc(fmt(rec.get(col)))}</td>")
+            else:  # text (a method's name) may wrap after an underscore, leaving the numbers room
+                cells.append(f"<td>{esc(fmt(rec.get(col))).replace('_', '_<wbr>')}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
     return f'<div class="tw"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def _tip(title: str | None) -> str:
+    return f' title="{esc(title)}"' if title else ""
 
 
 def _notes(ranked: pd.DataFrame) -> str:
@@ -136,22 +143,30 @@ def verdict_section(r: ReportRun) -> str:
     return "".join(parts)
 
 
+#: column -> (short header, full wording shown as its tooltip): fourteen columns with intervals
+#: fit a 1300-pixel window
 SCOREBOARD_COLUMNS = {
-    "method": "method", "avg_time": "s / image", "avg_iou": "IoU with reference",
-    "deletion_auc": "deletion AUC", "insertion_auc": "insertion AUC", "faithfulness_corr": "faithfulness corr.",
-    "road_auc": "ROAD AUC", "infidelity": "infidelity", "irof": "IROF",
-    "sanity": "sanity", "sanity_spearman": "Spearman after randomisation",
-    "agreement_iou": "mean IoU with others", "agreement_spearman": "mean Spearman with others",
-    "evaluations_per_image": "model evaluations / image",
+    "method": ("method", ""), "avg_time": ("s / img", "seconds per image"),
+    "avg_iou": ("IoU ref.", "IoU of the top region with the reference method"),
+    "deletion_auc": ("deletion", "deletion AUC"), "insertion_auc": ("insertion", "insertion AUC"),
+    "faithfulness_corr": ("faith. corr.", "faithfulness correlation"), "road_auc": ("ROAD", "ROAD AUC"),
+    "infidelity": ("infidelity", "infidelity (each map rescaled by its best-fitting factor)"),
+    "irof": ("IROF", "IROF: area over the curve of removing superpixels"),
+    "sanity": ("sanity", "randomisation test: passed or flagged"),
+    "sanity_spearman": ("ρ random", "Spearman of the maps after randomising the model's weights"),
+    "agreement_iou": ("IoU others", "mean IoU with the other methods"),
+    "agreement_spearman": ("ρ others", "mean Spearman with the other methods"),
+    "evaluations_per_image": ("evals / img", "model evaluations per image"),
 }
 
 
 def scoreboard_table(r: ReportRun, board: pd.DataFrame) -> str:
     """The scoreboard with intervals beside every score that has per-image values."""
-    columns = {c: h for c, h in SCOREBOARD_COLUMNS.items() if c in board}
+    columns = {c: h for c, (h, _) in SCOREBOARD_COLUMNS.items() if c in board}
+    titles = {c: t for c, (_, t) in SCOREBOARD_COLUMNS.items() if c in board and t}
     formats = {c: ("{:.3g}" if c in ("avg_time",) else "{:.0f}" if c == "evaluations_per_image" else "{:.3f}")
                for c in columns if c not in ("method", "sanity")}
-    return interval_table(board, columns, formats, directions(r))
+    return interval_table(board, columns, formats, directions(r), titles=titles)
 
 
 CHECK_COLUMNS = {

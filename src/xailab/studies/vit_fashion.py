@@ -4,12 +4,14 @@ The recipe (``xailab study vit_fashion``; each step one ``xailab`` command, prin
 runs; a rerun resumes):
 
 1. ``train`` a small timm ViT (patch 4 on 28x28: a 7x7 grid of 64-wide tokens, 4 blocks, 4 heads,
-   about 0.2 M parameters) and the zoo's ``small_cnn`` on Fashion-MNIST, each from scratch
-   (skipped for a model whose ``--vit-weights`` / ``--cnn-weights`` are given);
+   about 0.2 M parameters) in three stages (2 epochs of Adam at 1e-3 from scratch, then twice 4
+   epochs of AdamW with warmup + cosine and label smoothing, peak 1e-3 then 7e-4, each from the
+   previous stage's best weights: a cosine with one warm restart) and the zoo's
+   ``small_cnn`` (skipped for a model whose ``--vit-weights`` / ``--cnn-weights`` are given);
 2. ``explain`` the same test images on each model with the methods that apply to it: gradients,
-   CAMs and occlusion on both, attention rollout and gradient-weighted attention on the ViT,
-   DeepLIFT and LRP on the CNN (the ViT's LayerNorms and attention have no DeepLIFT/LRP rule here:
-   those methods refuse it, see docs/methods/attention.md);
+   CAMs and occlusion on both, attention rollout, gradient-weighted attention and AttnLRP on the
+   ViT, DeepLIFT and LRP (ε + z+) on the CNN (DeepLIFT refuses the ViT's LayerNorms and attention,
+   see docs/methods/attention.md);
 3. ``compare`` each run: deletion / insertion AUC, faithfulness correlation, the model
    randomisation sanity check and time per image;
 4. ``report`` over the four runs. ``python scripts/vit_vs_cnn.py OUT`` then prints both
@@ -31,21 +33,30 @@ from xailab.studies import Study, register_study, sized
 VIT = "timm:vit_tiny_patch16_224,img_size=28,patch_size=4,embed_dim=64,depth=4,num_heads=4,in_chans=1,num_classes=10"
 CNN = "small_cnn"
 COMMON = "saliency,input_x_gradient,integrated_gradients,smoothgrad,gradcam,gradcam_pp,layercam,occlusion"
-VIT_ONLY = "attention_rollout,attention_gradient"
+VIT_ONLY = "attention_rollout,attention_gradient,attnlrp"
 CNN_ONLY = "deeplift,lrp_epsilon_plus"
 
-FULL = {"vit_epochs": 10, "cnn_epochs": 3, "limit_train": None, "images": 32, "steps": 32, "sanity_images": 8}
-QUICK = {"vit_epochs": 1, "cnn_epochs": 1, "limit_train": 2000, "images": 4, "steps": 8, "sanity_images": 2}
+FULL = {"vit_epochs": 4, "vit_stage1_epochs": 2, "cnn_epochs": 3, "limit_train": None, "images": 32, "steps": 32,
+        "sanity_images": 8}
+QUICK = {"vit_epochs": 1, "vit_stage1_epochs": 1, "cnn_epochs": 1, "limit_train": 2000, "images": 4, "steps": 8,
+         "sanity_images": 2}
+#: the ViT's second and third stages: AdamW (peak lr given per stage, weight decay 0.05), linear
+#: warmup over a quarter of an epoch then cosine to 0 at the last step, label smoothing 0.1
+#: (``--augment`` would add crop and flip)
+VIT_RECIPE = ["--optimizer", "adamw", "--weight-decay", "0.05", "--schedule", "cosine",
+              "--warmup-epochs", "0.25", "--label-smoothing", "0.1"]
+VIT_PEAKS = ("1e-3", "7e-4")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="folder of the study's runs (default runs/study-vit_fashion)")
     p.add_argument("--vit", default=VIT, help="the transformer: a timm:/hf: spec (default: a patch-4 ViT for 28x28)")
     p.add_argument("--vit-weights", help="the transformer's trained weights: its training is skipped")
+    p.add_argument("--vit-init", help="start the ViT's second training stage from these weights (skips the first)")
     p.add_argument("--cnn", default=CNN, help=f"the CNN it is compared with (default {CNN})")
     p.add_argument("--cnn-weights", help="the CNN's trained weights: its training is skipped")
     p.add_argument("--data-root", help="where Fashion-MNIST's files are (folder or archive)")
-    p.add_argument("--vit-epochs", type=int, help=f"ViT training epochs (default {FULL['vit_epochs']})")
+    p.add_argument("--vit-epochs", type=int, help=f"epochs of each of the ViT's cosine stages (default {FULL['vit_epochs']})")
     p.add_argument("--cnn-epochs", type=int, help=f"CNN training epochs (default {FULL['cnn_epochs']})")
     p.add_argument("--limit-train", type=int, metavar="N", help="train on a stratified sample of N (default all)")
     p.add_argument("--images", type=int, metavar="N", help=f"test images explained (default {FULL['images']})")
@@ -57,24 +68,46 @@ def _size(args: argparse.Namespace, key: str) -> object:
     return sized(args, key, FULL, QUICK)
 
 
-def _model(args: argparse.Namespace, out: Path, which: str, root: list[str], device: list[str]) -> tuple[str, list[Step]]:
-    """The weights of model ``which`` ("vit" or "cnn") and the step that trains them, if not given."""
-    given = getattr(args, f"{which}_weights")
-    if given:
-        return given, []
-    train = out / which / "train"
-    sizes = ["--epochs", str(_size(args, f"{which}_epochs")), "--val-fraction", "0.1", "--track", "test",
-             "--track-limit", "1000"]
+def _train(args: argparse.Namespace, what: str, model: str, epochs: object, extra: list[str], out: Path,
+           root: list[str], device: list[str]) -> Step:
+    sizes = ["--epochs", str(epochs), "--val-fraction", "0.1", "--track", "test", "--track-limit", "1000"]
     limit = _size(args, "limit_train")
     if limit is not None:
         sizes += ["--limit-train", str(limit)]
     if args.quick:
         sizes += ["--limit-test", "500"]
-    name = "the ViT (from scratch, Adam 1e-3)" if which == "vit" else "the CNN"
-    return str(train / "checkpoints" / "best.safetensors"), [
-        (f"train {name} on Fashion-MNIST",
-         ["train", "--model", getattr(args, which), "--data", "fashion_mnist", *root, *sizes, *device,
-          "--out", str(train)])]
+    return (what, ["train", "--model", model, "--data", "fashion_mnist", *root, *sizes, *extra, *device,
+                   "--out", str(out)])
+
+
+def _model(args: argparse.Namespace, out: Path, which: str, root: list[str], device: list[str]) -> tuple[str, list[Step]]:
+    """The weights of model ``which`` ("vit" or "cnn") and the steps that train them, if not given.
+
+    The ViT trains in three stages: Adam at a constant 1e-3 from scratch, then twice AdamW with
+    warmup + cosine and label smoothing (``VIT_RECIPE``, peaks ``VIT_PEAKS``), each stage from the
+    previous one's best weights; the last stage's run is ``vit/train``.
+    """
+    given = getattr(args, f"{which}_weights")
+    if given:
+        return given, []
+    best = str(out / which / "train" / "checkpoints" / "best.safetensors")
+    if which == "cnn":
+        return best, [_train(args, "train the CNN on Fashion-MNIST", args.cnn, _size(args, "cnn_epochs"), [],
+                             out / "cnn" / "train", root, device)]
+    steps: list[Step] = []
+    init = args.vit_init
+    if not init:
+        stage1 = out / "vit" / "stage1"
+        init = str(stage1 / "checkpoints" / "best.safetensors")
+        steps.append(_train(args, "train the ViT on Fashion-MNIST, stage 1: from scratch, Adam at 1e-3", args.vit,
+                            _size(args, "vit_stage1_epochs"), [], stage1, root, device))
+    for stage, peak in enumerate(VIT_PEAKS, start=2):
+        run = out / "vit" / ("train" if stage == 1 + len(VIT_PEAKS) else f"stage{stage}")
+        steps.append(_train(args, f"train the ViT, stage {stage}: AdamW, warmup + cosine from {peak}, label smoothing",
+                            args.vit, _size(args, "vit_epochs"), ["--weights", init, "--lr", peak, *VIT_RECIPE], run,
+                            root, device))
+        init = str(run / "checkpoints" / "best.safetensors")
+    return best, steps
 
 
 def steps(args: argparse.Namespace) -> list[Step]:
@@ -86,7 +119,7 @@ def steps(args: argparse.Namespace) -> list[Step]:
                "--reference", "saliency", *device]
     out_steps: list[Step] = []
     runs: list[str] = []
-    for which, methods, what in (("vit", f"{COMMON},{VIT_ONLY}", "gradients, CAMs, occlusion and attention"),
+    for which, methods, what in (("vit", f"{COMMON},{VIT_ONLY}", "gradients, CAMs, occlusion, attention, AttnLRP"),
                                  ("cnn", f"{COMMON},{CNN_ONLY}", "gradients, CAMs, occlusion, DeepLIFT and LRP")):
         weights, train = _model(args, out, which, root, device)
         label = "ViT" if which == "vit" else "CNN"
@@ -116,7 +149,7 @@ STUDY = register_study(Study(
     summary=(
         "Train a small timm ViT (patch 4 on 28x28) and a CNN on Fashion-MNIST, explain the same\n"
         "test images on both with gradients, CAMs, occlusion, attention rollout / gradient-weighted\n"
-        "attention (ViT) and DeepLIFT / LRP (CNN), score every method (deletion / insertion AUC,\n"
+        "attention / AttnLRP (ViT) and DeepLIFT / LRP (CNN), score every method (deletion / insertion AUC,\n"
         "sanity check, time) and publish one report; scripts/vit_vs_cnn.py prints the two scoreboards\n"
         "as one table. See docs/studies/vit-fashion.md."
     ),

@@ -1,7 +1,8 @@
 """The trainer: epochs of mini-batch cross-entropy training, checkpoints, records and resume.
 
 Per epoch ``e`` (1-based): reseed from ``(seed, e)``, one pass over the shuffled training set
-(cross-entropy ``-log softmax(z)_y``, Adam or SGD), a validation pass, then into the run:
+(cross-entropy ``-log softmax(z)_y``, optionally label-smoothed; Adam, AdamW or SGD; the
+learning rate set before every step by the config's schedule), a validation pass, then into the run:
 part ``e`` of table ``metrics`` (train/val loss and accuracy, learning rate, seconds), the
 callbacks' records (by default the per-epoch predictions of the tracked set), the weights
 ``checkpoints/epoch-000e.safetensors`` (and ``best.safetensors`` when validation accuracy
@@ -205,8 +206,10 @@ class Trainer:
                 x = x.to(state.device, non_blocking=True)
                 y = torch.as_tensor(y).to(state.device, non_blocking=True).long()
                 optimizer.zero_grad(set_to_none=True)
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr_at((epoch - 1) * nb + b, nb)
                 logits = as_logits(model(x), k)
-                loss = F.cross_entropy(logits, y)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 loss.backward()
                 optimizer.step()
                 d = loss.detach()

@@ -4,10 +4,10 @@
   ``w' = w * γ / sqrt(var + eps)``, ``b' = (b - mean) * γ / sqrt(var + eps) + β``; the batch norm
   becomes the identity.
 * torchvision ResNets get zennit's block canonizers (its ``ResNetCanonizer``): each
-  ``BasicBlock``/``Bottleneck`` adds its two branches with a :class:`zennit.layer.Sum` module
+  ``BasicBlock``/``Bottleneck`` adds its two branches with a :class:`zennit.layer.Sum` module (our composites keep zennit's rule for it)
   (``out += identity`` is gone).
 * Every other residual addition, in any module (xailab's CIFAR ResNets, your own blocks), is
-  found by one dry run and routed through a ``Sum`` module of its own by
+  found by one dry run and routed through an :class:`~xailab.core.modules.Add` module of its own by
   :class:`ResidualSumCanonizer`. Without it the gradient of ``a + b`` hands the *whole* relevance
   to both branches and the total doubles at every block: the relevance sums of about -1e11 for a
   logit of 1.8 that Captum's LRP returns on ResNet-18.
@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
-from zennit.layer import Sum
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
 from xailab.core.errors import UnsupportedModelError
 from xailab.core.hooks import HookScope
+from xailab.core.modules import Add
 
 _ADD = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
 _ADD_INPLACE = {torch.Tensor.add_, torch.Tensor.__iadd__}
@@ -193,11 +193,11 @@ class _RouteAdds(TorchFunctionMode):
 
 
 class ResidualSumCanonizer(Canonizer):
-    """Route the residual additions found by :func:`scan_forward` through ``Sum`` modules.
+    """Route the residual additions found by :func:`scan_forward` through ``Add`` modules.
 
     For each module with ``k`` additions it adds ``k`` children ``xailab_residual_sum{i}`` (so a
     composite gives them the z-rule) and wraps ``forward`` so that its ``i``-th addition
-    ``a + b`` becomes ``Sum(dim=0)(torch.stack([a, b]))``: same value, and LRP splits the
+    ``a + b`` becomes ``Add()(torch.stack([a, b]))``: same value, and LRP splits the
     relevance between the branches in proportion to their contributions.
     """
 
@@ -234,7 +234,7 @@ class ResidualSumCanonizer(Canonizer):
         self.previous = module.__dict__.get("forward", _MISSING)
         sums: list[nn.Module] = []
         for i in range(count):
-            s = Sum(dim=0)
+            s = Add()
             module.add_module(f"{SUM_PREFIX}{i}", s)
             sums.append(s)
         original = module.forward

@@ -2,14 +2,14 @@
 
 LRP rules are module hooks; they are right only when every operation that mixes activations is
 a module with a rule. Run on the *canonized* model (BatchNorm merged, residual additions routed
-through ``Sum`` modules), :func:`prepare_model` refuses, with :class:`UnsupportedModelError`:
+through ``Add`` modules), :func:`prepare_model` refuses, with :class:`UnsupportedModelError`:
 
 * an element-wise sum, difference, product or quotient of two activations (a gate,
   squeeze-excitation, attention, a broadcast residual add) left in the autograd graph: its
   gradient copies or scales relevance instead of dividing it, so relevance is not conserved;
 * a layer normalisation, or a fused softmax attention (``F.scaled_dot_product_attention``):
-  they have no LRP rule here (AttnLRP's are not implemented), so a transformer is refused;
-* a module whose rule stores its input (conv, linear, pooling, Sum) called more than once per
+  they have no zennit rule, so a transformer is refused (``attnlrp`` explains it);
+* a module whose rule stores its input (conv, linear, pooling, residual sum) called more than once per
   forward pass: the second call overwrites what the first call's rule needs;
 * a functional non-ReLU activation (``torch.sigmoid``, ``F.gelu``...) outside a module: its
   gradient rescales relevance, where LRP passes it on unchanged;
@@ -46,7 +46,7 @@ from .composites import stateful_modules
 
 #: autograd nodes that mix two activations; gradient != LRP relevance for them
 _MIXING = {
-    "AddBackward0": "a sum of two activations that is not routed through a Sum module (e.g. a broadcast residual add)",
+    "AddBackward0": "a sum of two activations that is not routed through a residual-sum module (e.g. a broadcast residual add)",
     "SubBackward0": "a difference of two activations",
     "MulBackward0": "an element-wise product of two activations (a gate or squeeze-excitation)",
     "DivBackward0": "a quotient of two activations (e.g. a normalisation by the input)",
@@ -58,7 +58,7 @@ _RELU_NAMES = ("relu(", "relu_(")
 #: autograd nodes with no LRP rule here, even with one input-dependent operand (transformers)
 _NO_RULE = {
     "NativeLayerNormBackward0": "a layer normalisation (it divides by the activations' own spread; "
-                                "the AttnLRP rules for LayerNorm and attention are not implemented)",
+                                "attnlrp has AttnLRP's rules for layer norms and attention)",
     "ScaledDotProduct": "a fused softmax attention (F.scaled_dot_product_attention)",
 }
 

@@ -12,7 +12,7 @@ up to the stabilisers; with biases, each bias absorbs its share.
 
 Every call records ``extras["relevance_sum"]`` and ``extras["score"]`` (``[N, T]``), so the
 conservation ``relevance_sum / score`` can be checked per explanation. Before explaining, the
-model is canonized (BatchNorm merged, residual additions routed through ``Sum`` modules) and
+model is canonized (BatchNorm merged, residual additions routed through ``Add`` modules) and
 checked (:mod:`~xailab.methods.propagation.checks`); a model LRP would silently get wrong is
 refused with :class:`~xailab.core.errors.UnsupportedModelError` saying what to change. The model
 is restored exactly afterwards.
@@ -42,9 +42,7 @@ from xailab.core.params import Limit
 from xailab.core.pixels import recorded_pixel_space
 from xailab.core.registry import register
 
-from .canonizers import ResidualSumCanonizer, model_canonizers
-from .checks import freeze, prepare_model, warn_all
-from .composites import COMPOSITES, Bound, box_bounds, build_composite, check_composite_name
+from .choices import COMPOSITES, Bound, box_bounds, check_composite_name
 
 #: |relevance_sum - score| beyond this many times max(|score|, 1) means relevance exploded
 EXPLOSION = 1e3
@@ -174,6 +172,9 @@ class LRP(Explainer):
 
     # -- the model: canonizers and the check, once per explain call -----------------------------
     def _composite(self, rows: Tensor, plan: dict[str, int] | None = None) -> Any:
+        from .canonizers import ResidualSumCanonizer, model_canonizers  # zennit: only when LRP runs
+        from .composites import build_composite
+
         low = high = None
         if COMPOSITES[self.composite][1]:
             low, high = box_bounds(rows, low=self.low, high=self.high, mean=self.mean, std=self.std)
@@ -193,6 +194,8 @@ class LRP(Explainer):
         self._setup(x, None)
 
     def _setup(self, x: Tensor, reference: Tensor | None) -> None:
+        from .checks import prepare_model, warn_all
+
         self._sums, self._scores = [], []
         example = x[:1]
         key = _model_key(self.model, example, self.composite, self.check)
@@ -235,6 +238,8 @@ class LRP(Explainer):
     def _relevance(self, rows: Tensor, targets: Tensor | RowTargets, first_row: int = 0) -> tuple[Tensor, Tensor]:
         """Input relevance ``[M, C, H, W]`` and explained score ``[M]`` for ``rows`` and ``targets``
         (``[M]``, or one-pass :class:`RowTargets` whose rows ``first_row ..`` these are)."""
+        from .checks import freeze
+
         composite = self._composite(rows)
         with _frozen(self.model):
             try:
@@ -294,6 +299,8 @@ def _warn_if_exploded(rel_sum: Tensor, score: Tensor, method: str) -> None:
 @contextmanager
 def _frozen(model: nn.Module) -> Iterator[None]:
     """Parameters ``requires_grad=False`` inside (only the input needs a gradient), restored after."""
+    from .checks import freeze
+
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     try:
