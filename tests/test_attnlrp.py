@@ -310,3 +310,19 @@ def test_norms_hand_on_all_relevance_without_biases(norm: Any) -> None:
     res = xailab.create("attnlrp", model, epsilon=0.0).explain(torch.rand(3, 3, 4, 4, dtype=torch.float64),
                                                                target=["top1", "least"])
     torch.testing.assert_close(res.extras["relevance_sum"], res.extras["score"], rtol=1e-9, atol=1e-12)
+
+
+def test_hugging_face_eager_and_sdpa_attention_give_the_same_map() -> None:
+    transformers = pytest.importorskip("transformers")
+    from xailab.models.external import HFLogits
+
+    maps = []
+    for impl in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        cfg = transformers.ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=32, num_labels=5,
+                                     attn_implementation=impl)
+        model = HFLogits(transformers.ViTForImageClassification(cfg)).eval().double()
+        maps.append(xailab.create("attnlrp", model).explain(images(), target=["top1", "least"]).maps)
+    # HF's eager attention takes its softmax in float32 (dtype=torch.float32): float32 rounding
+    torch.testing.assert_close(maps[0], maps[1], rtol=1e-5, atol=1e-6 * float(maps[1].abs().max()))

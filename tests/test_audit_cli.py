@@ -57,6 +57,21 @@ def test_poison_run(poisoned_run: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert int(run.read_array("poisoned").sum()) == m["poison"]["n_poisoned"] > 0
 
 
+def test_poison_records_every_epochs_predictions_and_learning_reads_them(
+        poisoned_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Like train, audit poison records the clean test images' predictions after every epoch:
+    `xailab learning` explains its checkpoints (the example of `learning --help`)."""
+    import shutil
+
+    from xailab.train.recorder import read_predictions
+
+    run = shutil.copytree(poisoned_run, tmp_path / "bd")  # learning writes into the run
+    rows = read_predictions(Run.open(run))
+    assert sorted(set(rows["epoch"])) == list(range(1, 7)) and len(rows) == 6 * 60
+    rc = main(["learning", str(run), "--methods", "saliency", "--limit", "6", "--region", "box:6,6,9,9"])
+    assert rc == 0, capsys.readouterr().err
+
+
 def test_backdoor_detection_on_the_run(poisoned_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "det"
     rc = main(["audit", "backdoor", "--run", str(poisoned_run), "--method", "saliency", "--out", str(out)])
@@ -123,6 +138,12 @@ def test_backdoor_and_adversarial_bad_input(poisoned_run: Path, folder: Path, tm
                                             capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["audit", "backdoor", "--run", str(poisoned_run), "--classes", "giraffe", "--out", str(tmp_path / "a")])
     assert rc == 2 and "'giraffe' does not exist" in capsys.readouterr().err
+    # too few items a class for every detector asked: one line, not a KeyError on an empty table
+    rc = main(["audit", "backdoor", "--run", str(poisoned_run), "--detectors", "spray,ac", "--rule", "spray",
+               "--max-per-class", "3", "--out", str(tmp_path / "few")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no class has enough items" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "few").exists()
     rc = main(["audit", "adversarial", "--run", str(poisoned_run), "--images", f"folder:{folder}:test:2",
                "--attack", "pgd", "--out", str(tmp_path / "b")])
     assert rc == 2 and "needs a budget: --eps" in capsys.readouterr().err

@@ -65,6 +65,19 @@ def test_ice_then_explain(world: dict[str, Path], capsys: pytest.CaptureFixture[
     assert len(run.read_table("ice_explanations")) == 3
 
 
+    # another model's weights: the concepts were not fitted on it; refused in one line, nothing written
+    from xailab.models import create_model, save_weights
+
+    torch.manual_seed(1)
+    other = save_weights(create_model("cifar_cnn", num_classes=2), root / "other.safetensors")
+    capsys.readouterr()
+    rc = main(["concepts", "explain", str(out), "--images", str(root / "random" / "001.png"),
+               "--model", "cifar_cnn", "--num-classes", "2", "--weights", str(other)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "fitted on another model" in err and len(err.strip().splitlines()) == 1
+    assert len(run.read_table("ice_explanations")) == 3
+
+
 def test_ice_refuses_a_batchnorm_layer(world: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     root, weights = world["root"], world["weights"]
     rc = main(["concepts", "ice", "--model", "cifar_cnn", "--num-classes", "2", "--weights", str(weights), "--images", str(root / "images"),

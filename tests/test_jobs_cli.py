@@ -262,3 +262,20 @@ def test_16_4_images_of_another_dataset_are_said_when_the_weights_name_no_classe
                      "--data-root", str(mnist), "--methods", "saliency", "--png", "none", "--out", str(out)]) == 0
     notes = json.loads((out / "manifest.json").read_text())["config"]["image_notes"]
     assert any("1-channel images repeated to the model's 3 channels" in n for n in notes)
+
+
+@pytest.mark.parametrize("command", [
+    ["counterfactual", "--images", "mnist:test:2", "--kinds", "region", "--png", "0"],
+    ["distill", "--images", "mnist:test:20", "--min-per-class", "1", "--depths", "1", "--depth", "1", "--no-png"],
+], ids=["counterfactual", "distill"])
+def test_16_4_counterfactual_and_distill_say_the_outputs_are_named_after_the_data(
+        command: list[str], tmp_path: Path) -> None:
+    """The same MNIST-into-CIFAR-ResNet case: counterfactual and distill name the outputs after the
+    data's classes too, so they warn as explain does (the one function, without --class-names)."""
+    from .conftest import shared_path
+
+    weights = shared_path("cifar10-resnet", "resnet20.safetensors")
+    mnist = shared_path("mnist")
+    with pytest.warns(UserWarning, match="record no class names.*the class names .* are wrong"):
+        assert main([command[0], "--model", "resnet20", "--weights", str(weights), *command[1:],
+                     "--data-root", str(mnist), "--out", str(tmp_path / "run")]) == 0

@@ -214,14 +214,16 @@ def dataset_rows(ds: ImageDataset) -> np.ndarray:
 
 def train_poisoned(model: nn.Module, train: ImageDataset, test: ImageDataset | None, *, trigger: Trigger | str,
                    target: ClassRef, source: ClassRef | Sequence[ClassRef] | None = None, fraction: float = 0.1,
-                   config: Any = None, run: Any = None, val_fraction: float = 0.1, seed: int = 0) -> PoisonResult:
+                   config: Any = None, run: Any = None, val_fraction: float = 0.1, seed: int = 0,
+                   track: ImageDataset | None = None, track_indices: Any = None) -> PoisonResult:
     """Train ``model`` with :class:`xailab.train.Trainer` on a poisoned copy of ``train``.
 
     A stratified ``val_fraction`` of ``train`` is held out clean (it chooses the best epoch);
     the rest is poisoned (``fraction`` of its source images). With a ``run`` the poisoning is
     recorded (manifest section ``poison``, arrays ``train_rows`` and ``poisoned``), the best
     checkpoint is loaded back, and its :class:`BackdoorEvaluation` on ``test`` is stored (table
-    ``backdoor``, manifest section ``backdoor``).
+    ``backdoor``, manifest section ``backdoor``); the predictions of ``track`` (``track_indices``
+    of it) are recorded after every epoch, as :class:`xailab.train.Trainer` does.
     """
     from xailab.data import train_val_split
     from xailab.runs.store import Run
@@ -250,7 +252,7 @@ def train_poisoned(model: nn.Module, train: ImageDataset, test: ImageDataset | N
         })
         run_.write_array("train_rows", dataset_rows(part))
         run_.write_array("poisoned", poisoned.poisoned.numpy())
-    res = Trainer(model, poisoned, val, config=cfg, run=run_, track=None).fit()
+    res = Trainer(model, poisoned, val, config=cfg, run=run_, track=track, track_indices=track_indices).fit()
     if run_ is not None and (run_.path / "checkpoints" / "best.safetensors").is_file():
         load_weights(run_.path / "checkpoints" / "best.safetensors", model)
     model.eval()

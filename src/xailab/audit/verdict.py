@@ -149,6 +149,10 @@ def detect_backdoor(
     results = {d: run_detector(d, data, **extra.get(d, {})) for d in names}
     evidence = [_combine(data, c, results, r, method, dict(method_params or {}), region)
                 for c in data.labels if any(f.label == c for res in results.values() for f in res.findings)]
+    if not evidence:  # every detector skipped every class: too few items, not "no backdoor"
+        sizes = ", ".join(f"{data.names[c]} {len(data.indices[c])}" for c in data.labels)
+        raise InputError(f"no class has enough items for the detectors {', '.join(names)} (items a class: {sizes}); "
+                         "give more training items (a larger --max-per-class or training set)")
     table = pd.DataFrame([_row(e, results, r) for e in evidence])
     used = {"detectors": list(names), "rule": r.spec, "rule_text": r.describe(len(names)), "method": method,
             "method_params": dict(method_params or {}), "max_per_class": max_per_class, "layer": layer, "seed": seed,

@@ -96,6 +96,10 @@ def _poison_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--limit-train", type=int, metavar="N", help="train on a stratified sample of N")
     q.add_argument("--limit-test", type=int, metavar="N", help="measure on a stratified sample of N")
     q.add_argument("--val-fraction", type=float, default=0.1, help="clean held-out share choosing the best epoch")
+    q.add_argument("--track", choices=("test", "none"), default="test",
+                   help="record the (clean) test images' predictions after every epoch, as train does "
+                        "(xailab flow / learning read them; default test)")
+    q.add_argument("--track-limit", type=int, metavar="N", help="record only a stratified sample of N test images")
     q.add_argument("--seed", type=int, default=0)
     add_normalization_arguments(q, trains=True)
     q.add_argument("--device", default="auto")
@@ -197,7 +201,7 @@ def _poison(args: argparse.Namespace) -> int:
         data=args.data, data_root=args.data_root, source=args.source, target=args.target, fraction=args.fraction,
         trigger=args.trigger, model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         limit_train=args.limit_train, limit_test=args.limit_test, val_fraction=args.val_fraction, seed=args.seed,
-        device=args.device, quiet=args.quiet, **normalization(args),
+        track=args.track, track_limit=args.track_limit, device=args.device, quiet=args.quiet, **normalization(args),
     )
     run_ = poison_to_run(spec, args.out)
     print(f"run: {run_.path}")

@@ -15,7 +15,7 @@ Examples:
       --images cifar10:test:2000 --data-root ../shared/data/cifar10-jpg.tar.gz \\
       --features ice:runs/ice --depths 3,5,8 --out runs/distill
   xailab distill ... --features ice:runs/ice --classes cat,dog --depth 3 --out runs/distill-cat-dog
-  xailab distill --model small_cnn --weights runs/fashion/weights.safetensors \\
+  xailab distill --model small_cnn --weights runs/fashion/checkpoints/best.safetensors \\
       --images fashion_mnist:train:6000 --test-images fashion_mnist:test:1000 --features pixels \\
       --student --student-epochs 5 --out runs/distill-fashion
 """

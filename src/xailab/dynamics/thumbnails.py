@@ -107,7 +107,8 @@ def tracked_dataset(run: Run) -> Any:
     """
     cfg = run.manifest.get("config") or {}
     track = cfg.get("track")
-    if cfg.get("command") != "train" or track not in ("test", "val", "train") or not cfg.get("data"):
+    made_by = cfg.get("command")  # an audit poison run tracks its clean test set as train does
+    if made_by not in ("train", "audit poison") or track not in ("test", "val", "train") or not cfg.get("data"):
         raise FlowError(f"run {run.path} was not made by `xailab train` with a tracked set, so its "
                         "images cannot be found; call render_thumbnails(run, dataset, ids) with "
                         "the dataset that was tracked")

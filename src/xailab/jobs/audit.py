@@ -191,6 +191,8 @@ class PoisonSpec:
     limit_test: int | None = None
     val_fraction: float = 0.1
     seed: int = 0
+    track: str = "test"  # whose predictions are recorded every epoch: the clean test set, or none
+    track_limit: int | None = None
     device: str = "auto"
     quiet: bool = False
     mean: tuple[float, ...] | None = None
@@ -213,7 +215,7 @@ def poison_to_run(spec: PoisonSpec, out: str | Path, *, log: Callable[[str], Non
                       device=spec.device, quiet=spec.quiet)
     settings = {"command": "audit poison", **{k: getattr(spec, k) for k in (
         "data", "data_root", "source", "target", "fraction", "trigger", "model", "epochs", "batch_size", "lr",
-        "limit_train", "limit_test", "val_fraction", "seed", "mean", "std", "input_range")}}
+        "limit_train", "limit_test", "val_fraction", "seed", "track", "track_limit", "mean", "std", "input_range")}}
     train, classes = p["train"], p["train"].classes
     made_from = provenance(
         {"name": spec.model, "weights": None, "preprocessing": {"mean": list(train.mean), "std": list(train.std)}},
@@ -233,7 +235,7 @@ def poison_to_run(spec: PoisonSpec, out: str | Path, *, log: Callable[[str], Non
                                             "image_size": list(train.image_size)})
             res = train_poisoned(p["model"], train, p["test"], trigger=p["trigger"], target=p["target"],
                                  source=p["sources"], fraction=p["fraction"], config=cfg, run=run,
-                                 val_fraction=spec.val_fraction, seed=spec.seed)
+                                 val_fraction=spec.val_fraction, seed=spec.seed, **_tracked(spec, p["test"]))
     except BaseException:
         if path.is_dir() and not any(path.rglob("epoch-*.optim.safetensors")):
             shutil.rmtree(path, ignore_errors=True)
@@ -242,6 +244,15 @@ def poison_to_run(spec: PoisonSpec, out: str | Path, *, log: Callable[[str], Non
     if res.evaluation is not None:
         log(res.evaluation.format())
     return run
+
+
+def _tracked(spec: PoisonSpec, test: Any) -> dict[str, Any]:
+    """The clean test images whose predictions the trainer records after every epoch (as ``train``)."""
+    from xailab.train.recipe import stratified_indices
+
+    if spec.track == "none":
+        return {}
+    return {"track": test, "track_indices": stratified_indices(test.targets, spec.track_limit, spec.seed)}
 
 
 def _poison_inputs(spec: PoisonSpec) -> dict[str, Any]:
@@ -257,6 +268,8 @@ def _poison_inputs(spec: PoisonSpec) -> dict[str, Any]:
     trigger = parse_trigger(spec.trigger, seed=spec.seed)
     if spec.epochs < 1:
         raise InputError(f"--epochs must be >= 1, got {spec.epochs}")
+    if spec.track not in ("test", "none") or (spec.track_limit is not None and spec.track_limit < 1):
+        raise InputError(f"--track must be test or none and --track-limit >= 1, got {spec.track}, {spec.track_limit}")
     train_all = load_dataset(spec.data, "train", spec.data_root)
     trigger.check(train_all.image_size)
     target = resolve_class(spec.target, train_all.classes, "target class")

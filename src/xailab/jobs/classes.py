@@ -22,7 +22,7 @@ from xailab.core.errors import InputError
 
 
 def check_classes(k: int, data_names: Sequence[str] | None, weights: str | None, *,
-                  class_names: str | None = None, warn: bool = True) -> list[str] | None:
+                  class_names: str | None = None, warn: bool = True, mappable: bool | None = None) -> list[str] | None:
     """The names of the model's ``k`` outputs, checked against the data's class names.
 
     Args:
@@ -31,7 +31,9 @@ def check_classes(k: int, data_names: Sequence[str] | None, weights: str | None,
         weights: the weights file (its training run may record the classes it was trained on).
         class_names: a file naming the model's classes; it maps the model to other data explicitly.
         warn: warn when the weights record no class names and the data's are used.
+        mappable: the command takes ``--class-names`` (default ``warn``): the messages say so.
     """
+    mappable = warn if mappable is None else mappable
     if class_names:
         names = read_class_names(class_names)
         if len(names) != k:
@@ -42,28 +44,39 @@ def check_classes(k: int, data_names: Sequence[str] | None, weights: str | None,
         raise InputError(
             f"the model has {k} outputs but the data has {len(data)} classes "
             f"({', '.join(data[:5])}{', ...' if len(data) > 5 else ''}); give a model trained on these classes"
-            + (" (or the model's class names with --class-names FILE to map them explicitly)" if warn else ""))
+            + (" (or the model's class names with --class-names FILE to map them explicitly)" if mappable else ""))
     trained = trained_class_names(weights)
     if data is not None and trained is not None and trained != data:
         raise InputError(
             f"the model was trained on classes {', '.join(trained[:4])}, ... but the data's classes are "
             f"{', '.join(data[:4])}, ...; give a model trained on these classes"
-            + (" (or --class-names FILE to map them explicitly)" if warn else ""))
+            + (" (or --class-names FILE to map them explicitly)" if mappable else ""))
     if warn and data is not None and trained is None:
-        warnings.warn(
-            f"the weights record no class names: the model's {k} outputs are named after the classes of "
-            f"the images' dataset ({', '.join(data[:4])}, ...); if the model was trained on other "
-            "classes, give --class-names FILE", stacklevel=2)
+        warn_unnamed_outputs(k, data, mappable)
     return data if data is not None else trained
 
 
-def check_model_classes(model: Any, x: Tensor, data_names: Sequence[str] | None, weights: str | None) -> None:
-    """:func:`check_classes` of a model (its outputs counted on one image of ``x``) against labelled data."""
+def warn_unnamed_outputs(k: int, data: Sequence[str], mappable: bool) -> None:
+    """Warn that the model's ``k`` outputs are named after the data's classes, its weights naming none
+    (MNIST digits given to a CIFAR-10 model: 10 and 10, nothing to refuse, but every name may be wrong)."""
+    fix = ("give --class-names FILE" if mappable
+           else "the class names (and any accuracy against the labels) are wrong")
+    warnings.warn(
+        f"the weights record no class names: the model's {k} outputs are named after the classes of "
+        f"the images' dataset ({', '.join(data[:4])}, ...); if the model was trained on other classes, {fix}",
+        stacklevel=3)
+
+
+def check_model_classes(model: Any, x: Tensor, data_names: Sequence[str] | None, weights: str | None, *,
+                        warn: bool = False) -> None:
+    """:func:`check_classes` of a model (its outputs counted on one image of ``x``) against labelled data;
+    ``warn``: say when the weights name no classes (:func:`warn_unnamed_outputs`)."""
     from xailab.core.hooks import model_device
     from xailab.jobs.model import num_outputs
 
     if data_names is not None and len(x):
-        check_classes(num_outputs(model, x[:1].to(model_device(model))), data_names, weights, warn=False)
+        check_classes(num_outputs(model, x[:1].to(model_device(model))), data_names, weights, warn=warn,
+                      mappable=False)
 
 
 def trained_class_names(weights: str | None) -> list[str] | None:
@@ -106,4 +119,5 @@ def imagenet_class_names() -> list[str]:
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-__all__ = ["check_classes", "check_model_classes", "imagenet_class_names", "read_class_names", "trained_class_names"]
+__all__ = ["check_classes", "check_model_classes", "imagenet_class_names", "read_class_names", "trained_class_names",
+           "warn_unnamed_outputs"]

@@ -111,6 +111,19 @@ def check_made_by(run: Run, model: nn.Module, job: str) -> str:
     return sha
 
 
+def check_fitted_with(run: Run, model: dict[str, Any], job: str) -> None:
+    """Refuse to use the concepts (or other fitted results) of run ``run`` with another model than
+    the one they were fitted on: ``model`` is the loaded model's provenance, compared by weights sha256
+    with the one the run recorded (a run that recorded none passes)."""
+    made = (run.manifest.get("provenance") or {}).get("model")
+    if not isinstance(made, dict) or "weights_sha256" not in made:
+        return
+    if made.get("weights_sha256") != model.get("weights_sha256"):
+        raise RunError(f"run {run.path} was fitted on another model (other weights) than the one {job} loaded; "
+                       f"{job} needs the model it was fitted on: drop --model/--weights, or give those the run "
+                       "was made with")
+
+
 def provenance(model: dict[str, Any] | None, *, data: dict[str, Any] | None = None,
                params: dict[str, Any] | None = None, targets: Any = None) -> dict[str, Any]:
     """The ``provenance`` section of a run: model, data, parameters, targets, xailab version."""

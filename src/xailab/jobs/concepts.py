@@ -19,7 +19,7 @@ import torch
 
 from xailab.core.errors import InputError, TargetError
 from xailab.jobs.classes import check_model_classes
-from xailab.jobs.common import check_out, job_lock, provenance, write_provenance
+from xailab.jobs.common import check_fitted_with, check_out, job_lock, provenance, write_provenance
 from xailab.jobs.model import LoadedModel, ModelSpec, load, settle_preprocessing, spec_from_config
 from xailab.runs.store import Run
 
@@ -109,6 +109,7 @@ def concept_maps_to_run(spec: ConceptMapsSpec, out: str | Path, *, log: Callable
     if not mspec.name:
         raise InputError("the run does not record its model: pass --model (and --weights)")
     loaded = load(mspec, log=log)
+    check_fitted_with(run, loaded.provenance(), "concepts explain")
     root = spec.data_root if spec.data_root is not None else cfg.get("data_root")
     x, _, names, _, display = load_images_for(loaded, spec.images, root, log)
     with job_lock(out, log):

@@ -104,7 +104,7 @@ def counterfactual_to_run(spec: CounterfactualSpec, out: str | Path, *, log: Cal
     if loaded.preprocessing is None and dataset is not None and dataset.normalize:
         set_preprocessing(loaded.model, dataset.preprocessing)  # trained on the dataset's normalisation
     classes = list(dataset.classes) if dataset is not None else None
-    check_model_classes(loaded.model, x, classes, spec.model.weights if spec.model else None)
+    check_model_classes(loaded.model, x, classes, spec.model.weights if spec.model else None, warn=spec.model is not None)
     target = target_spec(spec.target, classes)
     x = x.to(loaded.device)
     reference = _reference(loaded, spec) if spec.reference else None

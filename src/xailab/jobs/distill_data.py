@@ -160,7 +160,7 @@ def make_features(spec: DistillSpec, loaded: LoadedModel, x: torch.Tensor, displ
 def _load_set(spec: DistillSpec, loaded: LoadedModel, images: str, log: Callable[[str], None]) -> tuple[Images, list[str] | None]:
     x, y, names, classes, display = load_images_for(loaded, images, spec.data_root, log)
     logits = predict_logits(loaded.model, x, spec.batch_size)
-    check_classes(int(logits.shape[1]), classes, spec.model.weights, warn=False)
+    check_classes(int(logits.shape[1]), classes, spec.model.weights, warn=images == spec.images, mappable=False)
     feats = make_features(spec, loaded, x, display)
     labels = y.numpy() if y is not None else None
     return Images(x, labels, list(names), logits, feats), classes

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from xailab.core.errors import InputError, ModelError
+from xailab.core.errors import CheckpointError, InputError, ModelError
 from xailab.core.hooks import resolve_device
 from xailab.data.transforms import Preprocessing
 
@@ -162,7 +162,12 @@ class LoadedModel:
 
 def load(spec: ModelSpec, *, in_channels: int | None = None, num_classes: int | None = None,
          needs_weights: bool = True, log: Callable[[str], None] = print) -> LoadedModel:
-    """Check ``spec``, build the model on its device, settle its preprocessing."""
+    """Check ``spec``, build the model on its device, settle its preprocessing.
+
+    ``num_classes`` (the data's class count) sizes a zoo model when the user gave no ``--num-classes``;
+    weights made for another count are then loaded as they are, so that the caller's class check
+    (:func:`xailab.jobs.classes.check_classes`) names the mismatch instead of a shape error.
+    """
     from xailab.models import create_model, get_preprocessing, load_model, set_preprocessing
 
     spec.check(needs_weights=needs_weights)
@@ -174,7 +179,7 @@ def load(spec: ModelSpec, *, in_channels: int | None = None, num_classes: int | 
     if spec.pretrained and not spec.weights:
         model = create_model(spec.name, pretrained=True, **kw)
     elif spec.weights:
-        model = load_model(spec.name, spec.weights, **kw)
+        model = _load_sized(spec, kw, fallback=spec.num_classes is None and num_classes is not None)
     else:  # the random initialisation is seeded: a later job (compare, crosscheck) rebuilds the same model
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
@@ -190,6 +195,23 @@ def load(spec: ModelSpec, *, in_channels: int | None = None, num_classes: int | 
         set_preprocessing(model, prep)
         source = "user"
     return LoadedModel(model.to(device).eval(), prep, device, spec, source)
+
+
+def _load_sized(spec: ModelSpec, kw: dict[str, Any], *, fallback: bool) -> nn.Module:
+    """``load_model`` sized by ``kw``; with ``fallback``, weights of another class count load at the
+    model's own size (the class check that follows says what does not agree)."""
+    from xailab.models import load_model
+
+    try:
+        return load_model(spec.name, spec.weights, **kw)
+    except CheckpointError:
+        if not fallback:
+            raise
+        try:
+            return load_model(spec.name, spec.weights, **{**kw, "num_classes": None})
+        except (CheckpointError, ModelError):
+            pass
+        raise
 
 
 def first_channels(model: nn.Module) -> int | None:

@@ -135,8 +135,9 @@ def flow_section(site: Site, r: ReportRun) -> str:
     if thumbs.is_dir():
         shutil.copytree(thumbs, folder / "instances", dirs_exist_ok=True)
     href = f"flow/{r.slug}/flow.html"
-    return (f'<p>How each tracked instance\'s prediction moved between classes over the epochs. '
-            f'<a href="{esc(href)}">Open the flow page on its own</a>.</p>'
+    return (f'<p>How each tracked instance\'s prediction moved between classes over the epochs. Click a band '
+            f'or a node to list its instances. <a href="{esc(href)}">Open the flow page on its own</a>: '
+            'its address then keeps the selection (e.g. <code>flow.html#link=3,0,1</code>).</p>'
             f'<iframe src="{esc(href)}" title="instance flow of {esc(r.name)}"></iframe>')
 
 
