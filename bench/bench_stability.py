@@ -11,7 +11,8 @@ model evaluations per image and
 * ``rho_ref``: the mean rho against a reference with ``--ref-samples`` (8,000) samples of
   xailab's same method (LIME's weights for the LIME family, Shapley values for KernelSHAP's).
 
-Settings: xailab ``num_samples="auto"`` at several ``tol``, xailab fixed (paired) at several
+Settings: xailab ``num_samples="auto"`` at several ``tol`` (for KernelSHAP also with
+``shrinkage="edges"``, "xailab auto+eb"), xailab fixed (paired) at several
 budgets, lime's ``LimeImageExplainer``, shap's ``KernelExplainer`` (``l1_reg=False``) and
 Captum's ``Lime`` / ``KernelShap`` at several budgets. The closing table gives, per model and
 implementation, the evaluations at which ``rho_seeds`` reaches lime's at 1,000 samples
@@ -64,10 +65,11 @@ def per_segment(attr: torch.Tensor, seg: torch.Tensor) -> np.ndarray:
     return attr.reshape(-1)[first].double().numpy()
 
 
-def xailab_run(method: str, num_samples: int | str, tol: float = 0.05, max_samples: int = 4000) -> Run:
+def xailab_run(method: str, num_samples: int | str, tol: float = 0.05, max_samples: int = 4000,
+               **extra: Any) -> Run:
     def run(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torch.Tensor], seed: int,
             bs: int) -> tuple[list[np.ndarray], float]:
-        kw: dict[str, Any] = {"num_samples": num_samples}
+        kw: dict[str, Any] = {"num_samples": num_samples, **extra}
         if num_samples == "auto":
             kw.update(tol=tol, max_samples=max_samples)
         res = xailab.create(method, m, segmentation=torch.stack(segs), seed=seed, batch_size=bs, **kw).explain(
@@ -152,6 +154,9 @@ def settings(family: str, a: argparse.Namespace) -> list[tuple[str, str, Run]]:
     refs = [int(n) for n in a.ref_budgets.split(",")]
     out: list[tuple[str, str, Run]] = [("xailab auto", f"tol={tol}", xailab_run(family, "auto", tol, a.max_samples))
                                        for tol in tols]
+    if family == "kernel_shap":  # empirical-Bayes shrinkage toward the edge screen
+        out += [("xailab auto+eb", f"tol={tol}", xailab_run(family, "auto", tol, a.max_samples, shrinkage="edges"))
+                for tol in tols]
     out += [("xailab fixed", str(n), xailab_run(family, n)) for n in budgets]
     if family == "lime":
         out += [("lime", str(n), lime_run(n)) for n in refs]

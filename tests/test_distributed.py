@@ -203,9 +203,12 @@ def test_a_job_whose_worker_dies_resumes_complete_and_identical(pool: Any, tmp_p
     # the shard being explained when its worker died has no marker (the other method's may have)
     assert not all(marker_path(out, m, dead).exists() for m in ("saliency", "rise"))
     complete = {(m, p.name[:-5]) for m in ("saliency", "rise") for p in (out / "shards" / m).glob("*.done")}
-    # what a worker killed between its maps and its marker leaves: maps nobody may read
-    shard_dir(out, "rise", dead).mkdir(parents=True, exist_ok=True)
-    (shard_dir(out, "rise", dead) / "manifest.json").write_text("{half")
+    # what a worker killed between its maps and its marker leaves: maps nobody may read. Written
+    # only where the shard has no marker: the other method's worker may have finished this shard
+    # after the kill (the flag then lets it pass), and a finished shard is not what this simulates
+    unfinished = next(m for m in ("rise", "saliency") if not marker_path(out, m, dead).exists())
+    shard_dir(out, unfinished, dead).mkdir(parents=True, exist_ok=True)
+    (shard_dir(out, unfinished, dead) / "manifest.json").write_text("{half")
     backend = pool  # its workers were stopped when the job gave up: two fresh ones
     backend.max_retries = 2
     run = _explain_s(_killer(flag, SENTINEL), out, backend)

@@ -61,14 +61,12 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/studies/cifar10-cnn.md", "xailab study cifar10_cnn --model mypkg"): MINE,
     ("docs/studies/resnet-dissection.md", "xailab study resnet_dissection --model mypkg"): MINE,
 }
-PENDING = "the study's shrunk run end to end is being checked (helper h16): listed until it passes"
+PENDING = ("not yet seen to pass shrunk: its steps run (dissect, CIFAR explain/compare passed), but the photos' "
+           "explain + compare on EfficientNet-Lite0 at 224 px took > 150 CPU s even at 1 photo; cut it, then run it")
 NOT_RUN.update({
-    ("docs/studies/fashion-mnist.md", "xailab study fashion_mnist"): PENDING,
-    ("README.md", "xailab study fashion_mnist"): PENDING,
     ("docs/studies/resnet-dissection.md", "xailab study resnet_dissection"): PENDING,
-    ("docs/studies/vit-fashion.md", "xailab study vit_fashion"): PENDING,
 })
-MAX_NOT_RUN = 25
+MAX_NOT_RUN = 22
 
 # runs that a document reads but does not make: (document, run) -> the command that makes it
 PRODUCERS: dict[tuple[str, str], str] = {

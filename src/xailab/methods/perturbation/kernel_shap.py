@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from xailab.core.errors import InputError
 from xailab.core.registry import register
 from xailab.methods.perturbation.base import perturbation_card
 from xailab.methods.perturbation.regression import constrained_wls
@@ -41,6 +42,7 @@ from xailab.methods.perturbation.sampling import (
     shapley_stream,
     shapley_stream_weights,
 )
+from xailab.methods.perturbation.shrinkage import edge_prior, shrink_to_edges
 from xailab.methods.perturbation.superpixel import SuperpixelExplainer
 from xailab.methods.perturbation.uncertainty import shapley_with_covariance
 
@@ -57,6 +59,11 @@ class KernelShap(SuperpixelExplainer):
             the ranking is stable to ``tol`` (see :mod:`~xailab.methods.perturbation.adaptive`).
         tol, max_samples, top_k: the ``"auto"`` stopping rule, see
             :class:`~xailab.methods.perturbation.superpixel.SuperpixelExplainer`.
+        shrinkage: ``"auto"`` only. ``"none"`` (default): the regression's values. ``"edges"``:
+            pulled toward the seed-free screening estimate of the enumerated edge coalitions by
+            empirical Bayes, as far as their sampling noise warrants (see
+            :mod:`~xailab.methods.perturbation.shrinkage`): far more stable from seed to seed
+            at few samples, slightly biased toward the screen; stops earlier at the same ``tol``.
         segmentation, segmentation_params, hide_color, sampler: see
             :class:`~xailab.methods.perturbation.superpixel.SuperpixelExplainer`;
             ``hide_color`` is the baseline ``x_0``.
@@ -81,8 +88,17 @@ class KernelShap(SuperpixelExplainer):
     quick_params: ClassVar[dict[str, Any]] = {"num_samples": 48}
     intercept_name: ClassVar[str] = "base_value"
 
-    def __init__(self, model: nn.Module, *, num_samples: int | Literal["auto"] = 1000, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, *, num_samples: int | Literal["auto"] = 1000,
+                 shrinkage: Literal["none", "edges"] = "none", **kwargs: Any) -> None:
         super().__init__(model, num_samples=num_samples, **kwargs)
+        if shrinkage not in ("none", "edges"):
+            raise InputError(f"shrinkage must be 'none' or 'edges', not {shrinkage!r}")
+        if shrinkage != "none" and self.num_samples != "auto":
+            raise InputError("shrinkage='edges' needs num_samples='auto' (its rounds enumerate the edge coalitions)")
+        self.shrinkage: Literal["none", "edges"] = shrinkage
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), **({"shrinkage": self.shrinkage} if self.num_samples == "auto" else {})}
 
     def coalitions(self, n_segments: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
         z, w = shapley_kernel_coalitions(self.budget - 2, n_segments, g, self.sampler)
@@ -110,4 +126,7 @@ class KernelShap(SuperpixelExplainer):
         # the enumerated edge rows are the same for every seed: no sampling noise in the sandwich
         fixed = is_edge(zs) if int(is_edge(zs).sum()) == 2 * z.shape[1] else None
         phi, cov = shapley_with_covariance(zs, y[1:], w, f_empty, clean, clusters[1:], fixed=fixed)
+        prior = edge_prior(zs, y[1:], f_empty, clean) if self.shrinkage == "edges" else None
+        if prior is not None:
+            phi, cov = shrink_to_edges(phi, cov, prior)
         return phi, f_empty, cov
