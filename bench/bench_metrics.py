@@ -11,10 +11,12 @@ Both run the model on batches of all images. The CIFAR CNN is untrained (timing 
 scores barely move and the AUCs printed are not a quality comparison (the tests check equality
 with Quantus on the same curves).
 
-ROAD and infidelity (``--only road``, also run by default) against ``quantus.ROAD`` and
-``quantus.Infidelity`` on the same maps: ROAD on grey CIFAR images (Quantus's ROAD indexes a map
-shared by three channels out of bounds, so one channel), its 50 default percentages, no noise
-(both sides deterministic), accuracy as the score; infidelity with 4x4 patches filled with 0,
+ROAD, IROF and infidelity (``--only road``, also run by default) against ``quantus.ROAD``,
+``quantus.IROF`` and ``quantus.Infidelity`` on the same maps: ROAD on grey CIFAR images (Quantus's
+ROAD indexes a map shared by three channels out of bounds, so one channel), its 50 default
+percentages, no noise (both sides deterministic), accuracy as the score; IROF on the same grey
+images (Quantus's IROF refuses colour), SLIC segments computed inside each side's call, fill 0.3,
+Quantus one image a call (with more it pads every curve to the longest one, another score); infidelity with 4x4 patches filled with 0,
 softmax scores, the same 64 perturbations plus the unperturbed image per image on both sides
 (Quantus runs the model on one batch of all images per perturbation), on the same NCHW tensor;
 then infidelity of three maps of the same images (what ``compare`` does: xailab runs the model
@@ -95,7 +97,7 @@ def _pair(name: str, model: torch.nn.Module, xb: torch.Tensor, a: torch.Tensor, 
     """(xailab, quantus) computations of ROAD (mean accuracy per percentage) or infidelity (per image)."""
     import quantus
 
-    from xailab.metrics import infidelity, road
+    from xailab.metrics import infidelity, irof, road
 
     n = len(xb)
     common: dict[str, Any] = dict(model=model, x_batch=xb.numpy(), y_batch=y.numpy(), a_batch=a[:, None].numpy(),
@@ -109,6 +111,22 @@ def _pair(name: str, model: torch.nn.Module, xb: torch.Tensor, a: torch.Tensor, 
             res = quantus.ROAD(percentages=pcts, noise=0.0, normalise=False, disable_warnings=True)(**common)
             return np.array([res[p] for p in pcts])
         return ours, theirs
+
+    if name == "irof":
+        if not hasattr(np, "trapz"):
+            np.trapz = np.trapezoid  # type: ignore[attr-defined]  # Quantus 0.6 on NumPy >= 2.4
+
+        def ours_r() -> np.ndarray:
+            return irof(model, xb, a, y, fill=0.3, batch_size=64).numpy()
+
+        def theirs_r() -> np.ndarray:
+            metric = quantus.IROF(perturb_baseline=0.3, normalise=False, disable_warnings=True,
+                                  return_aggregate=False)
+            # one image a call: with more, Quantus pads the curves to the longest (another score)
+            return np.array([metric(model=model, x_batch=xb[i: i + 1].numpy(), y_batch=y[i: i + 1].numpy(),
+                                    a_batch=a[i: i + 1, None].numpy(), batch_size=1, device="cpu")[0]
+                             for i in range(n)], dtype=np.float64)
+        return ours_r, theirs_r
 
     def ours_i() -> np.ndarray:
         return infidelity(model, xb, a, y, patch=4, fill=0.0, batch_size=64).numpy()
@@ -145,7 +163,8 @@ def _road_infidelity(n: int, repeat: int) -> list[Row]:
     xg = x.mean(1, keepdim=True)
     pcts = list(range(1, 100, 2))
     rows: list[Row] = []
-    for name, model, xb in (("road", grey, xg), ("infidelity", cnn, x), ("infidelity 3 maps", cnn, x)):
+    for name, model, xb in (("road", grey, xg), ("irof", grey, xg), ("infidelity", cnn, x),
+                            ("infidelity 3 maps", cnn, x)):
         with torch.no_grad():
             y = model(xb).argmax(1)
         if name == "infidelity 3 maps":
@@ -162,7 +181,7 @@ def _road_infidelity(n: int, repeat: int) -> list[Row]:
             best_q = min(best_q, t)
         diff = float(np.abs(o - q).max())
         rel = float((np.abs(o - q) / np.maximum(np.abs(q), 1e-12)).max())
-        case = f"{'grey-cnn' if name == 'road' else 'cifar-cnn'} x{n}"
+        case = f"{'grey-cnn' if name in ('road', 'irof') else 'cifar-cnn'} x{n}"
         rows.append(Row(case, name, "xailab", best_o / n, extra={"total_s": best_o, "max_abs_diff": diff,
                                                                  "max_rel_diff": rel}))
         rows.append(Row(case, name, "quantus", best_q / n, extra={"total_s": best_q}))
