@@ -229,7 +229,9 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_weights(fm, work / "cnn.safetensors")
     from xailab.studies.vit_fashion import VIT
 
-    save_weights(load_model(VIT), work / "vit.safetensors")  # the weights the vit_fashion study's docs name
+    vit = load_model(VIT)
+    for name in ("vit.safetensors", "vit-stage1.safetensors"):  # the weights the vit_fashion study's docs name
+        save_weights(vit, work / name)
     for folder in ("pets", "cats_dogs", "data/cats_dogs"):
         for k, c in enumerate(("cat", "dog")):
             _pngs(work / folder / c, 4, 16, seed=k)
