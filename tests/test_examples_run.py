@@ -153,7 +153,9 @@ ADD = {
     "audit backdoor": "--max-per-class 8 --neighbors 3 --ac-dims 2 --nc-steps 8",
     "audit adversarial": "--steps 2",
     "evaluate": "--limit 16",
-    "compare": "--steps 4 --no-sanity",  # the sanity step is tests/test_metrics_compare.py's
+    # the sanity step is tests/test_metrics_compare.py's; ROAD/IROF/infidelity and the metric checks
+    # are tests/test_metrics_*.py's (ROAD's imputation costs ~25 CPU s a 224-px photo and method)
+    "compare": "--steps 4 --no-sanity --metrics none --no-metric-checks",
     "concepts ice": "--curve 2,3 --curve-images 4",
     "concepts tcav": "--random-size 2 --runs 2 --max-per-class 4",
     "report": "--max-images 2",
