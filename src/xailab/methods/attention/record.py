@@ -33,19 +33,42 @@ from xailab.core.errors import UnsupportedModelError
 _SOFTMAX = {F.softmax, torch.softmax, Tensor.softmax}
 
 
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
-          is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> tuple[Tensor, Tensor]:
-    """``(output, probabilities)`` of ``F.scaled_dot_product_attention``, computed explicitly."""
+def grouped_kv(q: Tensor, k: Tensor, v: Tensor, enable_gqa: bool) -> tuple[Tensor, Tensor]:
+    """``k, v`` repeated per query head group (``scaled_dot_product_attention``'s ``enable_gqa``)."""
     if enable_gqa and k.shape[-3] != q.shape[-3]:
         rep = q.shape[-3] // k.shape[-3]
         k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
-    s = (q @ k.transpose(-2, -1)) * (scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
+    return k, v
+
+
+def masked_scores(s: Tensor, is_causal: bool, attn_mask: Tensor | None) -> Tensor:
+    """Attention scores ``s`` with ``scaled_dot_product_attention``'s causal mask and ``attn_mask`` applied."""
     if is_causal:
         t, u = s.shape[-2:]
         s = s.masked_fill(torch.ones(t, u, dtype=torch.bool, device=s.device).triu(1), float("-inf"))
     if attn_mask is not None:
         s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
-    a = torch.softmax(s, dim=-1)
+    return s
+
+
+def mha_arguments(args: tuple[Any, ...], kwargs: dict[str, Any], who: str) -> dict[str, Any]:
+    """The arguments of a ``F.multi_head_attention_forward`` call, refused (``who`` says who reads
+    it) unless self-attention with one packed projection and no masks (``nn.MultiheadAttention``'s default)."""
+    a = _MHA.bind(*args, **kwargs).arguments
+    unsupported = [k for k in _MHA_UNSUPPORTED if a.get(k) is not None]
+    if a.get("use_separate_proj_weight") or a.get("add_zero_attn") or a.get("is_causal") or unsupported:
+        raise UnsupportedModelError(
+            f"{who} nn.MultiheadAttention only without masks, bias_k/bias_v, zero attention or "
+            f"separate q/k/v projections (found: {', '.join(unsupported) or 'one of those'})")
+    return dict(a)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
+          is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> tuple[Tensor, Tensor]:
+    """``(output, probabilities)`` of ``F.scaled_dot_product_attention``, computed explicitly."""
+    k, v = grouped_kv(q, k, v, enable_gqa)
+    s = (q @ k.transpose(-2, -1)) * (scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
+    a = torch.softmax(masked_scores(s, is_causal, attn_mask), dim=-1)
     out = (F.dropout(a, dropout_p) if dropout_p > 0 else a) @ v
     return out, a
 
@@ -58,12 +81,7 @@ def _mha(*args: Any, **kwargs: Any) -> tuple[tuple[Tensor, Tensor | None], Tenso
     """``(F.multi_head_attention_forward(...), probabilities [N, heads, T, S])``, recomputed
     explicitly for self-attention with one packed input projection (``nn.MultiheadAttention``'s
     default, as in torchvision's ViT)."""
-    a = _MHA.bind(*args, **kwargs).arguments
-    unsupported = [k for k in _MHA_UNSUPPORTED if a.get(k) is not None]
-    if a.get("use_separate_proj_weight") or a.get("add_zero_attn") or a.get("is_causal") or unsupported:
-        raise UnsupportedModelError(
-            "attention methods read nn.MultiheadAttention only without masks, bias_k/bias_v, zero attention "
-            f"or separate q/k/v projections (found: {', '.join(unsupported) or 'one of those'})")
+    a = mha_arguments(args, kwargs, "attention methods read")
     query, key, value = a["query"], a["key"], a["value"]
     unbatched = query.dim() == 2
     if unbatched:

@@ -36,7 +36,6 @@ grad (frozen), so that a product with a weight is not taken for a product of two
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections import Counter
 from typing import Any, Literal
@@ -47,6 +46,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from xailab.core.errors import UnsupportedModelError
+from xailab.methods.attention.record import grouped_kv, masked_scores, mha_arguments
 
 Softmax = Literal["linearize", "constant"]
 
@@ -62,8 +62,6 @@ _CONV = {F.conv1d, F.conv2d, F.conv3d}
 _MATMUL = {torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm, torch.mm, Tensor.mm}
 _MUL = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__}
 _SOFTMAX = {F.softmax, torch.softmax, Tensor.softmax}
-_MHA = inspect.signature(F.multi_head_attention_forward)
-_MHA_UNSUPPORTED = ("bias_k", "bias_v", "key_padding_mask", "attn_mask", "static_k", "static_v")
 
 
 class EpsilonRule(torch.autograd.Function):
@@ -223,18 +221,11 @@ class AttnLRPRules(TorchFunctionMode):
             raise UnsupportedModelError("attnlrp: attention dropout is active (the model is training); "
                                         "explain in eval mode (eval_mode=True)")
         self.seen["attention"] += 1
-        if enable_gqa and k.shape[-3] != q.shape[-3]:
-            rep = q.shape[-3] // k.shape[-3]
-            k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
+        k, v = grouped_kv(q, k, v, enable_gqa)
         if self.softmax == "constant":
             q, k = q.detach(), k.detach()
         s = self.product(q * (scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])), k.transpose(-2, -1))
-        if is_causal:
-            t, u = s.shape[-2:]
-            s = s.masked_fill(torch.ones(t, u, dtype=torch.bool, device=s.device).triu(1), float("-inf"))
-        if attn_mask is not None:
-            s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
-        a = torch.softmax(s, dim=-1)
+        a = torch.softmax(masked_scores(s, is_causal, attn_mask), dim=-1)
         if self.softmax == "constant":
             a = a.detach()
         return self.product(a, v), a
@@ -248,12 +239,7 @@ class AttnLRPRules(TorchFunctionMode):
 
     def multi_head_attention(self, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
         """``F.multi_head_attention_forward`` of ``nn.MultiheadAttention`` (packed projections, no masks)."""
-        a = _MHA.bind(*args, **kwargs).arguments
-        unsupported = [k for k in _MHA_UNSUPPORTED if a.get(k) is not None]
-        if a.get("use_separate_proj_weight") or a.get("add_zero_attn") or a.get("is_causal") or unsupported:
-            raise UnsupportedModelError(
-                "attnlrp reads nn.MultiheadAttention only without masks, bias_k/bias_v, zero attention or "
-                f"separate q/k/v projections (found: {', '.join(unsupported) or 'one of those'})")
+        a = mha_arguments(args, kwargs, "attnlrp reads")
         if a.get("training", False) and float(a["dropout_p"]) > 0:
             raise UnsupportedModelError("attnlrp: attention dropout is active (the model is training); "
                                         "explain in eval mode (eval_mode=True)")
