@@ -60,6 +60,19 @@ def test_only_our_script_may_run() -> None:
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=|@import|fetch\(|XMLHttpRequest", page)
 
 
+def test_every_package_data_file_goes_into_the_wheel() -> None:
+    """The page's script and stylesheet are files read at run time: pyproject must ship them."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["xailab"]
+    pkg = root / "src" / "xailab"
+    data = {p.relative_to(pkg).as_posix() for p in pkg.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+    assert {"dynamics/flow_page.js", "dynamics/flow_page.css"} <= data
+    assert data <= set(listed), f"package data missing from pyproject.toml: {sorted(data - set(listed))}"
+
+
 def aggregate_cells(h: History, color_by: str, changed: bool, miscl: bool) -> dict:
     """What the page's script computes from the cells, written again in Python."""
     _, links = flow_cells(h)

@@ -42,11 +42,12 @@ from torch import Tensor, nn
 
 from xailab.core.card import MethodCard
 from xailab.core.errors import InputError, UnsupportedModelError
-from xailab.core.explainer import Explainer, RowTargets, cat, repeat_rows, row_targets
+from xailab.core.explainer import RowTargets, row_targets
 from xailab.core.params import Limit
 from xailab.core.registry import register
 from xailab.core.structure import autograd_nodes
 
+from .rows import RelevanceRows
 from .transformer_rules import AttnLRPRules, Softmax
 
 #: autograd nodes that are linear in their one input-dependent operand (or pick among inputs)
@@ -106,7 +107,7 @@ def _origin(node: Any) -> Any:
 
 
 @register("attnlrp", family="propagation", aliases=("attn_lrp", "lrp_transformer"))
-class AttnLRP(Explainer):
+class AttnLRP(RelevanceRows):
     """AttnLRP (module docstring).
 
     Args:
@@ -202,23 +203,7 @@ class AttnLRP(Explainer):
                 f"{float((out.detach() - reference).abs().max()):.3g}); an in-place activation whose result is "
                 "not used, or an unusual layer norm, is the likely cause")
 
-    # -- one chunk --------------------------------------------------------------------------------
-    def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
-        return self._explain_rows(x, RowTargets.known(targets))
-
-    def _explain_rows(self, x: Tensor, rows: RowTargets) -> Tensor:
-        b, t = rows.shape
-        xs = repeat_rows(x, t)  # (image, target) rows
-        maps, sums, scores = [], [], []
-        for lo in range(0, len(xs), self.batch_size):
-            rel, score = self._relevance(xs[lo : lo + self.batch_size], rows, lo)
-            maps.append(rel)
-            sums.append(rel.flatten(1).sum(1))
-            scores.append(score)
-        self._sums.append(torch.cat(sums).reshape(b, t).detach().cpu())
-        self._scores.append(torch.cat(scores).reshape(b, t).detach().cpu())
-        return cat(maps).reshape(b, t, *x.shape[1:])
-
+    # -- one slice of rows (the loop: RelevanceRows) -----------------------------------------
     def _relevance(self, rows: Tensor, targets: RowTargets, first_row: int) -> tuple[Tensor, Tensor]:
         """Input relevance ``x * g`` ``[M, C, H, W]`` and the explained score ``[M]``."""
         with _frozen(self.model), torch.enable_grad():
@@ -233,11 +218,6 @@ class AttnLRP(Explainer):
             start = torch.zeros_like(logits).scatter(1, tg.reshape(-1, 1), g)
             (grad,) = torch.autograd.grad(logits, xi, grad_outputs=start)
         return (xi * grad).detach(), score
-
-    def _extras(self) -> dict[str, Tensor]:
-        if not self._sums:
-            return {}
-        return {"relevance_sum": torch.cat(self._sums), "score": torch.cat(self._scores)}
 
 
 #: per model: the keys (see _model_key) of its passed checks

@@ -37,12 +37,13 @@ from torch import Tensor, nn
 
 from xailab.core.card import MethodCard
 from xailab.core.errors import InputError
-from xailab.core.explainer import Explainer, RowTargets, cat, repeat_rows, row_targets
+from xailab.core.explainer import RowTargets, row_targets
 from xailab.core.params import Limit
 from xailab.core.pixels import recorded_pixel_space
 from xailab.core.registry import register
 
 from .choices import COMPOSITES, Bound, box_bounds, check_composite_name
+from .rows import RelevanceRows
 
 #: |relevance_sum - score| beyond this many times max(|score|, 1) means relevance exploded
 EXPLOSION = 1e3
@@ -76,7 +77,7 @@ def lrp_card(title: str, rules: str) -> MethodCard:
 
 
 @register("lrp", family="propagation", aliases=("layerwise_relevance_propagation",))
-class LRP(Explainer):
+class LRP(RelevanceRows):
     """Layer-wise relevance propagation with a named composite (see the module docstring).
 
     Args:
@@ -216,24 +217,9 @@ class LRP(Explainer):
             seen[key] = (dict(self._plan), list(messages))
         warn_all(messages, self.name)
 
-    # -- one chunk --------------------------------------------------------------------------------
-    def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
-        return self._explain_rows(x, RowTargets.known(targets))
-
-    def _explain_rows(self, x: Tensor, rows: RowTargets) -> Tensor:
-        b, t = rows.shape
-        xs = repeat_rows(x, t)  # (image, target) rows
-        maps, sums, scores = [], [], []
-        for lo in range(0, len(xs), self.batch_size):  # one forward per backward: rules keep state
-            rel, score = self._relevance(xs[lo : lo + self.batch_size], rows, lo)
-            maps.append(rel)
-            sums.append(rel.flatten(1).sum(1))
-            scores.append(score)
-        rel_sum, score = torch.cat(sums).reshape(b, t), torch.cat(scores).reshape(b, t)
-        self._sums.append(rel_sum.detach().cpu())
-        self._scores.append(score.detach().cpu())
+    # -- one slice of rows (the loop: RelevanceRows) -----------------------------------------
+    def _rows_done(self, rel_sum: Tensor, score: Tensor) -> None:
         _warn_if_exploded(rel_sum, score, self.name)
-        return cat(maps).reshape(b, t, *x.shape[1:])
 
     def _relevance(self, rows: Tensor, targets: Tensor | RowTargets, first_row: int = 0) -> tuple[Tensor, Tensor]:
         """Input relevance ``[M, C, H, W]`` and explained score ``[M]`` for ``rows`` and ``targets``
@@ -255,11 +241,6 @@ class LRP(Explainer):
             finally:
                 composite.remove()
         return rel.detach(), score
-
-    def _extras(self) -> dict[str, Tensor]:
-        if not self._sums:
-            return {}
-        return {"relevance_sum": torch.cat(self._sums), "score": torch.cat(self._scores)}
 
 
 #: per model: {key: (residual-sum plan, warnings)} of its successful checks (see _model_key)
@@ -292,7 +273,7 @@ def _warn_if_exploded(rel_sum: Tensor, score: Tensor, method: str) -> None:
             f"for a score of {float(score.reshape(-1)[i]):.4g}. Biases or a tiny stabilizer can amplify "
             "relevance; try zero_bias=True or a larger epsilon, and check the model for operations "
             "without LRP rules",
-            stacklevel=4,
+            stacklevel=5,
         )
 
 
