@@ -21,11 +21,14 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/xailab demo
 
+# two pytest-xdist workers; a module's tests (and a document's examples) stay on one (tests/conftest.py)
+XDIST ?= -n 2 --dist loadgroup
+
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=600
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=600 $(XDIST)
 
 test-fast: install
-	$(PY) -m pytest -q -x -m "not slow and not reference"
+	$(PY) -m pytest -q -x -m "not slow and not reference" $(XDIST)
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

@@ -28,6 +28,22 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
+#: modules whose tests must not run beside each other's on another worker: each starts a local Ray cluster
+SERIAL_GROUPS = {"tests/test_distributed.py": "ray", "tests/test_distributed_dissect.py": "ray"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's ``--dist loadgroup`` (``make test`` runs on two workers): a test
+    without a group of its own runs on the worker of its module (module fixtures are made once),
+    the Ray tests one after another. The examples runner groups its examples by the folder they
+    share (:mod:`tests.test_examples_run`). Without ``-n`` the groups change nothing."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(SERIAL_GROUPS.get(module, module)))
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test with the reason."""
     p = SHARED.joinpath(*parts)

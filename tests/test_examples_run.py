@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import study_checks
 from tests.conftest import shared_path
 from tests.test_examples import EXAMPLES, is_synopsis
 
@@ -55,13 +56,12 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/scale.md", "xailab dissect --model resnet20"): RAY,
     ("xailab compare --help", "xailab compare runs/cifar --backend ray"): RAY,
     ("docs/studies/fashion-mnist.md", "xailab study fashion_mnist --model mypkg"): MINE,
-    ("docs/studies/binary-kfold.md", "xailab study binary_kfold --data 'folder:~/data/pneumonia'"): MINE,
     ("docs/studies/binary-kfold.md", "xailab study binary_kfold --data '~/data/pneumonia'"): MINE,
     ("docs/studies/README.md", "xailab study cifar10_cnn --model mypkg"): MINE,
     ("docs/studies/cifar10-cnn.md", "xailab study cifar10_cnn --model mypkg"): MINE,
     ("docs/studies/resnet-dissection.md", "xailab study resnet_dissection --model mypkg"): MINE,
 }
-MAX_NOT_RUN = 21
+MAX_NOT_RUN = 20
 
 # runs that a document reads but does not make: (document, run) -> the command that makes it
 PRODUCERS: dict[tuple[str, str], str] = {
@@ -237,6 +237,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for folder in ("pets", "cats_dogs", "data/cats_dogs"):
         for k, c in enumerate(("cat", "dog")):
             _pngs(work / folder / c, 4, 16, seed=k)
+    for k, c in enumerate(("NORMAL", "PNEUMONIA")):  # ~/data/pneumonia (HOME is the study's folder)
+        _pngs(work / "data" / "pneumonia" / c, 6, 16, seed=k)
     _pngs(work / "photos", 2, 64)
     _pngs(work / "concepts" / "striped", 4, 32, seed=1)
     _pngs(work / "concepts" / "dotted", 4, 32, seed=2)
@@ -306,15 +308,27 @@ def _produce(where: str, argv: list[str], cwd: Path) -> None:
             assert _run(shrink_argv(cmd)) == 0, cmd
 
 
+def xdist_group(where: str, cmd: str) -> str:
+    """The folder an example runs in: pytest-xdist runs the examples of one folder on one worker, in
+    document order (they read each other's runs; a study's command shared by documents runs once)."""
+    if cmd.startswith("xailab study ") and why_not_run(where, cmd) is None:
+        argv = shrink_argv(cmd)
+        if "--dry-run" not in argv and argv[1:] != ["list"]:
+            return "study " + " ".join(argv[1:])
+    return SAME_FOLDER.get(where, where)
+
+
 @pytest.mark.slow  # minutes in all: `make test` (CI) runs them, `make test-fast` does not
-@pytest.mark.parametrize(("where", "cmd"), RUNNABLE, ids=[f"{w}:{c[:70]}" for w, c in RUNNABLE])
-def test_example_runs_shrunk(where: str, cmd: str, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("where", "cmd"), [
+    pytest.param(w, c, id=f"{w}:{c[:70]}", marks=pytest.mark.xdist_group(xdist_group(w, c))) for w, c in RUNNABLE])
+def test_example_runs_shrunk(where: str, cmd: str, base: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:
     reason = why_not_run(where, cmd)
     if reason is not None:
         pytest.skip(reason)
     argv = shrink_argv(cmd)
     if argv[0] == "study" and "--dry-run" not in argv and argv[1:] != ["list"]:
-        _run_study(argv, base, monkeypatch)
+        _run_study(argv, base, monkeypatch, capsys)
         return
     cwd = workdir(base, where)
     monkeypatch.chdir(cwd)
@@ -326,12 +340,14 @@ def test_example_runs_shrunk(where: str, cmd: str, base: Path, monkeypatch: pyte
     assert code == 0, f"{where}: `xailab {shlex.join(argv)}` exited {code}"
 
 
-def _run_study(argv: list[str], base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _run_study(argv: list[str], base: Path, monkeypatch: pytest.MonkeyPatch,
+               capsys: pytest.CaptureFixture[str]) -> None:
     """A study end to end through ``xailab study``, every step it runs shrunk as the examples are.
 
     The study computes its steps from the example's own options; each step then runs through the
     real CLI at the examples' small sizes (:func:`shrink_argv`). A study runs in a folder of its
-    own, shared by the documents that give the same command (it is run once)."""
+    own, shared by the documents that give the same command (it is run once). The first time,
+    :data:`tests.study_checks.CHECKS` checks what the study wrote."""
     import xailab.steps
 
     real = xailab.steps.run_steps
@@ -344,5 +360,13 @@ def _run_study(argv: list[str], base: Path, monkeypatch: pytest.MonkeyPatch) -> 
     cwd = workdir(base, "study " + " ".join(argv[1:]))
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(xailab.steps, "run_steps", shrunk)
+    if any("~" in a for a in argv):  # the reader's own data under ~: the sandbox's
+        monkeypatch.setenv("HOME", str(cwd))
+    first = (str(Path.cwd()), *argv) not in _DONE
+    capsys.readouterr()
     code = _run(argv)
     assert code == 0, f"`xailab {shlex.join(argv)}` exited {code}"
+    check = study_checks.CHECKS.get(argv[1])
+    if first and check is not None:
+        check(Path(argv[argv.index("--out") + 1] if "--out" in argv else f"runs/study-{argv[1]}"),
+              capsys.readouterr().out)

@@ -3,8 +3,8 @@
 Every argv a study produces is parsed by ``xailab.cli.build_parser()`` and every ``--flag`` in it
 must be one of the command's own option strings (argparse would accept a prefix of a renamed
 flag), so renaming or dropping a flag a study uses breaks these tests. The user's ``--model`` /
-``--weights`` / ``--data`` must reach every command that loads a model or data. One tiny real
-run of the Fashion-MNIST study goes end to end, report included.
+``--weights`` / ``--data`` must reach every command that loads a model or data. The studies run
+end to end in :mod:`tests.test_examples_run` (their examples), checked by :mod:`tests.study_checks`.
 """
 
 from __future__ import annotations
@@ -167,35 +167,6 @@ def test_study_list_names_both(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["study", "list"]) == 0
     text = capsys.readouterr().out
     assert all(name in text for name in NAMES)
-
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-@pytest.mark.slow
-def test_fashion_study_runs_end_to_end_at_tiny_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if not FMNIST.is_dir():
-        pytest.skip(f"Fashion-MNIST not installed at {FMNIST} (apt-get install dataset-fashion-mnist)")
-    from xailab.runs.store import Run
-
-    out = tmp_path / "fm"
-    code = main(["study", "fashion_mnist", "--quick", "--out", str(out), "--epochs", "1", "--limit-train", "300",
-                 "--images", "2", "--attack-images", "2", "--poison-epochs", "1", "--poison-limit", "400",
-                 "--max-per-class", "30", "--device", "cpu"])
-    assert code == 0
-    text = capsys.readouterr().out
-    assert f"report: {out / 'report' / 'index.html'}" in text
-    explain = Run.open(out / "explain")
-    assert set(explain.read_table("scoreboard")["method"]) == {
-        "gradient_shap", "deeplift_shap", "kernel_shap", "deeplift", "integrated_gradients"}
-    assert len(Run.open(out / "patch").read_table("attack")) == 2
-    poison = Run.open(out / "backdoor-train").manifest
-    assert {"clean_accuracy", "attack_success_rate"} <= set(poison["backdoor"])
-    for audit in ("backdoor-audit", "clean-audit"):
-        detection = Run.open(out / audit).read_table("detection")
-        assert len(detection) == 10 and detection["verdict"].isin(["backdoor", "flagged", "check", "clean"]).all()
-    index = (out / "report" / "index.html").read_text()
-    assert "Fashion-MNIST" in index
 
 
 def test_the_cifar_ice_layer_is_a_relu_of_the_zoo_cnn() -> None:

@@ -1,4 +1,7 @@
-"""Studies 2 (resnet_dissection) and 4 (binary_kfold), `xailab crosscheck` and `datasets --export`."""
+"""Studies 2 (resnet_dissection) and 4 (binary_kfold), `xailab crosscheck` and `datasets --export`.
+
+The studies run end to end in :mod:`tests.test_examples_run` (their examples), checked by
+:mod:`tests.study_checks`."""
 
 from __future__ import annotations
 
@@ -232,31 +235,6 @@ def test_crosscheck_without_captum_names_the_install(tmp_path: Path, monkeypatch
     with pytest.raises(XailabError, match=r"needs Captum: pip install captum"):
         crosscheck_run(run, tiny_factory().double(), log=lambda _: None)
     assert "crosscheck" not in Run.open(run.path).manifest
-
-
-# -- one tiny real study ------------------------------------------------------------------------
-@pytest.mark.slow
-def test_binary_kfold_end_to_end_on_a_tiny_folder(tmp_path: Path) -> None:
-    pytest.importorskip("captum")
-    data = _two_class_folder(tmp_path / "data", n=6)
-    out = tmp_path / "study"
-    code = main(["study", "binary_kfold", "--quick", "--data", str(data), "--out", str(out), "--folds", "2",
-                 "--epochs", "1", "--images", "2", "--baselines", "black,adversarial", "--ig-steps", "4",
-                 "--lime-samples", "16", "--device", "cpu"])
-    assert code == 0
-    cv = Run.open(out / "cv")
-    assert (out / "cv" / "folds" / "fold-2" / "checkpoints" / "best.safetensors").is_file()
-    assert cv.manifest["kind"] == "kfold"
-    assert list(cv.read_table("kfold")["fold"]) == [1, 2]
-    run = Run.open(out / "explain")  # the baselines side by side in one run
-    check = run.read_table("crosscheck")
-    assert len(check) == 2 * 2  # 2 images x 2 baselines
-    assert set(check["baseline"].str.split(":").str[0]) == {"black", "adversarial"}
-    assert check["max_abs_diff"].max() <= 1e-4 * max(1.0, check["max_abs"].max())
-    pairs = run.read_table("agreement")
-    assert set(pairs["method_a"]) | set(pairs["method_b"]) == {"ig_black", "ig_adversarial", "lime"}
-    assert (out / "explain" / "files" / "metrics" / "histograms.png").is_file()
-    assert (out / "report" / "index.html").is_file()
 
 
 def test_study_arguments_do_not_clash_with_the_runner() -> None:
