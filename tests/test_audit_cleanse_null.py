@@ -15,7 +15,13 @@ from scipy.stats import t as student_t
 from tests.test_audit_cleanse_cli import model_args
 from tests.test_audit_cli import folder, poisoned_run  # noqa: F401  (fixtures)
 from xailab.audit.cleanse import relative_flags
-from xailab.audit.cleanse_null import centred_logs, critical_t, leave_one_out, null_test, reference_null
+from xailab.audit.cleanse_null import (
+    centred_logs,
+    critical_t,
+    leave_one_out,
+    null_test,
+    reference_null,
+)
 from xailab.cli import main
 from xailab.core.errors import InputError
 from xailab.runs import Run
@@ -126,5 +132,7 @@ def test_cli_with_three_reference_runs(poisoned_run: Path, folder: Path, tmp_pat
     np.testing.assert_allclose(t["p_adjusted"], np.minimum(1, 3 * t["p_value"]))
     assert run.manifest["cleanse"]["params"]["reference_test"] == "null"
     assert run.manifest["cleanse"]["params"]["alpha"] == 0.1
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert "t against the clean references" in (tmp_path / "rep" / "audit.html").read_text()
     rc = main(["audit", "backdoor", *common, "--nc-reference", refs[0], refs[0], refs[0], "--out", str(tmp_path / "b")])
     assert rc == 2 and "do not vary" in capsys.readouterr().err

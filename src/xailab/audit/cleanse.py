@@ -149,7 +149,8 @@ class CleanseResult:
 
     def params(self) -> dict[str, Any]:
         return {**asdict(self.settings), "n_images": self.n_images, "reference": self.reference is not None,
-                "reference_test": "none" if self.reference is None else "mad" if self.critical is None else "null"}
+                "reference_test": "none" if self.reference is None else "mad" if self.critical is None else "null",
+                "critical": self.critical}
 
 
 def anomaly_index(norms: np.ndarray) -> np.ndarray:
