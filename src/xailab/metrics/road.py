@@ -27,6 +27,7 @@ is still the explained one (Quantus's ROAD), ``"probability"`` the class probabi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -69,17 +70,16 @@ def impute(images: Tensor, removed: Tensor, *, solver: Literal["direct", "cg"] =
     return _impute_cg(images, removed, tol, max_iter)
 
 
-def _system(removed: np.ndarray) -> tuple[np.ndarray, Any]:
-    """The removed pixels' flat indices and the SPD matrix of their equations (``[n, n]``, CSC):
-    the valid neighbours' weight sum on the diagonal, minus the weight of each removed neighbour."""
+def _system(order: np.ndarray, h: int, w: int) -> Any:
+    """The SPD matrix (CSC) of the equations of the removed pixels ``order`` (flat indices, the
+    unknowns numbered in this order): the valid neighbours' weight sum on the diagonal, minus the
+    weight of each removed neighbour."""
     import scipy.sparse as sp
 
-    h, w = removed.shape
-    idx = np.flatnonzero(removed)
-    n = len(idx)
+    n = len(order)
     var = np.full(h * w, -1)
-    var[idx] = np.arange(n)
-    r, c = np.divmod(idx, w)
+    var[order] = np.arange(n)
+    r, c = np.divmod(order, w)
     diag = np.zeros(n)
     rows, cols, vals = [np.arange(n)], [np.arange(n)], [diag]
     for dr, dc, wt in OFFSETS:
@@ -91,23 +91,25 @@ def _system(removed: np.ndarray) -> tuple[np.ndarray, Any]:
         rows.append(ok[both])
         cols.append(j[both])
         vals.append(np.full(int(both.sum()), -wt))
-    a = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    return idx, a
+    return sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
 
 
-def _dissection(r: np.ndarray, c: np.ndarray, leaf: int = 64) -> np.ndarray:
-    """A nested-dissection order of the pixels at rows ``r``, columns ``c``: split the longer side
-    at its median line, order each half so, then the line (no 8-neighbour crosses it), so the
-    factor fills little (a grid's optimal order, up to a constant); blocks of ``leaf`` as found."""
-    def split(ids: np.ndarray) -> list[np.ndarray]:
-        rr, cc = r[ids], c[ids]
-        v = rr if np.ptp(rr) >= np.ptp(cc) else cc
-        mid = int(np.median(v))
-        lo, hi = ids[v < mid], ids[v > mid]
-        if len(ids) <= leaf or not len(lo) or not len(hi):
-            return [ids]
-        return split(lo) + split(hi) + [ids[v == mid]]
-    return np.concatenate(split(np.arange(len(r))))
+@functools.lru_cache(maxsize=8)
+def _dissection(h: int, w: int, leaf: int = 64) -> np.ndarray:
+    """A nested-dissection order of the ``h x w`` grid's flat pixel indices: split the longer side
+    at its middle line, order each half so, then the line (no 8-neighbour crosses it), so that the
+    factor fills little (a grid's optimal order, up to a constant). Restricted to the removed
+    pixels it stays one (the lines still separate), so one order per image size serves every mask."""
+    def split(r0: int, r1: int, c0: int, c1: int) -> list[np.ndarray]:
+        if (r1 - r0) * (c1 - c0) <= leaf or min(r1 - r0, c1 - c0) < 1:
+            rr, cc = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
+            return [(rr * w + cc).ravel()]
+        if r1 - r0 >= c1 - c0:
+            mid = (r0 + r1) // 2
+            return split(r0, mid, c0, c1) + split(mid + 1, r1, c0, c1) + [mid * w + np.arange(c0, c1)]
+        mid = (c0 + c1) // 2
+        return split(r0, r1, c0, mid) + split(r0, r1, mid + 1, c1) + [np.arange(r0, r1) * w + mid]
+    return np.concatenate(split(0, h, 0, w))
 
 
 def _impute_direct(images: Tensor, removed: Tensor) -> Tensor:
@@ -120,15 +122,13 @@ def _impute_direct(images: Tensor, removed: Tensor) -> Tensor:
     rhs = _neighbours((x * (1 - m)).reshape(b * c, h, w)).reshape(b, c, h * w).numpy()
     out = (x * (1 - m)).reshape(b, c, h * w).numpy().copy()
     masks = removed.cpu().reshape(b, h * w).numpy()
+    grid = _dissection(h, w)
     for k in range(b):
         if not masks[k].any() or masks[k].all():
             continue  # nothing to solve; all removed: nothing to impute from, 0 (as the CG solver)
-        idx, a = _system(masks[k].reshape(h, w))
-        order = idx[_dissection(*np.divmod(idx, w))]  # pixels in elimination order
-        pos = np.empty(h * w, dtype=np.int64)
-        pos[idx] = np.arange(len(idx))
-        a = a[pos[order]][:, pos[order]].tocsc()
-        lu = splu(a, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+        order = grid[masks[k][grid]]  # the removed pixels in elimination order
+        lu = splu(_system(order, h, w), permc_spec="NATURAL", diag_pivot_thresh=0.0,
+                  options={"SymmetricMode": True})
         out[k][:, order] = lu.solve(np.ascontiguousarray(rhs[k][:, order].T)).T
     return torch.from_numpy(out).view(b, c, h, w).to(device=images.device, dtype=images.dtype)
 
