@@ -31,30 +31,42 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
+from bench.cleanse_rules import decisions, summary
+
 TARGETS = (7, 7, 7, 2, 8)  # the target of seed 1, 2, ...: Sneaker (seeds 1-3), Pullover, Bag (naturally easy to reach)
-PATCH_BOX = (23, 23, 26, 26)
 
 
-def train_poisoned_model(seed: int, target: int, n_train: int, epochs: int, out: Path) -> tuple[Any, float]:
+def target_of(seed: int) -> int:
+    """Seeds 1-5: :data:`TARGETS`; any other seed: ``seed % 10``."""
+    return TARGETS[seed - 1] if 1 <= seed <= len(TARGETS) else seed % 10
+
+
+def slug(trigger: str) -> str:
+    """The trigger's part of a cached run's name ("" for the first setting, ``patch:4``, as before)."""
+    return "" if trigger == "patch:4" else "-" + re.sub(r"[^0-9a-z]+", "_", trigger)
+
+
+def train_poisoned_model(seed: int, target: int, n_train: int, epochs: int, out: Path,
+                         trigger: str = "patch:4") -> tuple[Any, float]:
     """(poisoned model, its attack success rate); the run in ``out`` is reused when it is there."""
     from xailab.jobs.audit import PoisonSpec, poison_to_run
     from xailab.runs import Run
     from xailab.train.recipe import model_from_run
 
-    run = out / f"seed{seed}-poisoned-t{target}"
+    run = out / f"seed{seed}-poisoned-t{target}{slug(trigger)}"
     if not (run / "checkpoints" / "best.safetensors").is_file():
         poison_to_run(PoisonSpec(data="fashion_mnist", target=str(target), model="small_cnn", fraction=0.05,
-                                 trigger="patch:4", epochs=epochs, limit_train=n_train, limit_test=1000, seed=seed,
+                                 trigger=trigger, epochs=epochs, limit_train=n_train, limit_test=1000, seed=seed,
                                  quiet=True), run, log=lambda s: None)
     model, _ = model_from_run(run)
     asr = float((Run.open(run).manifest.get("backdoor") or {}).get("attack_success_rate", float("nan")))
@@ -91,26 +103,28 @@ def test_pixels(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def audit(model: Any, nc_pixels: torch.Tensor, pixels: torch.Tensor, labels: torch.Tensor, target: int | None,
-          steps: int, seed: int, strip: bool = True) -> dict[str, Any]:
-    """Neural Cleanse on ``nc_pixels`` (every class's mask L1 kept) and STRIP on ``pixels``."""
+          steps: int, seed: int, strip: bool = True, trigger: str = "patch:4", per_step: int = 16) -> dict[str, Any]:
+    """Neural Cleanse on ``nc_pixels`` (every class's mask L1 kept) and STRIP on ``pixels`` (the
+    true ``trigger`` stamped on the images not of the target)."""
     from xailab.audit.cleanse import CleanseSettings, neural_cleanse
     from xailab.audit.strip import StripFilter
     from xailab.audit.trigger_regions import box_iou, mask_region, top_iou
     from xailab.audit.triggers import parse_trigger
 
-    truth = torch.zeros(28, 28, dtype=torch.bool)
-    truth[23:27, 23:27] = True
+    truth = parse_trigger(trigger).masks(1, (28, 28))[0]
+    rows, cols = torch.nonzero(truth, as_tuple=True)
+    patch_box = (int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max()))
     t0 = time.process_time()
-    res = neural_cleanse(model, nc_pixels, settings=CleanseSettings(steps=steps, images_per_step=16, seed=seed))
+    res = neural_cleanse(model, nc_pixels, settings=CleanseSettings(steps=steps, images_per_step=per_step, seed=seed))
     row: dict[str, Any] = {"mad_flagged": ",".join(map(str, res.flagged)) or "-", "l1": [float(v) for v in res.l1],
                            "reached": [bool(v) for v in res.reached], "nc_s": time.process_time() - t0}
     if target is not None:
-        row.update(top_iou=top_iou(res.masks[target], truth), box_iou=box_iou(mask_region(res.masks[target]), PATCH_BOX))
+        row.update(top_iou=top_iou(res.masks[target], truth), box_iou=box_iou(mask_region(res.masks[target]), patch_box))
     if strip:
         t2 = time.process_time()
         f = StripFilter.calibrate(model, pixels[100:200], pixels[:100], frr=0.05, seed=seed)
         screened = pixels[200:400]
-        stamped = parse_trigger("patch:4").apply(screened[labels[200:400] != (target if target is not None else 7)])[0]
+        stamped = parse_trigger(trigger).apply(screened[labels[200:400] != (target if target is not None else 7)])[0]
         rates = f.rates(model, screened, stamped)
         row.update(strip_frr=rates["frr"], strip_far=rates["far"], strip_s=time.process_time() - t2)
     return row
@@ -125,41 +139,17 @@ def cached(path: Path, make: Any) -> dict[str, Any]:
     return dict(row)
 
 
-def decisions(rows: list[dict[str, Any]], threshold: float) -> pd.DataFrame:
-    """Per audited model, the classes each decision flags: the MAD test on the norms (the paper's),
-    the same on the norms relative to the reference models (``cleanse.relative_anomaly``)."""
-    from xailab.audit.cleanse import flag_small, reference_norms, relative_flags
-
-    refs = [r for r in rows if r["model"] == "reference"]
-    ref = reference_norms([r["l1"] for r in refs]) if refs else None
-    out = []
-    for r in rows:
-        if r["model"] == "reference":
-            continue
-        l1, t = np.asarray(r["l1"]), r["target"]
-        others = np.arange(len(l1)) != t
-        d = {"seed": r["seed"], "model": r["model"], "target": t, "asr": r["asr"],
-             "mad": ",".join(map(str, flag_small(l1, threshold, np.asarray(r["reached"])))) or "-"}
-        _f, z_mad, _p = relative_flags(l1, None, threshold)
-        d.update(z_mad_target=float(z_mad[t]) if t >= 0 else np.nan, z_mad_other=float(z_mad[others].max()),
-                 smallest=int(np.argmin(l1)))
-        if ref is not None:
-            flags, z, p = relative_flags(l1, ref, threshold, np.asarray(r["reached"]))
-            d["relative"] = ",".join(map(str, flags)) or "-"
-            d.update(z_rel_target=float(z[t]) if t >= 0 else np.nan, z_rel_other=float(z[others].max()),
-                     p_target=float(p[t]) if t >= 0 else np.nan, p_min_other=float(p[others].min()))
-        out.append(d)
-    return pd.DataFrame(out)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3, 4, 5])
     p.add_argument("--reference-seeds", type=int, nargs="*", default=[11, 12, 13])
     p.add_argument("--n-train", type=int, default=5000)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--per-step", type=int, default=16, help="Neural Cleanse: clean images a step")
     p.add_argument("--threshold", type=float, default=2.0)
+    p.add_argument("--alpha", type=float, default=0.05, help="family-wise level of the reference-null rule")
+    p.add_argument("--triggers", nargs="+", default=["patch:4"], help="one poisoned model per seed and trigger")
     p.add_argument("--quick", action="store_true", help="one seed, one reference, 1,000 images, 1 epoch, 60 steps")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--out", help="where the runs and per-model results are kept (default: a temporary folder)")
@@ -172,33 +162,38 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(a.out or tmp)
         out.mkdir(parents=True, exist_ok=True)
         nc_pixels = test_pixels(0)[0][:200]  # the same clean images for every model, references included
-        tag = f"{a.n_train}-{a.epochs}-{a.steps}"
+        tag = f"{a.n_train}-{a.epochs}-{a.steps}" + (f"-{a.per_step}" if a.per_step != 16 else "")
         for seed in a.reference_seeds:
-            rows.append({"seed": seed, "model": "reference", "target": -1, "asr": float("nan"), **cached(
+            rows.append({"seed": seed, "model": "reference", "trigger": "-", "target": -1, "asr": float("nan"), **cached(
                 out / f"ref{seed}-{tag}.json", lambda seed=seed: audit(
                     train_clean_model(seed, a.n_train, a.epochs, out), nc_pixels, nc_pixels, torch.zeros(0), None,
-                    a.steps, seed, strip=False))})
+                    a.steps, seed, strip=False, per_step=a.per_step))})
         for seed in a.seeds:
-            target = TARGETS[(seed - 1) % len(TARGETS)]
+            target = target_of(seed)
             pixels, labels = test_pixels(seed)
             pixels, labels = pixels[200:], labels[200:]
-            model, asr = train_poisoned_model(seed, target, a.n_train, a.epochs, out)
-            rows.append({"seed": seed, "model": "poisoned", "target": target, "asr": asr, **cached(
-                out / f"poisoned{seed}-t{target}-{tag}.json",
-                partial(audit, model, nc_pixels, pixels, labels, target, a.steps, seed))})
+            for trigger in a.triggers:
+                model, asr = train_poisoned_model(seed, target, a.n_train, a.epochs, out, trigger)
+                rows.append({"seed": seed, "model": "poisoned", "trigger": trigger, "target": target, "asr": asr,
+                             **cached(out / f"poisoned{seed}-t{target}{slug(trigger)}-{tag}.json",
+                                      partial(audit, model, nc_pixels, pixels, labels, target, a.steps, seed,
+                                              trigger=trigger, per_step=a.per_step))})
+                print(f"seed {seed}, {trigger}: target {target}, ASR {asr:.3f}", flush=True)
             clean = train_clean_model(seed, a.n_train, a.epochs, out)
-            rows.append({"seed": seed, "model": "clean", "target": -1, "asr": float("nan"), **cached(
-                out / f"clean{seed}-{tag}.json", partial(audit, clean, nc_pixels, pixels, labels, None, a.steps, seed))})
-            print(f"seed {seed}: target {target}, ASR {asr:.3f}", flush=True)
-        df = decisions(rows, a.threshold)
-    print(df.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    pois, cln = df[(df["model"] == "poisoned") & (df["asr"] >= 0.5)], df[df["model"] == "clean"]
-    for rule in [c for c in ("mad", "relative") if c in df]:
-        hit = sum(str(t) in f.split(",") for t, f in zip(pois["target"], pois[rule], strict=True))
-        print(f"{rule}: target flagged in {hit} of {len(pois)} poisoned models (ASR >= 0.5); "
-              f"some class flagged in {int((cln[rule] != '-').sum())} of {len(cln)} clean models")
+            rows.append({"seed": seed, "model": "clean", "trigger": "-", "target": -1, "asr": float("nan"), **cached(
+                out / f"clean{seed}-{tag}.json", partial(audit, clean, nc_pixels, pixels, labels, None, a.steps, seed,
+                                                         trigger=a.triggers[0], per_step=a.per_step))})
+        if not a.seeds:
+            print(f"{len(rows)} reference models audited", flush=True)
+            return 0
+        df = decisions(rows, a.threshold, a.alpha)
+    with pd.option_context("display.width", 250, "display.max_columns", 40):
+        print(df.drop(columns=["strip_frr", "strip_far"]).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        table = summary(df)
+        print(table.to_string(index=False))
     if a.json:
-        Path(a.json).write_text(json.dumps({"rows": rows, "decisions": df.to_dict(orient="records")}, default=float))
+        Path(a.json).write_text(json.dumps({"rows": rows, "decisions": df.to_dict(orient="records"),
+                                            "summary": table.to_dict(orient="records")}, default=float))
     return 0
 
 

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xailab.audit.cleanse_null import ReferenceNull, critical_t, null_test
 from xailab.audit.pixel import PixelModel, check_pixels, resolve_preprocessing
 from xailab.core.errors import InputError
 from xailab.core.hooks import model_device, model_session
@@ -79,6 +80,7 @@ class CleanseSettings:
     check_every: int = 10
     patience: int = 5
     threshold: float = 2.0
+    alpha: float = 0.05
     batch_size: int = 256
     seed: int = 0
 
@@ -89,6 +91,8 @@ class CleanseSettings:
             raise InputError(f"target_success must be in (0, 1], got {self.target_success}")
         if self.threshold <= 0:
             raise InputError(f"the anomaly threshold must be > 0, got {self.threshold}")
+        if not 0 < self.alpha < 1:
+            raise InputError(f"alpha must be in (0, 1), got {self.alpha}")
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,9 @@ class CleanseResult:
     optimisation reached ``target_success``; ``flagged`` the classes with a small outlier norm;
     ``z [K]`` and ``p_value [K]`` the robust z below the median and its one-sided normal p-value
     of the statistic tested (the norms, or their log-ratio to ``reference`` when one was given;
-    :func:`relative_flags`).
+    :func:`relative_flags`); against a per-class null of ``R >= 3`` clean models
+    (:class:`~xailab.audit.cleanse_null.ReferenceNull`) ``z`` is the t statistic, ``p_adjusted``
+    its Bonferroni-corrected p-value and ``critical`` the t a class must exceed.
     """
 
     masks: Tensor
@@ -118,11 +124,18 @@ class CleanseResult:
     z: np.ndarray | None = None
     p_value: np.ndarray | None = None
     reference: np.ndarray | None = None
+    p_adjusted: np.ndarray | None = None
+    critical: float | None = None
+
+    @property
+    def cutoff(self) -> float:
+        """The ``z`` above which a class is flagged."""
+        return self.settings.threshold if self.critical is None else self.critical
 
     @property
     def table(self) -> pd.DataFrame:
         """One row per class: ``class, name, l1, reference_l1, anomaly, below_median, z, p_value,
-        success, reached, flagged``."""
+        p_adjusted, success, reached, flagged``."""
         med = float(np.median(self.l1))
         nan = np.full(len(self.l1), np.nan)
         return pd.DataFrame({
@@ -130,12 +143,14 @@ class CleanseResult:
             "reference_l1": self.reference if self.reference is not None else nan,
             "anomaly": self.anomaly, "below_median": self.l1 < med,
             "z": self.z if self.z is not None else nan, "p_value": self.p_value if self.p_value is not None else nan,
-            "success": self.success,
+            "p_adjusted": self.p_adjusted if self.p_adjusted is not None else nan, "success": self.success,
             "reached": self.reached, "flagged": [k in self.flagged for k in range(len(self.l1))],
         })
 
     def params(self) -> dict[str, Any]:
-        return {**asdict(self.settings), "n_images": self.n_images, "reference": self.reference is not None}
+        return {**asdict(self.settings), "n_images": self.n_images, "reference": self.reference is not None,
+                "reference_test": "none" if self.reference is None else "mad" if self.critical is None else "null",
+                "critical": self.critical}
 
 
 def anomaly_index(norms: np.ndarray) -> np.ndarray:
@@ -217,12 +232,15 @@ def stamp(x: Tensor, mask: Tensor, pattern: Tensor) -> Tensor:
 
 def neural_cleanse(model: nn.Module, images: Tensor, *, settings: CleanseSettings | None = None,
                    preprocessing: Preprocessing | str | None = "model",
-                   class_names: list[str] | None = None, reference: Sequence[float] | None = None) -> CleanseResult:
+                   class_names: list[str] | None = None,
+                   reference: Sequence[float] | ReferenceNull | None = None) -> CleanseResult:
     """Reverse-engineer a trigger for every class of ``model`` from clean ``images`` (pixels in [0, 1]).
 
     ``reference``: per class, the mask norm clean models of the same task need
     (:func:`reference_norms` of their :attr:`CleanseResult.l1`, same images and settings); the
-    outlier test then runs on ``log(l1 / reference)`` (:func:`relative_flags`)."""
+    outlier test then runs on ``log(l1 / reference)`` (:func:`relative_flags`); or a
+    :class:`~xailab.audit.cleanse_null.ReferenceNull` of ``R >= 3`` clean models: each class is
+    tested against its own spread among them (:func:`~xailab.audit.cleanse_null.null_test`)."""
     s = settings or CleanseSettings()
     pixels = check_pixels(images, "clean images")
     px = PixelModel(model, resolve_preprocessing(model, preprocessing))
@@ -237,8 +255,9 @@ def neural_cleanse(model: nn.Module, images: Tensor, *, settings: CleanseSetting
         names = list(class_names) if class_names is not None else [str(k) for k in range(k_all)]
         if len(names) != k_all:
             raise InputError(f"{len(names)} class names for a model with {k_all} outputs")
-        if reference is not None and len(reference) != k_all:
-            raise InputError(f"{len(reference)} reference mask norms for a model with {k_all} outputs")
+        n_ref = len(reference.l1) if isinstance(reference, ReferenceNull) else None if reference is None else len(reference)
+        if n_ref is not None and n_ref != k_all:
+            raise InputError(f"{n_ref} reference mask norms for a model with {k_all} outputs")
         group = max(1, s.batch_size // s.images_per_step)
         parts = [_optimise(px, pixels, pred, torch.arange(lo, min(k_all, lo + group)), s, dev)
                  for lo in range(0, k_all, group)]
@@ -246,10 +265,17 @@ def neural_cleanse(model: nn.Module, images: Tensor, *, settings: CleanseSetting
         l1, reached = [q[2] for q in parts], [q[3] for q in parts]
         success = _success(px, pixels, pred, mask_t, pattern_t, s.batch_size, dev)
     norms, done = np.concatenate(l1), np.concatenate(reached)
-    ref = None if reference is None else np.asarray(reference, dtype=np.float64)
-    flagged, z, pv = relative_flags(norms, ref, s.threshold, done)
+    p_adj: np.ndarray | None = None
+    critical: float | None = None
+    ref: np.ndarray | None = None
+    if isinstance(reference, ReferenceNull):
+        flagged, z, pv, p_adj = null_test(norms, reference, s.alpha, done)
+        ref, critical = reference.l1, critical_t(reference, s.alpha, len(norms))
+    else:
+        ref = None if reference is None else np.asarray(reference, dtype=np.float64)
+        flagged, z, pv = relative_flags(norms, ref, s.threshold, done)
     return CleanseResult(mask_t, pattern_t, norms, anomaly_index(norms), success, done, flagged, names, s,
-                         len(pixels), time.perf_counter() - t0, z, pv, ref)
+                         len(pixels), time.perf_counter() - t0, z, pv, ref, p_adj, critical)
 
 
 def unit(logit: Tensor) -> Tensor:

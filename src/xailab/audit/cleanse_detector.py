@@ -40,7 +40,7 @@ def cleanse_detector(data: AuditData, *, images: Any = None, preprocessing: Any 
     z = res.z if res.z is not None else np.zeros(len(res.l1))
     p = res.p_value if res.p_value is not None else np.full(len(res.l1), math.nan)
     findings = tuple(
-        ClassFinding(c, data.names[c], max(float(z[c]), 0.0), res.settings.threshold,
+        ClassFinding(c, data.names[c], max(float(z[c]), 0.0), res.cutoff,
                      c in res.flagged, float(p[c]), region=mask_region(res.masks[c]) if c in res.flagged else None,
                      extra={"l1": float(res.l1[c]), "success": float(res.success[c]), "reached": bool(res.reached[c])})
         for c in data.labels)

@@ -39,9 +39,13 @@ def norms_figure(res: CleanseResult) -> Figure:
     a.legend(fontsize=8)
     z = res.z if res.z is not None else np.where(res.l1 < np.median(res.l1), res.anomaly, 0)
     b.bar(k, np.clip(z, 0, 10), color=colors)
-    b.axhline(res.settings.threshold, color="tab:red", ls="--", lw=1, label=f"threshold {res.settings.threshold:g}")
-    of = "log(L1 / clean reference)" if res.reference is not None else "L1"
-    b.set_title(f"robust z of {of} below the median (capped at 10)", fontsize=9)
+    b.axhline(res.cutoff, color="tab:red", ls="--", lw=1, label=f"threshold {res.cutoff:.3g}")
+    if res.critical is not None:
+        title = f"t of the centred log L1 against {res.settings.alpha:g}-level class nulls (capped at 10)"
+    else:
+        of = "log(L1 / clean reference)" if res.reference is not None else "L1"
+        title = f"robust z of {of} below the median (capped at 10)"
+    b.set_title(title, fontsize=9)
     b.legend(fontsize=8)
     for ax in (a, b):
         ax.set_xticks(k)
@@ -72,7 +76,7 @@ def trigger_figure(res: CleanseResult, k: int, agree: TriggerAgreement | None, i
         _box(axes[0][-1], agree.explanation_box, "orange")
     note = f"; box IoU {agree.iou:.2f}" if agree is not None else ""
     z = res.z[k] if res.z is not None else res.anomaly[k]
-    fig.suptitle(plain(f"class {res.class_names[k]}: L1 {res.l1[k]:.1f}, robust z {z:.2f}{note}"),
+    fig.suptitle(plain(f"class {res.class_names[k]}: L1 {res.l1[k]:.1f}, {'t' if res.critical is not None else 'robust z'} {z:.2f}{note}"),
                  fontsize=10)
     fig.tight_layout()
     return fig

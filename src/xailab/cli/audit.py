@@ -141,7 +141,10 @@ def _backdoor_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--nc-method", default="lrp", help="explanation method of the flagged triggers' images")
     b.add_argument("--nc-reference", nargs="+", metavar="RUN", help="Neural Cleanse: audit runs (--images) of clean "
                    "models of the same task, same images and settings; a class is then flagged when its mask is an "
-                   "outlier-small share of its clean size (classes that are naturally easy to reach are not)")
+                   "outlier-small share of its clean size (classes that are naturally easy to reach are not); with "
+                   ">= 3 runs each class is tested against its own spread among them (Student t, Bonferroni)")
+    b.add_argument("--nc-alpha", type=float, default=0.05,
+                   help="Neural Cleanse with >= 3 --nc-reference runs: the chance a clean model has any class flagged")
 
 
 def _strip_args(s: argparse.ArgumentParser) -> None:
@@ -222,7 +225,7 @@ def _backdoor(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, seed=args.seed, device=args.device,
     )
     cleanse = CleanseSpec(args.images, data_root=args.data_root, steps=args.nc_steps, threshold=args.nc_threshold,
-                          method=args.nc_method, seed=args.seed,
+                          alpha=args.nc_alpha, method=args.nc_method, seed=args.seed,
                           reference=tuple(args.nc_reference or ())) if args.images else None
     audit = backdoor_audit_to_run(spec, cleanse, args.out)
     if audit.detection is not None:

@@ -42,14 +42,17 @@ def cleanse_section(site: Site, r: ReportRun) -> str:
     if t is None:
         return ""
     params, scope = info.get("params") or {}, info.get("scope") or {}
-    thr = params.get("threshold", 2.0)
+    null = params.get("reference_test") == "null"  # each class against its spread in >= 3 clean models
+    thr = params.get("critical") if null else params.get("threshold", 2.0)
+    stat = "t against the clean references" if null else "robust z"
     flagged = t[t["flagged"].astype(bool)]
     if len(flagged):
         each = "; ".join(
             f"{row['name']} (mask L1 {_num(row['l1'], '{:.1f}')} against the median {_num(t['l1'].median(), '{:.1f}')}, "
             + (f"clean reference {_num(row['reference_l1'], '{:.1f}')}, " if _has(row, 'reference_l1') else "")
-            + f"robust z {_num(row['z'] if _has(row, 'z') else row['anomaly'])}"
+            + f"{stat} {_num(row['z'] if _has(row, 'z') else row['anomaly'])}"
             + (f", p = {_num(row['p_value'], '{:.2g}')}" if _has(row, 'p_value') else "")
+            + (f", Bonferroni p = {_num(row['p_adjusted'], '{:.2g}')}" if _has(row, 'p_adjusted') else "")
             + f"; trigger in {row.get('mask_box') or '?'}, the explanation of "
             f"triggered images in {row.get('explanation_box') or '?'}, box IoU {_num(row.get('box_iou'))})"
             for _, row in flagged.iterrows())
@@ -58,8 +61,8 @@ def cleanse_section(site: Site, r: ReportRun) -> str:
         below = t[t["below_median"].astype(bool)] if "below_median" in t else t
         col = "z" if "z" in t and t["z"].notna().any() else "anomaly"
         top = max(float(below[col].max()), 0.0) if len(below) else 0.0
-        sentence = (f"Neural Cleanse flags no class: the largest robust z of a small mask is {top:.2f}, below "
-                    f"the threshold {thr:g}. <b>This is not an all-clear</b> (see below).")
+        sentence = (f"Neural Cleanse flags no class: the largest {stat} of a small mask is {top:.2f}, below "
+                    f"the threshold {thr:.3g}. <b>This is not an all-clear</b> (see below).")
     parts = [f"<p>{sentence}</p>"]
     if scope:
         parts.append(f"<p class=note><b>What clean data can show:</b> {esc(scope.get('can', ''))}. "
@@ -68,7 +71,7 @@ def cleanse_section(site: Site, r: ReportRun) -> str:
     for n in info.get("notes") or []:
         parts.append(f"<p class=note>{esc(n)}</p>")
     parts.append(kv([("clean images", params.get("n_images")), ("steps per class", params.get("steps")),
-                     ("anomaly threshold", thr), ("explanation method", params.get("method")),
+                     ("threshold of the " + stat, _num(thr, "{:.3g}")), ("explanation method", params.get("method")),
                      ("seconds", _num(info.get("seconds"), "{:.1f}"))]))
     cols = [c for c in ("class", "name", "l1", "anomaly", "success", "reached", "flagged", "mask_box",
                         "explanation_box", "box_iou", "share_triggered", "share_clean", "spray_box_iou") if c in t]
