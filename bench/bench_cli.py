@@ -5,9 +5,12 @@ top1, top2, least), CPU seconds (user + system, one thread) of
 
 * ``xailab explain`` (default figures) against its **model work**: the three ``explain`` calls
   in this process, on the same images;
-* ``xailab compare RUN`` (default settings: faithfulness + sanity + figures) against its
-  **forwards' floor**: the forward passes its faithfulness needs, in batches of 64, plus the
-  sanity check's re-explanations, timed as library calls;
+* ``xailab compare RUN`` (default settings: faithfulness, ROAD, infidelity, the metric checks,
+  sanity, figures) against its **forwards' floor**: the forward passes its scores need, in
+  batches of 64 (faithfulness's shared pass, ROAD's levels, infidelity's squares, and the metric
+  checks' noisy, shuffled and randomised-model maps scored by deletion, insertion and ROAD; their
+  clean scores and infidelity's drops are those already made), plus the re-explanations (the
+  sanity check's, and the reference's on a randomised model for the checks), timed as library calls;
 * ``xailab report RUN`` against ``build_site`` in this process;
 * ``xailab --help``, and the **start-up floor** every command that runs a model pays: a process
   that only imports torch (``explain`` is also shown net of it: the part of its overhead that is ours).
@@ -34,6 +37,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WEIGHTS = DATA / "cifar10-resnet" / "resnet20.safetensors"
@@ -77,6 +81,7 @@ def library_floor(n: int, with_compare: bool = True) -> dict[str, float]:
     import xailab
     from xailab.data import load_images
     from xailab.metrics.sanity import randomisable_layers
+    from xailab.metrics.scoreboard import CompareSettings
     from xailab.models import get_preprocessing, load_model
 
     torch.set_num_threads(1)
@@ -92,8 +97,7 @@ def library_floor(n: int, with_compare: bool = True) -> dict[str, float]:
         work[m] = cpu(partial(ex.explain, images, target=TARGETS, labels=labels))
     if not with_compare:
         return {"explain_model_work": sum(work.values())}
-    steps, runs, k, sanity_steps = 32, 32, min(n, 4), 6
-    rows = n * (3 + runs) + 3 * n * 2 * (steps - 1)  # the shared pass's perturbed images
+    rows = compare_rows(images)
     batch = images[:64].repeat(-(-64 // min(n, 64)), 1, 1, 1)[:64]
 
     def forwards() -> None:
@@ -102,13 +106,34 @@ def library_floor(n: int, with_compare: bool = True) -> dict[str, float]:
                 model(batch)
 
     floor_faith = cpu(forwards)
-    explains = min(sanity_steps, len(randomisable_layers(model))) + 1
+    cfg = CompareSettings()
+    k = min(n, cfg.sanity_images)
+    explains = min(cfg.sanity_steps, len(randomisable_layers(model))) + 1
     sanity = 0.0
     for m in METHODS.split(","):  # one target, k images, `explains` times
         ex = xailab.create(m, model, batch_size=64, **params.get(m, {}))
         sanity += explains * cpu(partial(ex.explain, images[:k], target="true", labels=labels[:k]))
+    kc = min(n, cfg.check_images)  # the checks' reference (gradcam) explained once on a randomised model
+    sanity += cpu(partial(xailab.create("gradcam", model).explain, images[:kc], target="true", labels=labels[:kc]))
     return {"explain_model_work": sum(work.values()), "compare_floor": floor_faith + sanity,
-            "compare_floor_forwards": floor_faith, "compare_floor_sanity": sanity, "faithfulness_rows": rows}
+            "compare_floor_forwards": floor_faith, "compare_floor_explains": sanity, "compare_rows": rows}
+
+
+def compare_rows(images: Any) -> int:
+    """The perturbed images compare's default settings score for ``images`` and the 3 methods."""
+    import math
+
+    from xailab.metrics.compare_extra import infidelity_patch
+    from xailab.metrics.scoreboard import CompareSettings
+
+    cfg, methods, n, side = CompareSettings(), len(METHODS.split(",")), len(images), max(images.shape[-2:])
+    faith = n * (3 + cfg.faithfulness_runs) + methods * n * 2 * (cfg.steps - 1)  # the shared pass
+    road = methods * n * cfg.road_steps
+    squares = math.ceil(side / infidelity_patch(cfg, images)) ** 2
+    infid = n * squares  # the same targets for every method: one set of drops
+    kc = min(n, cfg.check_images)
+    checks = 3 * kc * (2 * (cfg.steps + 1) + cfg.road_steps)  # noise, shuffle, randomised model
+    return faith + road + infid + checks
 
 
 def library_report(run: Path, out: Path) -> float:
