@@ -148,8 +148,10 @@ def one_size(n: int, src: str | None, work_dir: Path, commands: set[str]) -> dic
                "--data-root", str(ARCHIVE), "--methods", METHODS, "--set", "integrated_gradients.n_steps=16",
                "--targets", ",".join(TARGETS), "--out", str(run), "--device", "cpu"]
     out = {"images": n, "cli_explain": cli_cpu(explain, src)}
+    print(f"  N={n}: explain CLI {out['cli_explain']:.2f} CPU s", flush=True)  # a long size shows its progress
     if "compare" in commands:
         out["cli_compare"] = cli_cpu(["compare", str(run), "--device", "cpu"], src)
+        print(f"  N={n}: compare CLI {out['cli_compare']:.2f} CPU s", flush=True)
     if "report" in commands:
         out["cli_report"] = cli_cpu(["report", str(run), "--out", str(work_dir / f"site{n}")], src)
     out.update(library_floor(n, with_compare="compare" in commands))
