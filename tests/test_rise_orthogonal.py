@@ -10,16 +10,7 @@ import xailab
 from xailab.core.errors import InputError
 from xailab.methods.perturbation.rise import Rise
 
-from .conftest import TinyCNN
-
-
-class Constant(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.bias = nn.Parameter(torch.tensor([2.0, -1.0], dtype=torch.float64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bias.expand(len(x), 2) + 0 * x.sum()
+from .conftest import Constant, TinyCNN
 
 
 class PixelLinear(nn.Module):
