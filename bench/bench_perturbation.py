@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 import xailab
-from bench.common import SHARED, cifar_batch, cifar_cnn, imagenet_batch, resnet18
+from bench.common import SHARED, cifar_batch, cifar_cnn, imagenet_batch, in_layout, resnet18
 from bench.harness import Row, floor_seconds, print_table, ratio_rows, save_json
 from xailab.methods.perturbation.segmentation import segment, segmentation_params, superpixel_fill
 
@@ -95,7 +95,7 @@ def lime_package(m: nn.Module, x: torch.Tensor, t: torch.Tensor, segs: list[torc
 
     def classifier_fn(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return m(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()).numpy()
+            return m(in_layout(torch.from_numpy(batch).permute(0, 3, 1, 2))).numpy()  # the bench's layout
 
     out = []
     for i in range(len(x)):
@@ -124,14 +124,14 @@ def shap_kernel(vectorised: bool, seed: int = 0) -> Ref:
                        fill: np.ndarray = fill, labels: np.ndarray = labels) -> torch.Tensor:
                 if vectorised:
                     keep = torch.from_numpy(np.asarray(z) > 0.5)[:, seg][:, None]
-                    return torch.where(keep, x[i], fills[i])
+                    return in_layout(torch.where(keep, x[i], fills[i]))
                 batch = np.zeros((len(z), *image.shape))
                 for row in range(len(z)):
                     batch[row] = image
                     for j in range(z.shape[1]):
                         if z[row, j] == 0:
                             batch[row][labels == j] = fill[labels == j]
-                return torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+                return in_layout(torch.from_numpy(batch).permute(0, 3, 1, 2).float())
 
             def f(z: np.ndarray, i: int = i, masked: Callable[[np.ndarray], torch.Tensor] = masked) -> np.ndarray:
                 scores = []

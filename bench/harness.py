@@ -80,8 +80,9 @@ def peak_memory_mb(fn: Callable[[], Any], interval: float = 0.005) -> tuple[floa
 
 
 def floor_seconds(model: torch.nn.Module, x: torch.Tensor, samples: int, *, backward: bool,
-                  batch_size: int = 64) -> float:
-    """Time of ``samples`` forward (and backward) passes of ``model`` on inputs like ``x``."""
+                  batch_size: int = 64, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Time of ``samples`` forward (and backward) passes of ``model`` on inputs like ``x``
+    (wall seconds, or CPU seconds with ``clock=time.process_time``)."""
     model.eval()
     reps = (samples + len(x) - 1) // len(x)
     xb = x.repeat(max(1, min(reps, batch_size // max(1, len(x)))), 1, 1, 1)[:batch_size]
@@ -103,7 +104,7 @@ def floor_seconds(model: torch.nn.Module, x: torch.Tensor, samples: int, *, back
                     model(xi)
             done += len(xi)
 
-    seconds, _ = timed(run, warmup=0)
+    seconds, _ = timed(run, warmup=0, clock=clock)
     return seconds
 
 

@@ -5,10 +5,12 @@ Reads ``OUT/{vit,cnn}/explain`` (scored by ``xailab compare``) and, where they e
 method, deletion / insertion AUC, faithfulness correlation, sanity Spearman and verdict, seconds
 per image, for each model; "refused" where a method does not apply) and writes
 ``OUT/vit_vs_cnn.png`` (deletion and insertion AUC per method, both models) and
-``OUT/vit_vs_cnn_curve.png`` (validation accuracy per epoch).
+``OUT/vit_vs_cnn_curve.png`` (validation accuracy per epoch). ``--also LABEL=RUN`` adds the
+scoreboard of any other explained and compared run as more columns (e.g. ResNet-20 on CIFAR-10).
 
     xailab study vit_fashion --quick --out runs/vit
     python scripts/vit_vs_cnn.py runs/vit
+    python scripts/vit_vs_cnn.py runs/vit --also resnet20=runs/resnet20-explain
 """
 
 from __future__ import annotations
@@ -26,9 +28,19 @@ COLUMNS = {"deletion_auc": "del↓", "insertion_auc": "ins↑", "faithfulness_co
            "sanity_spearman": "sanity ρ↓", "avg_time": "s/img"}
 
 
-def scoreboard(out: Path, which: str) -> pd.DataFrame:
-    board = Run.open(out / which / "explain").read_table("scoreboard")
-    return board.set_index("method")
+def scoreboard(run: Path) -> pd.DataFrame:
+    """The scoreboard ``xailab compare`` wrote into the explain run ``run``, one row a method."""
+    opened = Run.open(run)
+    if "scoreboard" not in opened.tables():
+        raise SystemExit(f"{run} has no scoreboard: score it first with `xailab compare {run}`")
+    return opened.read_table("scoreboard").set_index("method")
+
+
+def also(spec: str) -> tuple[str, Path]:
+    label, sep, run = spec.partition("=")
+    if not sep or not label or not run:
+        raise argparse.ArgumentTypeError(f"--also takes LABEL=RUN, got {spec!r}")
+    return label, Path(run)
 
 
 def accuracy(out: Path, which: str) -> str:
@@ -75,12 +87,13 @@ def figure(boards: dict[str, pd.DataFrame], path: Path) -> None:
 
     methods = list(dict.fromkeys(m for b in boards.values() for m in b.index))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=False)
-    width = 0.4
+    width = 0.8 / len(boards)
     for ax, col, title in ((axes[0], "deletion_auc", "deletion AUC (lower is better)"),
                            (axes[1], "insertion_auc", "insertion AUC (higher is better)")):
         for k, (which, board) in enumerate(boards.items()):
             values = [float(board.loc[m, col]) if m in board.index else 0.0 for m in methods]
-            ax.bar([i + (k - 0.5) * width for i in range(len(methods))], values, width, label=which.upper())
+            offset = (k - (len(boards) - 1) / 2) * width
+            ax.bar([i + offset for i in range(len(methods))], values, width, label=which.upper())
         ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
         ax.set_title(title)
         ax.legend()
@@ -107,9 +120,9 @@ def curve(out: Path, path: Path) -> bool:
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
     if drawn:
+        ax.legend(fontsize=8)
+        fig.tight_layout()
         fig.savefig(path, dpi=110)
     plt.close(fig)
     return drawn
@@ -118,8 +131,11 @@ def curve(out: Path, path: Path) -> bool:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="the study's --out folder")
+    p.add_argument("--also", type=also, action="append", default=[], metavar="LABEL=RUN",
+                   help="another explained and compared run, shown as more columns (repeatable)")
     args = p.parse_args(argv)
-    boards = {w: scoreboard(args.out, w) for w in MODELS}
+    boards = {w: scoreboard(args.out / w / "explain") for w in MODELS}
+    boards.update({label: scoreboard(run) for label, run in args.also})
     for w in MODELS:
         print(f"{w.upper()}: test accuracy {accuracy(args.out, w)}")
     print()

@@ -232,7 +232,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from xailab.studies.vit_fashion import VIT
 
     vit = load_model(VIT)
-    for name in ("vit.safetensors", "vit-stage1.safetensors"):  # the weights the vit_fashion study's docs name
+    for name in ("vit.safetensors", "vit-stage1.safetensors", "vit-stage3.safetensors"):  # the weights the vit_fashion study's docs name
         save_weights(vit, work / name)
     for folder in ("pets", "cats_dogs", "data/cats_dogs"):
         for k, c in enumerate(("cat", "dog")):

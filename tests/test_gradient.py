@@ -133,10 +133,14 @@ def test_ig_delta_with_normalised_black_baseline(bn_model: nn.Module, x64: torch
 
 def test_ig_counts_every_evaluation(bn_model: nn.Module, x64: torch.Tensor) -> None:
     for bs in (1, 5, 1000):  # passes never hold more than batch_size samples; the count is exact
-        res = xailab.create("integrated_gradients", bn_model, n_steps=6, batch_size=bs).explain(
-            x64, target=["top1", "top2"]
-        )
-        assert res.evaluations == 4 + 4 * 2 * 6 + 4  # scores, steps, baselines
+        ig = xailab.create("integrated_gradients", bn_model, n_steps=6, batch_size=bs)
+        res = ig.explain(x64, target=["top1", "top2"])
+        chunks = -(-4 // ig.images_per_chunk(2))
+        # the black baseline is the same image for all: scored once a chunk of images
+        assert res.evaluations == 4 + 4 * 2 * 6 + chunks  # scores, steps, baselines
+        uniform = xailab.create("integrated_gradients", bn_model, n_steps=6, batch_size=bs,
+                                baseline="uniform").explain(x64, target=["top1", "top2"])
+        assert uniform.evaluations == 4 + 4 * 2 * 6 + 4  # a baseline per image: each scored
 
 
 # -- a feature the model ignores --------------------------------------------------------------

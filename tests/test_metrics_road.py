@@ -93,3 +93,19 @@ def test_road_noise_is_seeded_per_row_and_blocks_cover_the_image() -> None:
     assert block_order(5, 6, 4).tolist()[4] == [2, 2, 2, 2, 3, 3]
     with pytest.raises(InputError):
         road(model, x, a, 0, percentages=[120])
+
+
+def test_the_direct_imputation_equals_conjugate_gradients_on_a_224_pixel_image() -> None:
+    # one factorisation per image shared by its channels vs the CG reference, on blob-shaped masks
+    # of a smooth map (the hard case: large connected holes) and a scattered one; all-removed rows
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(3, 3, 224, 224, generator=g)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 256, 256, generator=g), 33, 1)[0, 0]
+    ranks = smooth.flatten().argsort(descending=True).argsort().view(224, 224)
+    removed = torch.stack([ranks < int(224 * 224 * 0.6), torch.rand(224, 224, generator=g) < 0.3,
+                           torch.ones(224, 224, dtype=torch.bool)])
+    fast = impute(x, removed)
+    ref = impute(x, removed, solver="cg", tol=1e-10)
+    assert (fast - ref).abs().max() < 1e-6
+    assert torch.equal(fast[~removed[:, None].expand_as(x)], x[~removed[:, None].expand_as(x)])
+    assert torch.equal(fast[2], torch.zeros(3, 224, 224))  # nothing to impute from

@@ -109,3 +109,45 @@ def test_maps_equal_with_and_without_folding(name: str, kw: dict[str, int], bn64
     assert torch.allclose(on.maps, off.maps, atol=1e-9)
     assert on.evaluations == off.evaluations
     assert on.params["fold_batchnorm"] and not off.params["fold_batchnorm"]
+
+
+class ViewAfterConv(nn.Module):
+    """``x.view(x.shape[0], -1)`` after a convolution: raises on a channels-last batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.fc(x.view(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("model_name", ["bn64", "view"])
+def test_the_folded_copy_gets_channels_last_batches_on_the_cpu_or_nchw_when_it_cannot(
+        model_name: str, bn64: nn.Module, images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = bn64 if model_name == "bn64" else _randomise_bn(ViewAfterConv(), 1).eval().double()
+    x = torch.nn.functional.interpolate(images[:2].double(), size=8) if model_name == "view" else images[:2].double()
+    seen: list[bool] = []
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    explainer = xailab.create("occlusion", model, batch_size=7)
+    explainer_prepare = explainer._prepare
+
+    def spy(x_: torch.Tensor, logits: torch.Tensor) -> None:
+        explainer_prepare(x_, logits)
+        assert explainer._fast is not None
+        fast_conv = next(m for m in explainer._fast.modules() if isinstance(m, nn.Conv2d))
+        fast_conv.register_forward_pre_hook(
+            lambda _m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+
+    explainer._prepare = spy  # type: ignore[method-assign]
+    on = explainer.explain(x, target=0)
+    off = xailab.create("occlusion", model, batch_size=7, fold_batchnorm=False).explain(x, target=0)
+    assert torch.allclose(on.maps, off.maps, atol=1e-9)
+    assert not conv._forward_pre_hooks  # the user's model untouched
+    if model_name == "bn64":
+        assert seen and all(seen)
+    else:  # the first channels-last batch raised in .view: NCHW from then on, same maps
+        assert seen[0] and not any(seen[1:]) and len(seen) > 2

@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 
 from xailab.cli import build_parser
+from xailab.core.errors import InputError
 from xailab.steps import Step
 from xailab.studies import STUDIES
+from xailab.studies.vit_fashion import VIT_STAGES
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "vit_vs_cnn.py"
 
@@ -75,17 +77,42 @@ def test_the_table_marks_refused_methods() -> None:
     assert "0.05 (passed)" in rows["attention_rollout"]
 
 
-def test_the_vit_trains_in_three_stages_and_init_skips_the_first() -> None:
+def test_the_vit_trains_in_stages_and_init_skips_the_first() -> None:
     parser = build_parser()
     steps = [parser.parse_args(a) for _, a in study_steps("--out", "/o", "--cnn-weights", "/w/c.safetensors")]
-    assert [s.command for s in steps[:4]] == ["train", "train", "train", "explain"]
-    one, two, three = steps[:3]
+    n = 1 + len(VIT_STAGES)
+    assert [s.command for s in steps[:n + 1]] == ["train"] * n + ["explain"]
+    one, *cosine = steps[:n]
     assert one.weights is None and one.optimizer == "adam" and one.schedule == "constant" and one.epochs == 2
-    assert two.weights == "/o/vit/stage1/checkpoints/best.safetensors" and two.out == "/o/vit/stage2"
-    assert three.weights == "/o/vit/stage2/checkpoints/best.safetensors" and three.out == "/o/vit/train"
-    for s in (two, three):
-        assert (s.optimizer, s.schedule, s.label_smoothing, s.epochs) == ("adamw", "cosine", 0.1, 4)
-    assert two.lr > three.lr
-    assert steps[3].weights == "/o/vit/train/checkpoints/best.safetensors"
+    for stage, s in enumerate(cosine, start=2):
+        assert s.weights == f"/o/vit/stage{stage - 1}/checkpoints/best.safetensors"
+        assert s.out == ("/o/vit/train" if stage == n else f"/o/vit/stage{stage}")
+        assert (s.optimizer, s.schedule, s.label_smoothing) == ("adamw", "cosine", 0.1)
+        assert (s.lr, s.epochs) == (float(VIT_STAGES[stage - 2][0]), VIT_STAGES[stage - 2][1])
+    assert [s.lr for s in cosine] == sorted((s.lr for s in cosine), reverse=True)
+    assert steps[n].weights == "/o/vit/train/checkpoints/best.safetensors"
     init = [parser.parse_args(a) for _, a in study_steps("--out", "/o", "--vit-init", "/w/v0.safetensors")]
-    assert [s.command for s in init[:3]] == ["train", "train", "explain"] and init[0].weights == "/w/v0.safetensors"
+    assert [s.command for s in init[:n]] == ["train"] * (n - 1) + ["explain"] and init[0].weights == "/w/v0.safetensors"
+
+
+def test_a_resumed_recipe_starts_at_the_stage_named_and_sizes_override_it() -> None:
+    parser = build_parser()
+    steps = [parser.parse_args(a) for _, a in study_steps("--out", "/o", "--vit-init", "/w/s3.safetensors",
+                                                           "--vit-from-stage", "4", "--cnn-weights", "/w/c")]
+    trains = [s for s in steps if s.command == "train"]
+    assert [(s.lr, s.weights) for s in trains] == [
+        (5e-4, "/w/s3.safetensors"), (3e-4, "/o/vit/stage4/checkpoints/best.safetensors"),
+        (2e-4, "/o/vit/stage5/checkpoints/best.safetensors")]
+    short = [parser.parse_args(a) for _, a in study_steps("--out", "/o", "--vit-stages", "2", "--vit-epochs", "3")]
+    vit = [s for s in short if s.command == "train" and s.model.startswith("timm:")]
+    assert [s.epochs for s in vit] == [2, 3, 3] and vit[-1].out == "/o/vit/train"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--vit-from-stage", "3"], "needs --vit-init"),
+    (["--vit-init", "/w/v", "--vit-from-stage", "9"], "not one of the ViT's stages 2..6"),
+    (["--vit-stages", "0"], "at least 1"),
+])
+def test_impossible_stage_options_are_refused_in_one_line(argv: list[str], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        study_steps("--out", "/o", *argv)

@@ -19,13 +19,14 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
 
 from xailab.runs.store import atomic_write_bytes
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: the text helpers need none of it
+    from matplotlib.figure import Figure
 
 
 def to_hwc(image: Any) -> np.ndarray:
@@ -57,6 +58,8 @@ def color_limits(maps: Sequence[np.ndarray]) -> tuple[float, float, str]:
 def heat_rgba(m: np.ndarray, vmin: float, vmax: float, cmap: str, alpha: float) -> np.ndarray:
     """``[H, W, 4]`` colours of ``m`` whose opacity grows with ``|m|``: zero is transparent, so
     the image stays visible where the method attributes nothing."""
+    import matplotlib
+
     norm = (np.asarray(m, dtype=np.float64) - vmin) / max(vmax - vmin, 1e-12)
     rgba = matplotlib.colormaps[cmap](np.clip(norm, 0.0, 1.0))
     scale = max(abs(vmin), abs(vmax), 1e-12)
@@ -74,6 +77,8 @@ def overlay_figure(
     shared_scale: bool = True,
 ) -> Figure:
     """One row per map: image | heatmap | overlay. ``maps`` are ``[H, W]`` pixel maps."""
+    from matplotlib.figure import Figure
+
     img = to_hwc(image)
     rows = len(maps)
     fig = Figure(figsize=(7.5, 2.5 * rows + (0.4 if suptitle else 0)))
@@ -108,6 +113,7 @@ def grid_figure(
     colour bar (:func:`xailab.drawing.grid_png` draws the same page fast)."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
 
     img = to_hwc(image)
     methods = list(maps)
@@ -135,6 +141,8 @@ def grid_figure(
 def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
     """``plt.subplots`` without pyplot: a plain :class:`Figure` (no backend chosen, nothing kept
     in pyplot's registry) and its axes."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(nrows, ncols, **kwargs)
 

@@ -286,8 +286,7 @@ class Explainer:
             raise InputError("no images to explain")
         if not inputs.is_floating_point():
             raise InputError(f"inputs must be floating point, got {inputs.dtype} (convert and normalise first)")
-        # one reduction: a NaN or inf makes the sum non-finite (only a finite overflow, rare,
-        # needs the element-wise check)
+        # one reduction: a NaN or inf makes the sum non-finite (a finite overflow needs the element-wise check)
         if not bool(torch.isfinite(inputs.sum())) and not bool(torch.isfinite(inputs).all()):
             raise InputError("inputs contain NaN or infinite values")
         return inputs.detach().to(self.device)
@@ -320,14 +319,18 @@ class Explainer:
         grads, scores = [], []
         for lo in range(0, len(x), self.batch_size):
             hi = min(len(x), lo + self.batch_size)
-            xi = x[lo:hi].detach().requires_grad_(True)
             with torch.enable_grad():
-                logits = self.forward(xi)
+                xi, logits = self._gradient_pass(x[lo:hi])
                 s = self.score(logits, row_targets(targets, lo, hi, logits, first_row))
                 (g,) = torch.autograd.grad(s.sum(), xi)
             grads.append(g)
             scores.append(s.detach())
         return cat(grads), cat(scores)
+
+    def _gradient_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """One pass of :meth:`target_gradients`: ``(leaf, logits)``, ``x`` as a leaf needing grad."""
+        xi = x.detach().requires_grad_(True)
+        return xi, self.forward(xi)
 
     @property
     def chunk_start(self) -> int:

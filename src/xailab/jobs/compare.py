@@ -135,11 +135,12 @@ def compare_run(
     files: list[str] = []
     table = _agreement(run, maps, names, ref, cfg, figures_on, files, log)
     faith = _faithfulness(run, model, x, expl, maps, cols, names, cfg, log)
-    extra = extra_part(run, model, x, expl, maps, cols, names, cfg, log)
+    drops: dict[tuple[int, ...], Any] = {}  # infidelity's model evaluations, shared with the checks
+    extra = extra_part(run, model, x, expl, maps, cols, names, cfg, log, drops=drops)
     if extra is not None:
         keep = ["image", "method"] + [c for c in EXTRA_METRICS.values() if c in extra]
         faith = faith.merge(extra[keep], on=["image", "method"], how="left")
-    checks_part(run, model, x, expl, maps, cols, ref, cfg, log)
+    checks_part(run, model, x, expl, maps, cols, ref, cfg, log, faith=faith, drops=drops)
     if figures_on:
         _faithfulness_figures(run, list(expl), len(x), files)
     sanity_rows = sanity_part(run, model, x, expl, cols, cfg, log) if cfg.sanity else {}

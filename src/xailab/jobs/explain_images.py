@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -162,11 +161,11 @@ def _record_refusals(run: Run, refused: dict[str, str]) -> None:
 def _write_images(run: Run, images: Tensor, shown: Tensor, names: list[str], labels: Tensor | None) -> None:
     run.write_array("images", images.detach().cpu().float())
     run.write_array("display", (shown.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8))
-    run.write_table("images", pd.DataFrame({
+    run.write_table("images", {
         "index": np.arange(len(images)),
         "name": list(names),
         "label": (labels.cpu().numpy() if labels is not None else np.full(len(images), -1)),
-    }))
+    })
 
 
 def _compute(run: Run, model: nn.Module, images: Tensor, plan: MethodPlan, targets: TargetSpec,
@@ -240,19 +239,21 @@ def _class_name(class_names: Sequence[str] | None, k: int) -> str:
     return str(class_names[k]) if class_names is not None and 0 <= k < len(class_names) else str(k)
 
 
-def _rows(res: Explanation, names: Sequence[str], class_names: Sequence[str] | None, label: str) -> pd.DataFrame:
-    probs = res.probabilities
+def _rows(res: Explanation, names: Sequence[str], class_names: Sequence[str] | None,
+          label: str) -> dict[str, list[Any]]:
+    """The ``explanations`` table's part of one method: a row per image and target, by column."""
+    probs = res.probabilities.detach().cpu().numpy()
     n, t = res.targets.shape
-    rows = []
-    for i in range(n):
-        for j in range(t):
-            k = int(res.targets[i, j])
-            rows.append({
-                "image": i, "name": names[i], "method": label, "algorithm": res.method, "target": res.target_names[j],
-                "class": k, "class_name": _class_name(class_names, k), "probability": float(probs[i, k]),
-                "seconds_per_image": res.seconds / n, "evaluations_per_image": res.evaluations / n,
-            })
-    return pd.DataFrame(rows)
+    classes = [[int(k) for k in row] for row in res.targets.tolist()]
+    pairs = [(i, j) for i in range(n) for j in range(t)]
+    return {
+        "image": [i for i, _ in pairs], "name": [names[i] for i, _ in pairs], "method": [label] * len(pairs),
+        "algorithm": [res.method] * len(pairs), "target": [res.target_names[j] for _, j in pairs],
+        "class": [classes[i][j] for i, j in pairs],
+        "class_name": [_class_name(class_names, classes[i][j]) for i, j in pairs],
+        "probability": [float(probs[i, classes[i][j]]) for i, j in pairs],
+        "seconds_per_image": [res.seconds / n] * len(pairs), "evaluations_per_image": [res.evaluations / n] * len(pairs),
+    }
 
 
 PNG_MODES = ("none", "grid", "all")
@@ -286,18 +287,17 @@ def write_overlays(
     if not results:
         return
     first = next(iter(results.values()))
-    probs = first.probabilities
+    probs = first.probabilities.detach().cpu().numpy()
+    classes = first.targets.tolist()
     pixel = {m: res.pixel_maps().float().numpy() for m, res in results.items()}
     shown = (display.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     for i in tqdm(range(len(first)), desc="overlays", unit="img"):
-        titles = [
-            target_title(name, _class_name(class_names, int(first.targets[i, j])), float(probs[i, first.targets[i, j]]))
-            for j, name in enumerate(first.target_names)
-        ]
+        titles = [target_title(name, _class_name(class_names, int(classes[i][j])), float(probs[i, classes[i][j]]))
+                  for j, name in enumerate(first.target_names)]
         grid = {m: list(maps[i]) for m, maps in pixel.items()}
         if per_method:
             for m, maps_i in grid.items():
                 png = overlay_png(shown[i], maps_i, titles, suptitle=f"{names[i]} — {m}")
                 atomic_write_bytes(run.file(f"overlays/{i:05d}_{m}.png"), png)
         atomic_write_bytes(run.file(f"overlays/{i:05d}_grid.png"), grid_png(shown[i], grid, titles, suptitle=str(names[i]),
-                                                                               classes=first.targets[i].tolist()))
+                                                                               classes=classes[i]))

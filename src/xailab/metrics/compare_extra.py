@@ -107,15 +107,16 @@ DIRECTIONS = {"deletion_auc": info_of(deletion).direction, "insertion_auc": info
 
 
 def extra_part(run: Run, model: nn.Module, x: Tensor, expl: dict[str, Explanation], maps: dict[str, Tensor],
-               cols: dict[str, int], names: list[str], cfg: CompareSettings, log: Log) -> pd.DataFrame | None:
+               cols: dict[str, int], names: list[str], cfg: CompareSettings, log: Log,
+               drops: dict[tuple[int, ...], InfidelityDrops] | None = None) -> pd.DataFrame | None:
     """Table ``faithfulness_extra`` for the methods of ``expl`` (module docstring); ``None``
-    when no extra metric is asked for."""
+    when no extra metric is asked for. Infidelity's drops are kept in ``drops`` (by targets)."""
     check_extra(cfg.extra_metrics)
     if not cfg.extra_metrics:
         return None
     spec = cfg.spec("extra_metrics", "road_steps", "road_noise", "infidelity_patch", "batch_size", "target", "seed")
     done = parts_done(run)
-    drops: dict[tuple[int, ...], InfidelityDrops] = {}
+    drops = {} if drops is None else drops
     for m in expl:
         mspec = f"{spec}:v{VERSION}:{explanation_key(run, m)}"
         if run.has_part("faithfulness_extra", m) and done.get(f"faithfulness_extra/{m}") == mspec:
@@ -153,9 +154,12 @@ def randomised_maps(model: nn.Module, x: Tensor, res: Explanation, t: Tensor, se
 
 
 def checks_part(run: Run, model: nn.Module, x: Tensor, expl: dict[str, Explanation], maps: dict[str, Tensor],
-                cols: dict[str, int], ref: str, cfg: CompareSettings, log: Log) -> pd.DataFrame | None:
+                cols: dict[str, int], ref: str, cfg: CompareSettings, log: Log, *, faith: pd.DataFrame | None = None,
+                drops: dict[tuple[int, ...], InfidelityDrops] | None = None) -> pd.DataFrame | None:
     """Table ``metric_checks`` (module docstring) on the maps of method ``ref``; ``None`` when
-    ``cfg.metric_checks`` is off."""
+    ``cfg.metric_checks`` is off. ``faith``: the run's per-image scores (table ``faithfulness``
+    merged with ``faithfulness_extra``), whose columns of ``ref`` are the clean scores (not
+    computed again); ``drops``: :func:`extra_part`'s infidelity drops of all images (reused)."""
     if not cfg.metric_checks:
         return None
     spec = cfg.spec("extra_metrics", "road_steps", "road_noise", "infidelity_patch", "steps", "deletion_fill",
@@ -173,11 +177,11 @@ def checks_part(run: Run, model: nn.Module, x: Tensor, expl: dict[str, Explanati
     except Exception as e:  # the checks stand without the randomised-model test
         log(f"metric checks: {ref} could not be re-explained on a randomised model ({type(e).__name__}: {e})")
         rand = None
-    fns = scorers(model, xk, t, cfg)
+    fns = scorers(model, xk, t, cfg, _first_drops(drops or {}, tuple(t.tolist())))
     with torch.random.fork_rng():
         table = metric_checks(fns, a, directions={c: DIRECTIONS[c] for c in fns},
                               randomised=None if rand is None else maps_for_images(rand, xk, mode="signed").cpu(),
-                              seed=cfg.seed)
+                              seed=cfg.seed, clean=_clean_scores(faith, ref, k, list(fns)))
     table.insert(1, "method", ref)
     table.insert(2, "images", k)
     run.write_table("metric_checks", table, part="all")
@@ -185,3 +189,24 @@ def checks_part(run: Run, model: nn.Module, x: Tensor, expl: dict[str, Explanati
     for rec in table.to_dict("records"):
         log(f"metric check {rec['metric']}: {rec['verdict']}")
     return table
+
+
+def _first_drops(drops: dict[tuple[int, ...], InfidelityDrops], key: tuple[int, ...]
+                 ) -> dict[tuple[int, ...], InfidelityDrops]:
+    """The infidelity drops of the first ``len(key)`` images, cut from drops of more images with
+    the same first targets (each image's drops depend on that image and its target only)."""
+    k = len(key)
+    for full, d in drops.items():
+        if full[:k] == key:
+            return {key: InfidelityDrops(d.drops[:k], d.images[:k], d.filled[:k], d.targets[:k], d.patch, d.output)}
+    return {}
+
+
+def _clean_scores(faith: pd.DataFrame | None, ref: str, k: int, columns: list[str]) -> dict[str, np.ndarray]:
+    """Columns of ``faith`` for method ``ref``'s first ``k`` images (those it has for all of them)."""
+    if faith is None:
+        return {}
+    rows = faith[(faith["method"] == ref) & (faith["image"] < k)].sort_values("image")
+    if len(rows) != k or not np.array_equal(rows["image"].to_numpy(), np.arange(k)):
+        return {}
+    return {c: rows[c].to_numpy(dtype=np.float64) for c in columns if c in rows and rows[c].notna().all()}

@@ -69,9 +69,11 @@ def _effect(clean: np.ndarray, changed: np.ndarray, direction: str) -> tuple[flo
 def metric_checks(
     scores: Mapping[str, Score], maps: Tensor, *, directions: Mapping[str, str],
     randomised: Tensor | None = None, noise: float = 0.1, alpha: float = 0.05, seed: int = 0,
+    clean: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """One row per metric (module docstring). ``scores[name](maps [N, H, W]) -> [N]`` scores the
-    maps on fixed images and model; ``randomised`` are the maps of a randomised model."""
+    maps on fixed images and model; ``randomised`` are the maps of a randomised model;
+    ``clean[name]``, when given, are ``scores[name](maps)`` already computed (not scored again)."""
     if maps.dim() != 3:
         raise InputError(f"maps must be [N, H, W], got {tuple(maps.shape)}")
     variants = {"noise": noisy_maps(maps, noise, seed), "shuffle": shuffled_maps(maps, seed)}
@@ -82,15 +84,16 @@ def metric_checks(
         way = directions.get(name)
         if way not in ("lower", "higher"):
             raise InputError(f"metric {name} needs a direction 'lower' or 'higher', got {way!r}")
-        clean = fn(maps).double().cpu().numpy()
+        given = clean is not None and name in clean
+        base = np.asarray(clean[name], dtype=np.float64) if given else fn(maps).double().cpu().numpy()  # type: ignore[index]
         out = {v: fn(m).double().cpu().numpy() for v, m in variants.items()}
-        spread = float(np.nanstd(clean)) or 1.0
-        ok = np.isfinite(clean) & np.isfinite(out["noise"])
-        rho = float(row_pearson(rankdata(torch.tensor(clean[ok])[None]), rankdata(torch.tensor(out["noise"][ok])[None]))[0])
+        spread = float(np.nanstd(base)) or 1.0
+        ok = np.isfinite(base) & np.isfinite(out["noise"])
+        rho = float(row_pearson(rankdata(torch.tensor(base[ok])[None]), rankdata(torch.tensor(out["noise"][ok])[None]))[0])
         row: dict[str, Any] = {"metric": name, "direction": way, "noise_spearman": rho,
-               "noise_change": float(np.nanmean(np.abs(out["noise"] - clean))) / spread}
+               "noise_change": float(np.nanmean(np.abs(out["noise"] - base))) / spread}
         for v in [k for k in variants if k != "noise"]:
-            row[f"{v}_effect"], row[f"{v}_p"] = _effect(clean, out[v], way)
+            row[f"{v}_effect"], row[f"{v}_p"] = _effect(base, out[v], way)
         reactive = all(row[f"{v}_p"] < alpha and row[f"{v}_effect"] > 0 for v in variants if v != "noise")
         row["verdict"] = ", ".join([("resilient" if rho >= 0.5 else "not resilient to noise"),
                                     ("reactive" if reactive else "not reactive")])

@@ -62,14 +62,17 @@ def histograms_png(hists: Mapping[str, Histogram], *, title: str = "") -> bytes:
 def scatter_png(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, title: str = "") -> bytes:
     """Pixel-wise scatter of two methods' normalised maps, with the diagonal and, in a corner,
     the Pearson and Spearman correlations of the plotted points."""
-    from scipy.stats import pearsonr, spearmanr
+    import torch
+
+    from xailab.metrics.maps import rankdata, row_pearson
 
     fig, ax = subplots(figsize=(4, 4))
     ax.scatter(x, y, s=2, alpha=0.3, linewidths=0)
     lo = float(min(x.min(initial=0), y.min(initial=0)))
     ax.plot([lo, 1], [lo, 1], color="grey", lw=0.8)
     if len(x) > 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
-        r, rho = float(pearsonr(x, y)[0]), float(spearmanr(x, y)[0])
+        xy = torch.from_numpy(np.stack([x, y]).astype(np.float64))  # as scipy's pearsonr / spearmanr
+        r, rho = float(row_pearson(xy[:1], xy[1:])[0]), float(row_pearson(*rankdata(xy).split(1))[0])
         ax.text(0.03, 0.97, f"Pearson r = {r:.3f}\nSpearman rho = {rho:.3f}\nn = {len(x):,} pixels",
                 transform=ax.transAxes, va="top", fontsize=7,
                 bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})

@@ -36,15 +36,17 @@ class ReportRun:
 
     run: Run
     slug: str
+    label: str | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def of(cls, path: str | os.PathLike[str], slug_: str) -> ReportRun:
-        return cls(Run.open(path), slug_)
+    def of(cls, path: str | os.PathLike[str], slug_: str, label: str | None = None) -> ReportRun:
+        return cls(Run.open(path), slug_, label)
 
     @property
     def name(self) -> str:
-        return self.run.path.resolve().name
+        """What the report calls the run: ``label`` if given, else its folder's name."""
+        return self.label or self.run.path.resolve().name
 
     @property
     def manifest(self) -> dict[str, Any]:

@@ -64,8 +64,8 @@ def image_pages(site: Site, r: ReportRun, max_images: int) -> str:
     images = _image_table(r, n_all)
     n = min(n_all, max_images, len(images))
     probs = r.probabilities()
-    expl = r.table("explanations")
     methods = r.methods()
+    explained = _explained_targets(r.table("explanations"), methods)
     thumbs: list[str] = []
     for i in range(n):
         name = str(images.loc[i, "name"])
@@ -80,15 +80,23 @@ def image_pages(site: Site, r: ReportRun, max_images: int) -> str:
         true = f"<span class=muted>true: {esc(r.class_name(label))}</span>" if label >= 0 else ""
         thumbs.append(f'<a href="{esc(page_name(r, i))}"><img class="pix" src="{esc(src)}" alt="{esc(name)}">'
                       f'<span title="{esc(name)}">{esc(short(name))}</span>{true}{pred}</a>')
-        body = _image_body(site, r, i, n, name, label, src, shown[i], probs, expl, methods)
+        body = _image_body(site, r, i, n, name, label, src, shown[i], probs, explained.get(i), methods)
         site.write(page_name(r, i), f"{r.name}: {short(name)}", body, active="images.html")
     more = f'<p class="note">First {n} of {n_all} images (raise --max-images for more).</p>' if n < n_all else ""
     return f'<div class="thumbs">{"".join(thumbs)}</div>{more}'
 
 
+def _explained_targets(expl: pd.DataFrame | None, methods: list[str]) -> dict[int, pd.DataFrame]:
+    """Each image's rows of the first method in table ``explanations`` (grouped once, not per page)."""
+    if expl is None or not methods or not {"image", "method"} <= set(expl.columns):
+        return {}
+    first = expl[expl["method"] == methods[0]]
+    return {int(i): rows for i, rows in first.groupby("image", sort=False)}
+
+
 def _image_body(
     site: Site, r: ReportRun, i: int, n: int, name: str, label: int, src: str, image: np.ndarray,
-    probs: np.ndarray | None, expl: pd.DataFrame | None, methods: list[str],
+    probs: np.ndarray | None, rows_i: pd.DataFrame | None, methods: list[str],
 ) -> str:
     pager = ['<a href="images.html">all images</a>']
     if i > 0:
@@ -109,11 +117,9 @@ def _image_body(
             for rank, k in enumerate(order, start=1))
         side.append("<div><h3>Top classes</h3><table><thead><tr><th>#</th><th>class</th><th>probability</th>"
                     f"<th></th></tr></thead><tbody>{rows}</tbody></table></div>")
-    if expl is not None and methods:
-        rows_i = expl[(expl["image"] == i) & (expl["method"] == methods[0])]
-        if len(rows_i):
-            cols = [c for c in ("target", "class", "class_name", "probability") if c in rows_i]
-            side.append("<div><h3>Explained targets</h3>" + table(rows_i[cols], {"probability": "{:.4f}"}) + "</div>")
+    if rows_i is not None and len(rows_i):
+        cols = [c for c in ("target", "class", "class_name", "probability") if c in rows_i]
+        side.append("<div><h3>Explained targets</h3>" + table(rows_i[cols], {"probability": "{:.4f}"}) + "</div>")
     parts.append(f'<div class="row">{"".join(side)}</div>')
     grid = _grid(site, r, i, image, probs)
     if grid:

@@ -62,17 +62,31 @@ from xailab.runs.store import RunError, atomic_write_text
 MARKER = ".xailab-report"
 
 
+def run_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """A name for each run: its folder's name, with as many parent folders as tell it apart
+    from another run of the same folder name (``vit/explain`` and ``cnn/explain``)."""
+    parts = [Path(p).resolve().parts for p in paths]
+    names = []
+    for mine in parts:
+        k = 1
+        while k < len(mine) and any(o != mine and o[-k:] == mine[-k:] for o in parts):
+            k += 1
+        names.append("/".join(mine[-k:]))
+    return names
+
+
 def open_runs(paths: Sequence[str | os.PathLike[str]]) -> list[ReportRun]:
-    """Open each run, giving each a distinct slug (its folder name, made file-name safe)."""
+    """Open each run, giving each a distinct name (:func:`run_names`) and slug (that name made
+    file-name safe; the same run given twice is numbered)."""
     runs: list[ReportRun] = []
     seen: set[str] = set()
-    for p in paths:
-        base = slug(Path(p).resolve().name)
+    for p, name in zip(paths, run_names(paths), strict=True):
+        base = slug(name)
         s, k = base, 2
         while s in seen:
             s, k = f"{base}-{k}", k + 1
         seen.add(s)
-        runs.append(ReportRun.of(p, s))
+        runs.append(ReportRun.of(p, s, name))
     if not runs:
         raise RunError("no run given to report on")
     return runs

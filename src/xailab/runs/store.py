@@ -21,18 +21,20 @@ import fcntl
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xailab.core.errors import XailabError
+
+if TYPE_CHECKING:  # pandas is imported by pyarrow when a table is read: a job that only writes needs none
+    import pandas as pd
 
 FORMAT = "xailab.run"
 VERSION = 1
@@ -64,6 +66,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
         p.write_bytes(data)
 
     return atomic_write(path, write)
+
+
+def columns_table(columns: Mapping[str, Sequence[Any]]) -> pa.Table:
+    """Columns by name (lists or numpy arrays of numbers, booleans or strings) as an arrow table,
+    built from their buffers: ``pa.array`` would import pandas (half a second) to look at them.
+    Strings are ``large_string``, as pandas writes them, so a part reads back as the DataFrame would."""
+    return pa.Table.from_arrays([_arrow_column(v) for v in columns.values()], names=list(columns))
+
+
+def _arrow_column(values: Sequence[Any]) -> pa.Array:
+    arr = np.asarray(values)
+    n = len(arr)
+    if arr.ndim != 1:
+        raise RunError(f"a table column must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype.kind == "U":
+        data = [str(v).encode() for v in values]
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in data], out=offsets[1:])
+        return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+    if arr.dtype.kind == "b":
+        bits = np.packbits(arr, bitorder="little")
+        return pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(bits)])
+    if arr.dtype.kind in "iuf":
+        arr = np.ascontiguousarray(arr)
+        return pa.Array.from_buffers(pa.from_numpy_dtype(arr.dtype), n, [None, pa.py_buffer(arr)])
+    return pa.array(list(values))  # anything else (None among strings, objects): arrow's own conversion
 
 
 def _part_name(part: str | int) -> str:
@@ -157,9 +185,14 @@ class Run:
     def table_dir(self, name: str) -> Path:
         return self.path / "tables" / name
 
-    def write_table(self, name: str, data: pd.DataFrame | pa.Table, part: str | int = "all") -> Path:
-        """Write one part of table ``name`` (replacing a part of the same name)."""
-        table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    def write_table(self, name: str, data: pd.DataFrame | pa.Table | Mapping[str, Sequence[Any]],
+                    part: str | int = "all") -> Path:
+        """Write one part of table ``name`` (replacing a part of the same name): a DataFrame, an
+        arrow table, or columns by name (:func:`columns_table`, read back as the same DataFrame)."""
+        if isinstance(data, Mapping):
+            table = columns_table(data)
+        else:
+            table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
         dest = self.table_dir(name) / f"{_part_name(part)}.parquet"
         return atomic_write(dest, lambda p: pq.write_table(table, p))
 

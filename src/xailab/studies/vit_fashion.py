@@ -4,10 +4,11 @@ The recipe (``xailab study vit_fashion``; each step one ``xailab`` command, prin
 runs; a rerun resumes):
 
 1. ``train`` a small timm ViT (patch 4 on 28x28: a 7x7 grid of 64-wide tokens, 4 blocks, 4 heads,
-   about 0.2 M parameters) in three stages (2 epochs of Adam at 1e-3 from scratch, then twice 4
-   epochs of AdamW with warmup + cosine and label smoothing, peak 1e-3 then 7e-4, each from the
-   previous stage's best weights: a cosine with one warm restart) and the zoo's
-   ``small_cnn`` (skipped for a model whose ``--vit-weights`` / ``--cnn-weights`` are given);
+   about 0.2 M parameters) in six stages (2 epochs of Adam at 1e-3 from scratch, then five stages of
+   AdamW with warmup + cosine and label smoothing, peaks 1e-3, 7e-4, 5e-4, 3e-4, 2e-4 over 4, 4, 6,
+   6, 6 epochs, each from the previous stage's best weights: a cosine with warm restarts at falling
+   peaks) and the zoo's ``small_cnn`` (skipped for a model whose ``--vit-weights`` /
+   ``--cnn-weights`` are given);
 2. ``explain`` the same test images on each model with the methods that apply to it: gradients,
    CAMs and occlusion on both, attention rollout, gradient-weighted attention and AttnLRP on the
    ViT, DeepLIFT and LRP (ε + z+) on the CNN (DeepLIFT refuses the ViT's LayerNorms and attention,
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xailab.core.errors import InputError
 from xailab.steps import Step
 from xailab.studies import Study, register_study, sized
 
@@ -36,27 +38,35 @@ COMMON = "saliency,input_x_gradient,integrated_gradients,smoothgrad,gradcam,grad
 VIT_ONLY = "attention_rollout,attention_gradient,attnlrp"
 CNN_ONLY = "deeplift,lrp_epsilon_plus"
 
-FULL = {"vit_epochs": 4, "vit_stage1_epochs": 2, "cnn_epochs": 3, "limit_train": None, "images": 32, "steps": 32,
+FULL = {"vit_epochs": None, "vit_stages": 5, "vit_stage1_epochs": 2, "cnn_epochs": 3, "limit_train": None, "images": 32, "steps": 32,
         "sanity_images": 8}
-QUICK = {"vit_epochs": 1, "vit_stage1_epochs": 1, "cnn_epochs": 1, "limit_train": 2000, "images": 4, "steps": 8,
+QUICK = {"vit_epochs": 1, "vit_stages": 2, "vit_stage1_epochs": 1, "cnn_epochs": 1, "limit_train": 2000, "images": 4, "steps": 8,
          "sanity_images": 2}
-#: the ViT's second and third stages: AdamW (peak lr given per stage, weight decay 0.05), linear
+#: the ViT's stages after the first: AdamW (peak lr given per stage, weight decay 0.05), linear
 #: warmup over a quarter of an epoch then cosine to 0 at the last step, label smoothing 0.1
 #: (``--augment`` would add crop and flip)
 VIT_RECIPE = ["--optimizer", "adamw", "--weight-decay", "0.05", "--schedule", "cosine",
               "--warmup-epochs", "0.25", "--label-smoothing", "0.1"]
-VIT_PEAKS = ("1e-3", "7e-4")
+#: (peak learning rate, epochs) of stages 2, 3, ...: each starts from the previous stage's best
+#: weights (88.1 % test after stage 6, docs/studies/vit-fashion.md)
+VIT_STAGES = (("1e-3", 4), ("7e-4", 4), ("5e-4", 6), ("3e-4", 6), ("2e-4", 6))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="folder of the study's runs (default runs/study-vit_fashion)")
     p.add_argument("--vit", default=VIT, help="the transformer: a timm:/hf: spec (default: a patch-4 ViT for 28x28)")
     p.add_argument("--vit-weights", help="the transformer's trained weights: its training is skipped")
-    p.add_argument("--vit-init", help="start the ViT's second training stage from these weights (skips the first)")
+    p.add_argument("--vit-init", help="start the ViT's training at stage --vit-from-stage (default 2) from these weights "
+                   "(the stages before it are skipped)")
+    p.add_argument("--vit-from-stage", type=int, default=2, metavar="K",
+                   help="with --vit-init: the first stage that runs (default 2: the weights replace stage 1)")
+    p.add_argument("--vit-stages", type=int, metavar="N",
+                   help=f"how many of the ViT's {len(VIT_STAGES)} cosine stages run after stage 1 (default all)")
     p.add_argument("--cnn", default=CNN, help=f"the CNN it is compared with (default {CNN})")
     p.add_argument("--cnn-weights", help="the CNN's trained weights: its training is skipped")
     p.add_argument("--data-root", help="where Fashion-MNIST's files are (folder or archive)")
-    p.add_argument("--vit-epochs", type=int, help=f"epochs of each of the ViT's cosine stages (default {FULL['vit_epochs']})")
+    p.add_argument("--vit-epochs", type=int, help="epochs of each of the ViT's cosine stages (default "
+                   + ", ".join(str(e) for _, e in VIT_STAGES) + ")")
     p.add_argument("--cnn-epochs", type=int, help=f"CNN training epochs (default {FULL['cnn_epochs']})")
     p.add_argument("--limit-train", type=int, metavar="N", help="train on a stratified sample of N (default all)")
     p.add_argument("--images", type=int, metavar="N", help=f"test images explained (default {FULL['images']})")
@@ -83,9 +93,9 @@ def _train(args: argparse.Namespace, what: str, model: str, epochs: object, extr
 def _model(args: argparse.Namespace, out: Path, which: str, root: list[str], device: list[str]) -> tuple[str, list[Step]]:
     """The weights of model ``which`` ("vit" or "cnn") and the steps that train them, if not given.
 
-    The ViT trains in three stages: Adam at a constant 1e-3 from scratch, then twice AdamW with
-    warmup + cosine and label smoothing (``VIT_RECIPE``, peaks ``VIT_PEAKS``), each stage from the
-    previous one's best weights; the last stage's run is ``vit/train``.
+    The ViT trains in stages: Adam at a constant 1e-3 from scratch, then AdamW with warmup +
+    cosine and label smoothing (``VIT_RECIPE``, peaks and epochs ``VIT_STAGES``), each stage from
+    the previous one's best weights; the last stage's run is ``vit/train``.
     """
     given = getattr(args, f"{which}_weights")
     if given:
@@ -94,6 +104,14 @@ def _model(args: argparse.Namespace, out: Path, which: str, root: list[str], dev
     if which == "cnn":
         return best, [_train(args, "train the CNN on Fashion-MNIST", args.cnn, _size(args, "cnn_epochs"), [],
                              out / "cnn" / "train", root, device)]
+    stages = VIT_STAGES[:int(str(_size(args, "vit_stages")))]
+    first = args.vit_from_stage
+    if not stages:
+        raise InputError("--vit-stages must be at least 1")
+    if not 2 <= first <= 1 + len(stages):
+        raise InputError(f"--vit-from-stage {first} is not one of the ViT's stages 2..{1 + len(stages)}")
+    if first != 2 and not args.vit_init:
+        raise InputError(f"--vit-from-stage {first} needs --vit-init: the weights stage {first} starts from")
     steps: list[Step] = []
     init = args.vit_init
     if not init:
@@ -101,10 +119,13 @@ def _model(args: argparse.Namespace, out: Path, which: str, root: list[str], dev
         init = str(stage1 / "checkpoints" / "best.safetensors")
         steps.append(_train(args, "train the ViT on Fashion-MNIST, stage 1: from scratch, Adam at 1e-3", args.vit,
                             _size(args, "vit_stage1_epochs"), [], stage1, root, device))
-    for stage, peak in enumerate(VIT_PEAKS, start=2):
-        run = out / "vit" / ("train" if stage == 1 + len(VIT_PEAKS) else f"stage{stage}")
+    epochs = _size(args, "vit_epochs")
+    for stage, (peak, stage_epochs) in enumerate(stages, start=2):
+        if stage < first:
+            continue
+        run = out / "vit" / ("train" if stage == 1 + len(stages) else f"stage{stage}")
         steps.append(_train(args, f"train the ViT, stage {stage}: AdamW, warmup + cosine from {peak}, label smoothing",
-                            args.vit, _size(args, "vit_epochs"), ["--weights", init, "--lr", peak, *VIT_RECIPE], run,
+                            args.vit, epochs or stage_epochs, ["--weights", init, "--lr", peak, *VIT_RECIPE], run,
                             root, device))
         init = str(run / "checkpoints" / "best.safetensors")
     return best, steps

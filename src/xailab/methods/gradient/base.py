@@ -32,7 +32,15 @@ from torch import Tensor
 
 from xailab.core.card import MethodCard
 from xailab.core.errors import InputError
-from xailab.core.explainer import Explainer, RowTargets, cat, full_pass_images, keep_format
+from xailab.core.explainer import (
+    Explainer,
+    RowTargets,
+    cat,
+    check_logits,
+    full_pass_images,
+    keep_format,
+)
+from xailab.methods.gradient.fast import FastPasses
 
 #: ``points(xs, img, step) -> (z, m)`` for a pass of samples (see GradientExplainer._points)
 Points = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor | float]]
@@ -91,6 +99,10 @@ class GradientExplainer(Explainer):
         small, otherwise about 16 passes (at most one part-filled pass in 16)."""
         return full_pass_images(self.samples_per_image(n_targets), self.batch_size)
 
+    #: sampled methods (IG, SmoothGrad, GradientSHAP) set it from their ``fast_passes`` argument:
+    #: their gradient passes then run through a BatchNorm-folded copy, channels-last (see .fast)
+    fast_passes = False
+
     def _prepare(self, x: Tensor, logits: Tensor) -> None:
         self._prepare_one_pass(x)
 
@@ -99,6 +111,16 @@ class GradientExplainer(Explainer):
         # model_session restores every parameter's requires_grad afterwards.
         for p in self.model.parameters():
             p.requires_grad_(False)
+
+    def _gradient_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.fast_passes:
+            return super()._gradient_pass(x)
+        if not hasattr(self, "_passes"):
+            self._passes = FastPasses()
+        # the copy is checked against the model's state every pass (cached while unchanged)
+        leaf, logits = self._passes.leaf_logits(self._passes.model(self.model), x)
+        self.evaluations += len(x)
+        return leaf, check_logits(logits, len(x))
 
     def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
         return self._explain_rows(x, RowTargets.known(targets))

@@ -52,6 +52,8 @@ class GradientShap(GradientExplainer):
         noise_level: std of noise added to the input, as a fraction of the input range (0).
         delta: also estimate the completeness error (``n_samples`` more forwards per image).
         mean, std, pixel_range: how inputs relate to pixels; see ``PixelSpace``.
+        fast_passes: gradient passes through a BatchNorm-folded copy, channels-last on the CPU
+            (same gradients up to float rounding; see :mod:`~xailab.methods.gradient.fast`).
     """
 
     card = gradient_card(
@@ -86,9 +88,11 @@ class GradientShap(GradientExplainer):
         mean: Any = None,
         std: Any = None,
         pixel_range: Any = None,
+        fast_passes: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
+        self.fast_passes = bool(fast_passes)
         if n_samples < 1:
             raise InputError(f"n_samples must be >= 1, got {n_samples}")
         if noise_level < 0:
@@ -116,7 +120,7 @@ class GradientShap(GradientExplainer):
               else self.kind.describe() if self.kind else "")
         return {
             **super().params(), "background": bg, "n_samples": self.n_samples,
-            "noise_level": self.noise_level, **self.space.describe(),
+            "noise_level": self.noise_level, **self.space.describe(), "fast_passes": self.fast_passes,
         }
 
     def n_points(self) -> int:

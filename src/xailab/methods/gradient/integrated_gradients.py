@@ -120,6 +120,9 @@ class IntegratedGradients(GradientExplainer):
             :class:`~xailab.methods.gradient.baselines.Baseline`.
         mean, std, pixel_range: how inputs relate to pixels (what "black" is); see
             :class:`~xailab.methods.gradient.baselines.PixelSpace`.
+        fast_passes: run the gradient passes through a BatchNorm-folded copy of the model,
+            channels-last on the CPU (the same gradients up to float rounding; see
+            :mod:`~xailab.methods.gradient.fast`); ``False``: through the model as it is.
     """
 
     card = gradient_card(
@@ -158,9 +161,11 @@ class IntegratedGradients(GradientExplainer):
         pixel_range: Any = None,
         tol: float = 0.01,
         init_steps: int = 5,
+        fast_passes: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
+        self.fast_passes = bool(fast_passes)
         self.rule = canonical_rule(rule)
         self.n_steps = int(n_steps if n_steps is not None else (256 if self.rule == ADAPTIVE else 32))
         self.tol = float(tol)
@@ -182,6 +187,7 @@ class IntegratedGradients(GradientExplainer):
         extra = {"tol": self.tol, "init_steps": self.init_steps} if self.rule == ADAPTIVE else {}
         return {
             **super().params(), "n_steps": self.n_steps, "rule": self.rule, **extra,
+            "fast_passes": self.fast_passes,
             "baseline": self.baseline.describe(), **self.space.describe(),
         }
 
@@ -235,9 +241,13 @@ class IntegratedGradients(GradientExplainer):
 
     def _after_chunk(self, x: Tensor, targets: Tensor, state: _State, maps: Tensor) -> None:
         assert self._logits is not None
-        fb = self._target_scores(state.base, targets)
+        base, t = state.base, targets.shape[1]
+        if len(base) > 1 and torch.equal(base, base[:1].expand_as(base)):  # one baseline for all (black)
+            one = self.forward(base[:1], grad=False)  # scored once, not once per image
+            fb = self.score(one.expand(targets.numel(), -1), targets.reshape(-1)).reshape(-1, t)
+        else:
+            fb = self._target_scores(base, targets)
         logits = self._logits[self.chunk_start : self.chunk_start + len(x)]
-        t = targets.shape[1]
         fx = self.score(logits.repeat_interleave(t, dim=0), targets.reshape(-1)).reshape(-1, t)
         self._parts.setdefault("delta", []).append((flat_sum(maps) - (fx - fb)).detach().cpu())
 

@@ -48,6 +48,8 @@ class SmoothGrad(GradientExplainer):
         n_samples: noisy copies per image.
         noise_level: noise std as a fraction of the input range (the paper suggests 0.1-0.2).
         mean, std, pixel_range: how inputs relate to pixels; see ``PixelSpace``.
+        fast_passes: gradient passes through a BatchNorm-folded copy, channels-last on the CPU
+            (same gradients up to float rounding; see :mod:`~xailab.methods.gradient.fast`).
     """
 
     card = gradient_card(
@@ -88,11 +90,13 @@ class SmoothGrad(GradientExplainer):
         output: Any = "logit",
         eval_mode: bool = True,
         seed: int = 0,
+        fast_passes: bool = True,
         method_params: dict[str, Any] | None = None,
         **more_method_params: Any,
     ) -> None:
         common = {"batch_size": batch_size, "output": output, "eval_mode": eval_mode}
         super().__init__(model, seed=seed, **common)
+        self.fast_passes = bool(fast_passes)
         if variant not in VARIANTS:
             raise InputError(f"unknown SmoothGrad variant '{variant}': use one of {', '.join(VARIANTS)}")
         if n_samples < 1:
@@ -117,10 +121,12 @@ class SmoothGrad(GradientExplainer):
         self.space = PixelSpace.for_model(model, mean, std, pixel_range)
 
     def params(self) -> dict[str, Any]:
-        inner = {k: v for k, v in self.inner.params().items() if k not in ("batch_size", "output", "seed")}
+        # the wrapper runs every pass itself: the inner method's fast_passes plays no part
+        skip = ("batch_size", "output", "seed", "fast_passes")
+        inner = {k: v for k, v in self.inner.params().items() if k not in skip}
         return {
             **super().params(), "method": self.method, "variant": self.variant,
-            "n_samples": self.n_samples, "noise_level": self.noise_level,
+            "n_samples": self.n_samples, "noise_level": self.noise_level, "fast_passes": self.fast_passes,
             **self.space.describe(), "method_params": inner,
         }
 

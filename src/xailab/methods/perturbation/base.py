@@ -7,7 +7,10 @@ forward passes of exactly ``batch_size`` rows, so the copies of several images s
 only the last pass of the whole chunk is partly filled. The perturbed copies go through a copy of
 the model with its BatchNorm layers folded into the convolutions before them (same function,
 cheaper pass; ``fold_batchnorm=False`` to use the model as it is, see
-:mod:`~xailab.methods.perturbation.fold`). Copies are built just before their pass
+:mod:`~xailab.methods.perturbation.fold`); on the CPU that copy takes its batches in channels-last
+memory format (oneDNN's convolutions run faster in it on one thread: 1.24x on EfficientNet-Lite0
+at 224x224, batch 32; same values up to float rounding), or NCHW when the model cannot (a
+``.view`` after a convolution raises on the first batch). Copies are built just before their pass
 (``build``) and their scores handed back right after it (``consume``): memory stays bounded by
 ``batch_size`` whatever the number of samples. One pass gives the scores of every target, so a
 method costs the same whether one or five targets are explained.
@@ -57,6 +60,7 @@ class PerturbationExplainer(Explainer):
         self._clean_logits = logits.detach()
         self._chunk_extras: list[dict[str, Tensor]] = []
         self._fast = folded_copy(self.model) if self.fold_batchnorm else None
+        self._channels_last = self._fast is not None and _conv_on_cpu(self._fast)
 
     def perturbed_logits(self, x: Tensor) -> Tensor:
         """Logits of perturbed copies ``x`` (at most ``batch_size`` rows): through the folded
@@ -65,9 +69,19 @@ class PerturbationExplainer(Explainer):
         if self._fast is None:
             return self.forward(x, grad=False)
         with torch.no_grad():
-            out = check_logits(self._fast(x), len(x))
+            out = check_logits(self._fast_forward(x), len(x))
         self.evaluations += len(x)
         return out
+
+    def _fast_forward(self, x: Tensor) -> object:
+        """The folded copy on ``x``: channels-last while the copy takes it (see the module docstring)."""
+        assert self._fast is not None
+        if self._channels_last and x.dim() == 4:
+            try:
+                return self._fast(x.contiguous(memory_format=torch.channels_last))
+            except RuntimeError:
+                self._channels_last = False  # e.g. x.view(len(x), -1) after a convolution
+        return self._fast(x)
 
     # -- scores -----------------------------------------------------------------------------------
     def target_scores(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -130,6 +144,11 @@ class PerturbationExplainer(Explainer):
 
 PERTURBATION_WHAT = ("The model as a black box: only its outputs on altered copies of the input are read; "
                      "no gradients or internals.")
+
+
+def _conv_on_cpu(model: nn.Module) -> bool:
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return bool(convs) and convs[0].weight.device.type == "cpu"
 
 
 def perturbation_card(title: str, *, summary: str, paper: str, where: str, cost: str,
