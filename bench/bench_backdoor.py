@@ -1,17 +1,23 @@
 """How well each backdoor detector finds a backdoor, measured over many small poisoned and clean models.
 
-Models: small_cnn on a stratified sample of Fashion-MNIST's training split (``--n-train``, 3
-epochs, the best epoch on a clean 10 % held out), all-to-one backdoors with the target class
-drawn per seed. Settings: triggers ``patch:3`` (bottom-right corner), ``patch:5@3,3`` (top
-left) and ``blend:0.15`` (a fixed random pattern over the whole image) at poisoning rates 1 %,
-5 % and 10 % *of the training set*, and ``warp:4`` (a WaNet-style warping field) at 10 %; seeds 0, 1, 2; plus clean models
-(seeds 0..5) as negatives. Each model is audited on its own training data (at most
-``--per-class`` items a class) by spectral signatures, SCAn and activation clustering
-(``--detectors spectral,scan,ac,spray`` adds SpRAy: LRP maps of every item, about 20x the CPU time).
+Models: small_cnn on a stratified sample of Fashion-MNIST's training split (``--n-train`` 4,000,
+``--epochs`` 4, the best epoch on a clean 10 % held out; at 2,000 x 3 the blended trigger was
+mostly not learned), all-to-one backdoors with the target class drawn per seed (Sneaker,
+Pullover, Ankle boot). Settings (``RATES_OF``; ``--rates`` puts every trigger at given rates):
+``blend:0.15`` (a fixed random pattern over the whole image) at 5 % and 10 % of the training
+set, ``warp:4`` (a WaNet-style warping field) at 10 %, ``patch:3`` (bottom-right corner) at
+5 % and ``patch:5@3,3`` (top left) at 1 %; seeds 0-5; plus clean models (seeds 0-3) as
+negatives. Models are trained in that order (blend, clean, warp, patches) and cached under
+``--cache`` (a folder per recipe; ``--cached-only`` reports on the ones there). Each model is
+audited on its own training data (at most ``--per-class`` items a class) by spectral
+signatures, SCAn, activation clustering and the k-NN label consistency (``knn``)
+(``--detectors ...,spray`` adds SpRAy: LRP maps of every item, about 20x the CPU time).
+Spectral signatures are also reported as ``spectral-z``: their class scores as a robust z against the same model's other classes (a per-model null,
+as SCAn and knn have), which is what lets a threshold carry from one model to the next.
 
 Thresholds are not tuned on what is reported: the settings are split by seed. The
-*calibration* split is seed 0 of every poisoned setting and the first half of the clean seeds;
-there each detector's class threshold (on ``score / default threshold``) is set to the 95th
+*calibration* split is the first half of the seeds (0-2) and of the clean seeds (0-1); there
+each detector's class threshold (on ``score / default threshold``) is set to the 95th
 percentile of the negative classes (every class of a clean model, every non-target class of a
 poisoned one). On the *test* split (the other seeds) we report, per detector and trigger family,
 counting as positives the target classes of poisoned models whose backdoor was learned
@@ -27,7 +33,7 @@ counting as positives the target classes of poisoned models whose backdoor was l
   the true patch's box (patches only; the blend and the warp cover the whole image);
 * CPU seconds of detection per model (one thread; the shared activations counted in each).
 
-    nice -n 10 python -m bench.bench_backdoor --cache /tmp/bd-models --json /tmp/bench-backdoor.json
+    nice -n 10 python -m bench.bench_backdoor --json runs/bench-backdoor.json
     python -m bench.bench_backdoor --quick        # 1 trigger, 1 rate, 1 seed: checks it runs
 """
 
@@ -44,17 +50,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-TRIGGERS = ("patch:3", "patch:5@3,3", "blend:0.15", "warp:4")
+TRIGGERS = ("blend:0.15", "warp:4", "patch:3", "patch:5@3,3")
 RATES = (0.01, 0.05, 0.10)
-RATES_OF = {"warp:4": (0.10,)}  # the warp: one rate (a row, not a sweep)
+# the default grid (--rates all: every trigger at every rate): blend at 5 % and 10 %, the others at one rate
+RATES_OF = {"blend:0.15": (0.05, 0.10), "warp:4": (0.10,), "patch:3": (0.05,), "patch:5@3,3": (0.01,)}
 FAMILIES = ("patch", "blend", "warp")
 TARGETS = (7, 2, 9)  # target class of seed 0, 1, 2 (Sneaker, Pullover, Ankle boot)
-DETECTORS = ("spectral", "scan", "ac", "spray")
+DETECTORS = ("spectral", "scan", "ac", "knn", "spray")
+Z_VARIANTS = ("spectral",)  # a score without a per-model null: also reported as a robust z over the model's classes (not ac: its 0 scores leave no spread)
 
 
-def settings(seeds: list[int], clean_seeds: list[int], triggers: tuple[str, ...], rates: tuple[float, ...]) -> list[dict[str, Any]]:
+def settings(seeds: list[int], clean_seeds: list[int], triggers: tuple[str, ...], rates: tuple[float, ...] | None) -> list[dict[str, Any]]:
+    """The poisoned settings (every trigger at ``rates``; None: at its rates in ``RATES_OF``), then the clean ones."""
     out = [{"trigger": t, "rate": r, "seed": s, "target": TARGETS[s % len(TARGETS)]}
-           for t in triggers for r, s in itertools.product(RATES_OF.get(t, rates), seeds)]
+           for t in triggers for r, s in itertools.product(rates or RATES_OF.get(t, RATES), seeds)]
     return out + [{"trigger": "clean", "rate": 0.0, "seed": s, "target": -1} for s in clean_seeds]
 
 
@@ -217,6 +226,22 @@ def class_scores(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(pos), pd.DataFrame(neg)
 
 
+def with_z_variants(df: pd.DataFrame) -> pd.DataFrame:
+    """Add a ``D-z`` detector for each of ``Z_VARIANTS``: its class scores replaced by their robust z
+    against the same model's other classes (``knn.leave_one_out_z``), the per-model null that
+    SCAn and knn carry already; suspected items as the detector's."""
+    from xailab.audit.knn import leave_one_out_z
+
+    extra = []
+    for _, r in df[df["detector"].isin(Z_VARIANTS)].iterrows():
+        scores = {int(k): v for k, v in json.loads(r["scores"]).items()}
+        z = dict(zip(scores, leave_one_out_z(np.array(list(scores.values()))), strict=True))
+        extra.append({**r.to_dict(), "detector": f"{r['detector']}-z", "model_score": max(z.values()),
+                      "scores": json.dumps({str(k): float(v) for k, v in z.items()}), "target_flagged": np.nan,
+                      **({"target_score": z[r["target"]]} if r["target"] >= 0 else {})})
+    return pd.concat([df, pd.DataFrame(extra)], ignore_index=True) if extra else df
+
+
 def summarise(df: pd.DataFrame, calib_seeds: set[int], calib_clean: set[int]) -> pd.DataFrame:
     """Per detector and trigger family, on the test split: class-level AUC and TPR at 5 % FPR
     (target classes of effective poisoned models against all other classes), model-level AUC
@@ -225,8 +250,8 @@ def summarise(df: pd.DataFrame, calib_seeds: set[int], calib_clean: set[int]) ->
     detector's default verdict on the target class, item precision / recall, CPU seconds."""
     clean = df["trigger"] == "clean"
     calib = (clean & df["seed"].isin(calib_clean)) | (~clean & df["seed"].isin(calib_seeds))
-    df = df.assign(family=df["trigger"].str.split(":").str[0], effective=df["asr"].fillna(0) >= 0.5,
-                   split=np.where(calib, "calibration", "test"))
+    df = with_z_variants(df.assign(family=df["trigger"].str.split(":").str[0], effective=df["asr"].fillna(0) >= 0.5,
+                                   split=np.where(calib, "calibration", "test")))
     pos, neg = class_scores(df)
     out = []
     for d in sorted(df["detector"].unique()):
@@ -242,7 +267,7 @@ def summarise(df: pd.DataFrame, calib_seeds: set[int], calib_clean: set[int]) ->
                         "model_auc": roc_auc(sub["model_score"].to_numpy(), clean_models.to_numpy()),
                         "thr_cal": thr, "tpr_cal": float((ps >= thr).mean()) if len(ps) else np.nan,
                         "fpr_cal": float((test_neg >= thr).mean()) if len(test_neg) else np.nan,
-                        "tpr_default": float(sub["target_flagged"].astype(bool).mean()) if len(sub) else np.nan,
+                        "tpr_default": float(sub["target_flagged"].astype(float).mean()) if len(sub) else np.nan,
                         "precision": float(sub["precision"].mean()), "recall": float(sub["recall"].mean()),
                         "region_iou": float(sub["region_iou"].mean()) if "region_iou" in sub else np.nan,
                         "seconds": float(df[df.detector == d]["seconds"].mean())})
@@ -251,15 +276,18 @@ def summarise(df: pd.DataFrame, calib_seeds: set[int], calib_clean: set[int]) ->
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache", default="/tmp/xailab-bench-backdoor", help="where trained models are kept")
+    ap.add_argument("--cache", default="runs/bench-backdoor", help="where trained models are kept (a folder per recipe)")
     ap.add_argument("--quick", action="store_true", help="one trigger, one rate, one seed, one clean model")
-    ap.add_argument("--n-train", type=int, default=2000)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--n-train", type=int, default=4000)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--triggers", default=",".join(TRIGGERS), help="comma-separated triggers (default all four)")
+    ap.add_argument("--rates", help="every trigger at these rates (e.g. 0.01,0.05,0.1); default: RATES_OF")
     ap.add_argument("--per-class", type=int, default=200)
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--clean-seeds", default="0,1,2,3,4,5")
-    ap.add_argument("--detectors", default="spectral,scan,ac")
+    ap.add_argument("--seeds", default="0,1,2,3,4,5", help="the first half (rounded down) calibrates, the rest is reported")
+    ap.add_argument("--clean-seeds", default="0,1,2,3")
+    ap.add_argument("--detectors", default="spectral,scan,ac,knn")
     ap.add_argument("--cached-only", action="store_true", help="use only the models already in --cache")
+    ap.add_argument("--train-only", action="store_true", help="train (or find) the models and stop")
     ap.add_argument("--json", help="write the per-model rows and the summary here")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -267,15 +295,20 @@ def main(argv: list[str] | None = None) -> None:
 
     seeds = [int(s) for s in args.seeds.split(",")]
     clean = [int(s) for s in args.clean_seeds.split(",")]
-    triggers, rates = TRIGGERS, RATES
+    triggers = tuple(args.triggers.split(","))
+    rates = tuple(float(r) for r in args.rates.split(",")) if args.rates else None
     if args.quick:
         seeds, clean, triggers, rates = [0], [0], ("patch:3",), (0.05,)
     sts = settings(seeds, clean, triggers, rates)
-    cache = Path(args.cache)
+    order = ["blend:0.15", "clean", *[t for t in TRIGGERS if t != "blend:0.15"]]  # training order
+    sts.sort(key=lambda st: (order.index(st["trigger"]) if st["trigger"] in order else len(order), st["seed"]))
+    cache = Path(args.cache) / f"n{args.n_train}e{args.epochs}"
     if args.cached_only:
         sts = [st for st in sts if (cache / f"{key(st)}.pt").is_file()]
     else:
         train_all(sts, args.n_train, args.epochs, cache)
+    if args.train_only:
+        return
     train_full = load_dataset("fashion_mnist", "train")
     rows = []
     dets = tuple(args.detectors.split(","))
@@ -292,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{key(st)}: ASR {rows[-1]['asr']:.2f} " + " ".join(
             f"{r['detector']}={r['model_score']:.2f}" for r in rows[-len(dets):]), flush=True)
     df = pd.DataFrame(rows)
-    summary = summarise(df, {seeds[0]}, set(clean[: max(1, len(clean) // 2)]))
+    summary = summarise(df, set(seeds[: max(1, len(seeds) // 2)]), set(clean[: max(1, len(clean) // 2)]))
     print(f"{int((df[df.trigger != 'clean'].asr >= 0.5).sum() / len(dets))} of "
           f"{int((df.trigger != 'clean').sum() / len(dets))} poisoned models learned the backdoor (ASR >= 0.5)")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -301,11 +334,5 @@ def main(argv: list[str] | None = None) -> None:
                                                "summary": summary.to_dict(orient="records")}, default=str))
 
 
-if __name__ == "__main__" and __import__("sys").argv[1:2] == ["train-only"]:
-    torch.set_num_threads(1)
-    sts = settings([0, 1, 2], list(range(6)), TRIGGERS, RATES)
-    sts.sort(key=lambda st: (st["trigger"] != "clean", st["seed"]))
-    train_all(sts, 2000, 3, Path("/tmp/h15a_bd"))
-
-elif __name__ == "__main__":
+if __name__ == "__main__":
     main()

@@ -214,5 +214,5 @@ def _load_builtin() -> None:
         importlib.import_module(mod)
 
 
-BUILTIN_MODULES: list[str] = ["xailab.audit.spectral", "xailab.audit.scan", "xailab.audit.classic",
+BUILTIN_MODULES: list[str] = ["xailab.audit.spectral", "xailab.audit.scan", "xailab.audit.classic", "xailab.audit.knn",
                               "xailab.audit.cleanse_detector"]

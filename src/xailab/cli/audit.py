@@ -116,7 +116,7 @@ def _backdoor_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--classes", help="classes to analyse, indices or names, comma-separated (default all)")
     b.add_argument("--detectors", default="spectral,scan,ac,spray",
                    help="comma-separated: spectral (spectral signatures), scan (SCAn), ac (activation clustering), "
-                        "spray (SpRAy on explanations); default all four")
+                        "spray (SpRAy on explanations), knn (k-NN label consistency at an early layer); default the first four")
     b.add_argument("--rule", default="majority",
                    help="how the detectors' flags combine per class: any, majority (default), all, atleast:K, "
                         "or a detector's name (it decides, the others are second opinions)")
