@@ -1,29 +1,33 @@
 """Auditing without the training data, on Fashion-MNIST with small_cnn: Neural Cleanse and STRIP.
 
-Per seed, small_cnn is trained twice on a stratified sample of ``--n-train`` training images
-(3 epochs): once by the ``audit poison`` job with a white 4x4 patch in the bottom-right corner
-(rows and columns 23-26) on 5 % of the images of every class but the target, relabelled as the
-target (all-to-one BadNets; target Sneaker for seeds 1-3, Pullover for 4, Bag for 5), once clean
-(the same items, no trigger). Clean *reference* models (``--reference-seeds``, other samples of
-the training split) stand for the clean models an auditor trains themself. Then, from clean test
-images only:
+Per seed, small_cnn is trained on a stratified sample of ``--n-train`` training images
+(``--epochs``): once per ``--triggers`` spec by the ``audit poison`` job (default a white 4x4
+patch in the bottom-right corner, rows and columns 23-26; e.g. ``patch:6@2,2`` a 6x6 one at the
+top left) on 5 % of the images of every class but the target, relabelled as the target
+(all-to-one BadNets; target Sneaker for seeds 1-3, Pullover for 4, Bag for 5, ``seed % 10`` for
+other seeds), and once clean (the same items, no trigger). Clean *reference* models
+(``--reference-seeds``, other samples of the training split) stand for the clean models an
+auditor trains themself. Then, from clean test images only:
 
-* Neural Cleanse (the same 200 test images for every model, ``--steps`` per class, 16 images a
-  step): every class's mask L1 (kept, so decisions can be compared afterwards), and two
-  decisions: the paper's MAD test on the norms (``mad``) and the same test on
-  ``log(l1 / reference)`` (``relative``: ``cleanse.relative_flags`` against the geometric median
-  of the reference models' norms), with the robust z of the target and of the most suspicious
-  other class and the p-values; for the target, the IoU of the mask's 16 largest pixels with the
-  true patch (``top_iou``) and of the mask's box with the patch's box (``box_iou``);
-* STRIP (pool 100 and calibration 100 test images, 20 overlays, threshold at 5 % FRR): false
-  rejection rate on 200 other clean test images and false acceptance rate on the same images
-  (the target's left out) with the true trigger stamped on.
+* Neural Cleanse (the same 200 test images for every model, ``--steps`` per class,
+  ``--per-step`` images a step): every class's mask L1 (kept, so decisions can be compared
+  afterwards), and the decisions of :mod:`bench.cleanse_rules` (the paper's MAD test, the MAD
+  test on ``log(l1 / reference)``, the per-class null of ``cleanse_null`` at family-wise
+  ``--alpha``, the references tested leave-one-out); for the target, the IoU of the mask's
+  ``S x S`` largest pixels with the true patch (``top_iou``) and of the mask's box with the
+  patch's box (``box_iou``);
+* STRIP (pool 100 and calibration 100 test images, 20 overlays, threshold at 5 % FRR on those
+  clean held-out images): false rejection rate on 200 other clean test images and false
+  acceptance rate on the same images (the target's left out) with the true trigger stamped on.
 
 CPU seconds (``time.process_time``, one torch thread). Trained runs and each model's audit are
-kept in ``--out`` and reused. On a clean model the "FAR" is the share of triggered inputs let
-through by a model that has no backdoor: it shows STRIP does not reject a white square as such.
+kept in ``--out`` and reused (``--cached-only``: only those). On a clean model the "FAR" is the
+share of triggered inputs let through by a model that has no backdoor: it shows STRIP does not
+reject a white square as such.
 
-    python -m bench.bench_cleanse --steps 300 --out /tmp/bench-cleanse --json /tmp/bench-cleanse.json
+    python -m bench.bench_cleanse --steps 200 --per-step 8 --n-train 2000 --epochs 2 \
+        --reference-seeds 11 12 13 14 15 16 17 18 --seeds 21 22 23 --triggers patch:4 patch:6@2,2 \
+        --out runs/bench-cleanse --json runs/bench-cleanse.json
     python -m bench.bench_cleanse --quick
 """
 
@@ -130,6 +134,11 @@ def audit(model: Any, nc_pixels: torch.Tensor, pixels: torch.Tensor, labels: tor
     return row
 
 
+def is_done(out: Path, tag: str, cached_only: bool, name: str) -> bool:
+    """Whether to audit the model ``name``: always, unless ``cached_only`` and its result is not kept."""
+    return not cached_only or (out / f"{name}-{tag}.json").is_file()
+
+
 def cached(path: Path, make: Any) -> dict[str, Any]:
     """The row kept in ``path``, else ``make()`` written there."""
     if path.is_file():
@@ -151,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha", type=float, default=0.05, help="family-wise level of the reference-null rule")
     p.add_argument("--triggers", nargs="+", default=["patch:4"], help="one poisoned model per seed and trigger")
     p.add_argument("--quick", action="store_true", help="one seed, one reference, 1,000 images, 1 epoch, 60 steps")
+    p.add_argument("--cached-only", action="store_true", help="only the models whose audit is kept in --out")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--out", help="where the runs and per-model results are kept (default: a temporary folder)")
     a = p.parse_args(argv)
@@ -163,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         nc_pixels = test_pixels(0)[0][:200]  # the same clean images for every model, references included
         tag = f"{a.n_train}-{a.epochs}-{a.steps}" + (f"-{a.per_step}" if a.per_step != 16 else "")
-        for seed in a.reference_seeds:
+        done = partial(is_done, out, tag, a.cached_only)
+        for seed in [s for s in a.reference_seeds if done(f"ref{s}")]:
             rows.append({"seed": seed, "model": "reference", "trigger": "-", "target": -1, "asr": float("nan"), **cached(
                 out / f"ref{seed}-{tag}.json", lambda seed=seed: audit(
                     train_clean_model(seed, a.n_train, a.epochs, out), nc_pixels, nc_pixels, torch.zeros(0), None,
@@ -172,13 +183,15 @@ def main(argv: list[str] | None = None) -> int:
             target = target_of(seed)
             pixels, labels = test_pixels(seed)
             pixels, labels = pixels[200:], labels[200:]
-            for trigger in a.triggers:
+            for trigger in [t for t in a.triggers if done(f"poisoned{seed}-t{target}{slug(t)}")]:
                 model, asr = train_poisoned_model(seed, target, a.n_train, a.epochs, out, trigger)
                 rows.append({"seed": seed, "model": "poisoned", "trigger": trigger, "target": target, "asr": asr,
                              **cached(out / f"poisoned{seed}-t{target}{slug(trigger)}-{tag}.json",
                                       partial(audit, model, nc_pixels, pixels, labels, target, a.steps, seed,
                                               trigger=trigger, per_step=a.per_step))})
                 print(f"seed {seed}, {trigger}: target {target}, ASR {asr:.3f}", flush=True)
+            if not done(f"clean{seed}"):
+                continue
             clean = train_clean_model(seed, a.n_train, a.epochs, out)
             rows.append({"seed": seed, "model": "clean", "trigger": "-", "target": -1, "asr": float("nan"), **cached(
                 out / f"clean{seed}-{tag}.json", partial(audit, clean, nc_pixels, pixels, labels, None, a.steps, seed,

@@ -119,18 +119,20 @@ def library_floor(n: int, with_compare: bool = True) -> dict[str, float]:
             "compare_floor_forwards": floor_faith, "compare_floor_explains": sanity, "compare_rows": rows}
 
 
-def compare_rows(images: Any) -> int:
-    """The perturbed images compare's default settings score for ``images`` and the 3 methods."""
+def compare_rows(images: Any, methods: int = len(METHODS.split(",")), cfg: Any = None) -> int:
+    """The perturbed images compare scores for ``images`` and ``methods`` methods of the same
+    targets, with settings ``cfg`` (default: compare's)."""
     import math
 
     from xailab.metrics.compare_extra import infidelity_patch
     from xailab.metrics.scoreboard import CompareSettings
 
-    cfg, methods, n, side = CompareSettings(), len(METHODS.split(",")), len(images), max(images.shape[-2:])
+    cfg = cfg or CompareSettings()
+    n, side = len(images), max(images.shape[-2:])
     faith = n * (3 + cfg.faithfulness_runs) + methods * n * 2 * (cfg.steps - 1)  # the shared pass
     road = methods * n * cfg.road_steps
     squares = math.ceil(side / infidelity_patch(cfg, images)) ** 2
-    infid = n * squares  # the same targets for every method: one set of drops
+    infid = n * squares + 1  # one set of drops (the same targets for every method); the filled image once
     kc = min(n, cfg.check_images)
     checks = 3 * kc * (2 * (cfg.steps + 1) + cfg.road_steps)  # noise, shuffle, randomised model
     return faith + road + infid + checks
@@ -148,8 +150,10 @@ def one_size(n: int, src: str | None, work_dir: Path, commands: set[str]) -> dic
                "--data-root", str(ARCHIVE), "--methods", METHODS, "--set", "integrated_gradients.n_steps=16",
                "--targets", ",".join(TARGETS), "--out", str(run), "--device", "cpu"]
     out = {"images": n, "cli_explain": cli_cpu(explain, src)}
+    print(f"  N={n}: explain CLI {out['cli_explain']:.2f} CPU s", flush=True)  # a long size shows its progress
     if "compare" in commands:
         out["cli_compare"] = cli_cpu(["compare", str(run), "--device", "cpu"], src)
+        print(f"  N={n}: compare CLI {out['cli_compare']:.2f} CPU s", flush=True)
     if "report" in commands:
         out["cli_report"] = cli_cpu(["report", str(run), "--out", str(work_dir / f"site{n}")], src)
     out.update(library_floor(n, with_compare="compare" in commands))

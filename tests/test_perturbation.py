@@ -23,7 +23,7 @@ from xailab.methods.perturbation.segmentation import (
     target_segments,
 )
 
-from .conftest import TinyCNN
+from .conftest import Constant, TinyCNN
 
 SUPERPIXEL = ["lime", "kernel_shap"]
 ALL = ["occlusion", "lime", "kernel_shap", "rise"]
@@ -252,14 +252,6 @@ def test_rise_with_every_cell_kept_is_the_score(x64: torch.Tensor) -> None:
 
 
 def test_rise_of_a_constant_model_is_about_that_constant() -> None:
-    class Constant(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bias = nn.Parameter(torch.tensor([2.0, -1.0], dtype=torch.float64))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.bias.expand(len(x), 2) + 0 * x.sum()
-
     res = xailab.create("rise", Constant(), n_masks=800, p=0.3).explain(
         torch.rand(1, 3, 20, 20, dtype=torch.float64), target=0)
     assert abs(float(res.maps.mean()) - 2.0) < 0.1

@@ -99,6 +99,20 @@ def test_no_fold_where_it_would_be_wrong_or_impossible(bn64: nn.Module) -> None:
     assert folded_copy(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).eval()) is None  # nothing to fold
 
 
+def test_a_model_with_hooks_is_not_copied_and_the_hooks_still_act(bn64: nn.Module, images: torch.Tensor) -> None:
+    """A user's hook on a BatchNorm (here doubling its output) would vanish from a folded copy."""
+    hooked = copy.deepcopy(bn64)
+    bn = next(m for m in hooked.modules() if isinstance(m, nn.BatchNorm2d))
+    handle = bn.register_forward_hook(lambda _m, _i, out: 2 * out)
+    assert folded_copy(hooked) is None
+    x = images[:2].double()
+    on = xailab.create("occlusion", hooked, batch_size=16).explain(x, target=[0, 1])
+    off = xailab.create("occlusion", hooked, batch_size=16, fold_batchnorm=False).explain(x, target=[0, 1])
+    plain = xailab.create("occlusion", bn64, batch_size=16, fold_batchnorm=False).explain(x, target=[0, 1])
+    assert torch.allclose(on.maps, off.maps, atol=1e-12) and not torch.allclose(on.maps, plain.maps, atol=1e-6)
+    handle.remove()
+
+
 @pytest.mark.parametrize(("name", "kw"), [("kernel_shap", {"num_samples": 60}), ("lime", {"num_samples": 60}),
                                           ("occlusion", {}), ("rise", {"n_masks": 40})])
 def test_maps_equal_with_and_without_folding(name: str, kw: dict[str, int], bn64: nn.Module,

@@ -31,14 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xailab.core.hooks import model_device
+from xailab.core.hooks import count_hooks, model_device
 from xailab.methods.perturbation.fold import folded_copy
-
-
-def has_hooks(model: nn.Module) -> bool:
-    """Whether any module of ``model`` has a forward, pre-forward or backward hook."""
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-               for m in model.modules())
 
 
 def _state_key(model: nn.Module) -> tuple[Any, ...]:
@@ -58,7 +52,7 @@ class FastPasses:
 
     def model(self, model: nn.Module) -> nn.Module:
         """The model the gradient passes run: the folded copy when there is one, else ``model``."""
-        if has_hooks(model):
+        if count_hooks(model):
             self.layout = False
             return model
         key = _state_key(model)

@@ -12,8 +12,9 @@ only (about 1e-8 relative in float32).
 The user's model is never touched: the fold works on a ``torch.fx`` trace of a deep copy. A pair
 is folded only when the convolution's output feeds the BatchNorm alone and each module is called
 once (a module called twice cannot be rewritten for one call site). Models that cannot be traced
-(data-dependent control flow), models in training mode and models without such a pair are used
-as they are (:func:`folded_copy` returns ``None``).
+(data-dependent control flow), models in training mode, models without such a pair and models
+with hooks on any module (a copy would silently lose what the hooks do) are used as they are
+(:func:`folded_copy` returns ``None``).
 
     fast = folded_copy(model)          # or None: use the model itself
 """
@@ -28,6 +29,8 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from xailab.core.hooks import count_hooks
+
 _PAIRS = (
     (nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d),
     (nn.Linear, nn.BatchNorm1d),
@@ -37,7 +40,7 @@ _PAIRS = (
 def folded_copy(model: nn.Module) -> nn.Module | None:
     """A traced copy of ``model`` with its BatchNorm layers folded into the layer before them,
     or ``None`` when nothing can be folded (see the module docstring)."""
-    if model.training or any(m.training for m in model.modules()):
+    if model.training or any(m.training for m in model.modules()) or count_hooks(model):
         return None
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm | nn.ReLU) for m in model.modules()):
         return None

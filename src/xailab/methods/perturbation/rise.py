@@ -14,6 +14,15 @@ keep, weighted by how much of the pixel each mask kept::
 As in the paper's code the masked image is ``x * M`` with ``fill = 0`` (the dataset mean for
 normalised inputs). Masks are drawn per image from the seed and built just before their forward
 pass, never all at once; the masks of several images share passes.
+
+``sampler="orthogonal"`` (opt-in, ``p = 0.5``) draws structured masks for the same map: the grids
+are rows of randomised strength-3 orthogonal arrays in complement pairs (each cell kept in exactly
+half the masks of a block, every two cells together in exactly a quarter; the LIME sampler's
+arrays, :func:`~xailab.methods.perturbation.sampling.orthogonal_pairs`), a pair sharing its shift,
+and the estimate is centred on the mean score ``f_bar`` (a control variate: ``E[M[p]] = p`` for
+every pixel, so the expectation is unchanged)::
+
+    map[p] = f_bar + 1 / (N * p) * sum_i (f(x_i) - f_bar) * M_i[p]
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ from xailab.methods.perturbation.base import (
     perturbation_card,
     plain_value,
 )
+from xailab.methods.perturbation.sampling import orthogonal_pairs
+
+RISE_SAMPLERS = ("random", "orthogonal")
 
 
 def rise_masks(grid: Tensor, shifts: Tensor, cell: tuple[int, int], size: tuple[int, int]) -> Tensor:
@@ -59,6 +71,8 @@ class Rise(PerturbationExplainer):
             7 x 7 grid as in the paper (``ceil(H / 7)``: 5 pixels at 32x32, 32 at 224x224).
         p: probability that a cell is kept (paper: 0.5).
         fill: what masked pixels show (one number or one per channel), default 0.
+        sampler: ``"random"`` (default, the paper's masks) or ``"orthogonal"`` (``p = 0.5``:
+            balanced complement pairs and a centred estimate, see the module docstring).
     """
 
     card = perturbation_card(
@@ -86,6 +100,7 @@ class Rise(PerturbationExplainer):
         cell_size: int | tuple[int, int] | None = None,
         p: float = 0.5,
         fill: float | Sequence[float] = 0.0,
+        sampler: str = "random",
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
@@ -97,6 +112,11 @@ class Rise(PerturbationExplainer):
             cs = (cell_size, cell_size) if isinstance(cell_size, int) else tuple(cell_size)
             if len(cs) != 2 or min(cs) < 1:
                 raise InputError(f"cell_size must be a positive int or (h, w), got {cell_size!r}")
+        if sampler not in RISE_SAMPLERS:
+            raise InputError(f"sampler must be one of {', '.join(RISE_SAMPLERS)}, not {sampler!r}")
+        if sampler == "orthogonal" and p != 0.5:
+            raise InputError(f"sampler='orthogonal' keeps every cell in half the masks: it needs p=0.5, not {p}")
+        self.sampler = sampler
         self.n_masks = int(n_masks)
         self.cell_size = cell_size
         self.p = float(p)
@@ -125,21 +145,32 @@ class Rise(PerturbationExplainer):
     def params(self) -> dict[str, Any]:
         fill = plain_value(self.fill)
         cell = self._cell or self.cell_size
-        return {**super().params(), "n_masks": self.n_masks, "cell_size": cell, "p": self.p, "fill": fill}
+        return {**super().params(), "n_masks": self.n_masks, "cell_size": cell, "p": self.p, "fill": fill,
+                **({"sampler": self.sampler} if self.sampler != "random" else {})}
+
+    def draw(self, g: torch.Generator, grid: tuple[int, int], cell: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """``(grids [n_masks, gh, gw] bool, shifts [n_masks, 2])`` for one image."""
+        n, (gh, gw) = self.n_masks, grid
+        if self.sampler == "orthogonal":
+            grids = orthogonal_pairs(n, gh * gw, g).reshape(n, gh, gw)
+            half = (n + 1) // 2  # a complement pair shares its shift
+            shifts = torch.stack([torch.randint(cell[0], (half,), generator=g),
+                                  torch.randint(cell[1], (half,), generator=g)], dim=1)
+            return grids, shifts.repeat_interleave(2, dim=0)[:n]
+        grids = torch.rand(n, gh, gw, generator=g, dtype=torch.float64) < self.p
+        shifts = torch.stack([torch.randint(cell[0], (n,), generator=g), torch.randint(cell[1], (n,), generator=g)], dim=1)
+        return grids, shifts
 
     def _explain_batch(self, x: Tensor, targets: Tensor) -> Tensor:
         b_count, t = targets.shape
         h, w = x.shape[-2:]
         cell = self._cell or self.resolve(h, w)
         gh, gw = math.ceil(h / cell[0]), math.ceil(w / cell[1])
-        grids, shifts = [], []
-        for b in range(b_count):
-            g = self.generator(b)
-            grids.append(torch.rand(self.n_masks, gh, gw, generator=g, dtype=torch.float64) < self.p)
-            shifts.append(torch.stack([torch.randint(cell[0], (self.n_masks,), generator=g),
-                                       torch.randint(cell[1], (self.n_masks,), generator=g)], dim=1))
+        grids, shifts = zip(*(self.draw(self.generator(b), (gh, gw), cell) for b in range(b_count)), strict=True)
         fill = as_fill(self.fill, x)
         saliency = torch.zeros(b_count, t, h, w, dtype=x.dtype, device=x.device)
+        score_sum = torch.zeros(b_count, t, 1, 1, dtype=x.dtype, device=x.device)  # for the centred estimate
+        mask_sum = torch.zeros(b_count, 1, h, w, dtype=x.dtype, device=x.device)
         pending: dict[tuple[int, int], Tensor] = {}
 
         def build(b: int, lo: int, hi: int) -> Tensor:
@@ -151,6 +182,11 @@ class Rise(PerturbationExplainer):
         def consume(b: int, lo: int, hi: int, scores: Tensor) -> None:
             masks = pending.pop((b, lo))
             saliency[b] += torch.einsum("mt,mhw->thw", scores.to(x.dtype), masks)
+            score_sum[b, :, 0, 0] += scores.to(x.dtype).sum(0)
+            mask_sum[b, 0] += masks.sum(0)
 
         self.evaluate([self.n_masks] * b_count, build, consume, targets)
+        if self.sampler == "orthogonal":  # sum (f_i - f_bar) M_i / (N p) + f_bar
+            f_bar = score_sum / self.n_masks
+            return (saliency - f_bar * mask_sum) / (self.n_masks * self.p) + f_bar
         return saliency / (self.n_masks * self.p)
