@@ -274,6 +274,18 @@ def summarise(df: pd.DataFrame, calib_seeds: set[int], calib_clean: set[int]) ->
     return pd.DataFrame(out)
 
 
+def split_triggers(text: str) -> tuple[str, ...]:
+    """``"blend:0.15,patch:5@3,3"`` -> ``("blend:0.15", "patch:5@3,3")``: a bare number after a
+    comma is the LEFT of the trigger before it (``patch:S@TOP,LEFT``), not a trigger."""
+    out: list[str] = []
+    for piece in text.split(","):
+        if out and piece.strip().isdigit() and "@" in out[-1] and "," not in out[-1].split("@", 1)[1]:
+            out[-1] += "," + piece.strip()
+        else:
+            out.append(piece.strip())
+    return tuple(p for p in out if p)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default="runs/bench-backdoor", help="where trained models are kept (a folder per recipe)")
@@ -295,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
 
     seeds = [int(s) for s in args.seeds.split(",")]
     clean = [int(s) for s in args.clean_seeds.split(",")]
-    triggers = tuple(args.triggers.split(","))
+    triggers = split_triggers(args.triggers)
     rates = tuple(float(r) for r in args.rates.split(",")) if args.rates else None
     if args.quick:
         seeds, clean, triggers, rates = [0], [0], ("patch:3",), (0.05,)
