@@ -21,8 +21,10 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/xailab demo
 
-# two pytest-xdist workers; a module's tests (and a document's examples) stay on one (tests/conftest.py)
-XDIST ?= -n 2 --dist loadgroup
+# one process by default: on two pytest-xdist workers (XDIST="-n 2 --dist loadgroup", a module's tests
+# and a document's examples grouped on one worker, tests/conftest.py) the suite takes ~6 min instead of
+# ~19 but 9 tests still fail there (examples that read an earlier example's run, the fuzz count)
+XDIST ?=
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=600 $(XDIST)
