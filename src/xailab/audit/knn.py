@@ -39,43 +39,19 @@ import torch
 from torch import Tensor, nn
 
 from xailab.audit.cleanse import MAD_SCALE, normal_tail
+from xailab.audit.detection import penultimate
 from xailab.audit.detectors import AuditData, ClassFinding, DetectorResult, register_detector
 from xailab.core.errors import InputError
+from xailab.core.hooks import module_output_shapes
 
 
 def first_downsampling(model: nn.Module, x: Tensor) -> str:
     """The name of the first leaf module whose output is at most half the height of the input ``x``."""
-    found: list[str] = []
-    hooks = []
-    for name, mod in model.named_modules():
-        if name and not list(mod.children()):
-            hooks.append(mod.register_forward_hook(
-                lambda m, i, o, n=name: found.append(n) if torch.is_tensor(o) and o.dim() == 4
-                and o.shape[-2] * 2 <= x.shape[-2] else None))
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-    if not found:
-        raise InputError("the knn detector found no layer that downsamples the image; pass layer= a layer name")
-    return found[0]
-
-
-@torch.no_grad()
-def layer_features(model: nn.Module, x: Tensor, layer: str, batch_size: int = 256) -> Tensor:
-    """``[n, d]`` flattened outputs of ``layer`` on ``x`` (the model in eval mode)."""
-    from xailab.core.hooks import HookScope, model_device, model_session, resolve_layer
-
-    module = resolve_layer(model, layer)[1]
-    seen: list[Tensor] = []
-    dev = model_device(model)
-    with model_session(model), HookScope() as hooks:
-        hooks.add(module.register_forward_hook(lambda m, i, o: seen.append(o.detach().flatten(1).float().cpu())))
-        for lo in range(0, len(x), batch_size):
-            model(x[lo : lo + batch_size].to(dev))
-    return torch.cat(seen)
+    leaves = {name for name, mod in model.named_modules() if name and not list(mod.children())}
+    for name, shape in module_output_shapes(model, x[:1]).items():  # in the order they ran
+        if name in leaves and len(shape) == 4 and shape[-2] * 2 <= x.shape[-2]:
+            return name
+    raise InputError("the knn detector found no layer that downsamples the image; pass layer= a layer name")
 
 
 def neighbour_votes(feats: Tensor, labels: np.ndarray, k: int, dims: int, seed: int) -> np.ndarray:
@@ -137,7 +113,7 @@ def knn_consistency(data: AuditData, *, threshold: float = 3.5, k: int = 10, dim
     x = torch.cat([data.inputs(c) for c in labels])
     name = first_downsampling(data.model, x) if layer == "auto" else layer
     y = np.concatenate([np.full(len(data.indices[c]), c) for c in labels])
-    votes = neighbour_votes(layer_features(data.model, x, name), y, k, dims, data.seed)
+    votes = neighbour_votes(penultimate(data.model, x, layer=name).float(), y, k, dims, data.seed)
     excess = excess_outflow(y, votes, labels, skip)
     z = leave_one_out_z(excess, mad_floor)
     p = normal_tail(z)

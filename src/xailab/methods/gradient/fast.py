@@ -28,11 +28,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from xailab.core.hooks import count_hooks, model_device
-from xailab.methods.perturbation.fold import folded_copy
+from xailab.core.hooks import count_hooks
+from xailab.methods.perturbation.fold import channels_last_pass, conv2d_on_cpu, folded_copy
 
 
 def _state_key(model: nn.Module) -> tuple[Any, ...]:
@@ -62,8 +61,7 @@ class FastPasses:
                 for p in self._copy.parameters():
                     p.requires_grad_(False)  # only input gradients are wanted
             self._key = key
-            self.channels_last = (model_device(model).type == "cpu"
-                                  and any(isinstance(m, nn.Conv2d) for m in model.modules()))
+            self.channels_last = conv2d_on_cpu(model)
         self.layout = self.channels_last
         return model if self._copy is None else self._copy
 
@@ -72,10 +70,9 @@ class FastPasses:
         helps; a model that raises on a channels-last batch gets NCHW from then on (the error is
         raised again if NCHW fails too)."""
         if self.layout and self.channels_last and x.dim() == 4:
-            leaf = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
-            try:
-                return leaf, model(leaf)
-            except RuntimeError:
-                self.channels_last = False
+            done = channels_last_pass(model, x, leaf=True)
+            if done is not None:
+                return done
+            self.channels_last = False
         leaf = x.detach().requires_grad_(True)
         return leaf, model(leaf)

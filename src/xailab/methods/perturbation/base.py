@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from xailab.core.card import WHO, MethodCard
 from xailab.core.explainer import Explainer, check_logits
-from xailab.methods.perturbation.fold import folded_copy
+from xailab.methods.perturbation.fold import channels_last_pass, conv2d_on_cpu, folded_copy
 
 Build = Callable[[int, int, int], Tensor]
 Consume = Callable[[int, int, int, Tensor], None]
@@ -60,7 +60,7 @@ class PerturbationExplainer(Explainer):
         self._clean_logits = logits.detach()
         self._chunk_extras: list[dict[str, Tensor]] = []
         self._fast = folded_copy(self.model) if self.fold_batchnorm else None
-        self._channels_last = self._fast is not None and _conv_on_cpu(self._fast)
+        self._channels_last = self._fast is not None and conv2d_on_cpu(self._fast)
 
     def perturbed_logits(self, x: Tensor) -> Tensor:
         """Logits of perturbed copies ``x`` (at most ``batch_size`` rows): through the folded
@@ -77,10 +77,10 @@ class PerturbationExplainer(Explainer):
         """The folded copy on ``x``: channels-last while the copy takes it (see the module docstring)."""
         assert self._fast is not None
         if self._channels_last and x.dim() == 4:
-            try:
-                return self._fast(x.contiguous(memory_format=torch.channels_last))
-            except RuntimeError:
-                self._channels_last = False  # e.g. x.view(len(x), -1) after a convolution
+            done = channels_last_pass(self._fast, x)
+            if done is not None:
+                return done[1]
+            self._channels_last = False  # e.g. x.view(len(x), -1) after a convolution
         return self._fast(x)
 
     # -- scores -----------------------------------------------------------------------------------
@@ -144,11 +144,6 @@ class PerturbationExplainer(Explainer):
 
 PERTURBATION_WHAT = ("The model as a black box: only its outputs on altered copies of the input are read; "
                      "no gradients or internals.")
-
-
-def _conv_on_cpu(model: nn.Module) -> bool:
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return bool(convs) and convs[0].weight.device.type == "cpu"
 
 
 def perturbation_card(title: str, *, summary: str, paper: str, where: str, cost: str,

@@ -37,6 +37,25 @@ _PAIRS = (
 )
 
 
+def conv2d_on_cpu(model: nn.Module) -> bool:
+    """Whether ``model`` has 2-D convolutions, on the CPU: channels-last batches make them cheaper."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return bool(convs) and convs[0].weight.device.type == "cpu"
+
+
+def channels_last_pass(model: nn.Module, x: torch.Tensor, *, leaf: bool = False) -> tuple[torch.Tensor, Any] | None:
+    """``(x', model(x'))`` with ``x'`` the 4-D batch ``x`` in channels-last memory format (a
+    detached leaf requiring grad when ``leaf``), or None when the model raises on it (e.g.
+    ``x.view(len(x), -1)`` after a convolution): the caller uses NCHW from then on."""
+    xc = (x.detach() if leaf else x).contiguous(memory_format=torch.channels_last)
+    if leaf:
+        xc.requires_grad_(True)
+    try:
+        return xc, model(xc)
+    except RuntimeError:
+        return None
+
+
 def folded_copy(model: nn.Module) -> nn.Module | None:
     """A traced copy of ``model`` with its BatchNorm layers folded into the layer before them,
     or ``None`` when nothing can be folded (see the module docstring)."""
