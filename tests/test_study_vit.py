@@ -111,7 +111,8 @@ def test_a_resumed_recipe_starts_at_the_stage_named_and_sizes_override_it() -> N
 @pytest.mark.parametrize("argv, message", [
     (["--vit-from-stage", "3"], "needs --vit-init"),
     (["--vit-init", "/w/v", "--vit-from-stage", "9"], "not one of the ViT's stages 2..6"),
-    (["--vit-stages", "0"], "at least 1"),
+    (["--vit-stages", "0"], "1..5"),
+    (["--vit-stages", "9"], "the recipe has 5 cosine stages"),
 ])
 def test_impossible_stage_options_are_refused_in_one_line(argv: list[str], message: str) -> None:
     with pytest.raises(InputError, match=message):

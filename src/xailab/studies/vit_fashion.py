@@ -104,10 +104,11 @@ def _model(args: argparse.Namespace, out: Path, which: str, root: list[str], dev
     if which == "cnn":
         return best, [_train(args, "train the CNN on Fashion-MNIST", args.cnn, _size(args, "cnn_epochs"), [],
                              out / "cnn" / "train", root, device)]
-    stages = VIT_STAGES[:int(str(_size(args, "vit_stages")))]
+    count = int(str(_size(args, "vit_stages")))
+    if not 1 <= count <= len(VIT_STAGES):
+        raise InputError(f"--vit-stages {count}: the recipe has {len(VIT_STAGES)} cosine stages after stage 1 (1..{len(VIT_STAGES)})")
+    stages = VIT_STAGES[:count]
     first = args.vit_from_stage
-    if not stages:
-        raise InputError("--vit-stages must be at least 1")
     if not 2 <= first <= 1 + len(stages):
         raise InputError(f"--vit-from-stage {first} is not one of the ViT's stages 2..{1 + len(stages)}")
     if first != 2 and not args.vit_init:
