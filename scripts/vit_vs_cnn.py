@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from xailab.runs.store import Run
+from xailab.runs.store import Run, RunError
 
 MODELS = ("vit", "cnn")
 COLUMNS = {"deletion_auc": "del↓", "insertion_auc": "ins↑", "faithfulness_corr": "corr↑",
@@ -30,7 +30,10 @@ COLUMNS = {"deletion_auc": "del↓", "insertion_auc": "ins↑", "faithfulness_co
 
 def scoreboard(run: Path) -> pd.DataFrame:
     """The scoreboard ``xailab compare`` wrote into the explain run ``run``, one row a method."""
-    opened = Run.open(run)
+    try:
+        opened = Run.open(run)
+    except RunError as e:
+        raise SystemExit(f"vit_vs_cnn.py: {e}") from None
     if "scoreboard" not in opened.tables():
         raise SystemExit(f"{run} has no scoreboard: score it first with `xailab compare {run}`")
     return opened.read_table("scoreboard").set_index("method")
